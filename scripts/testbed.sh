@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Prepare this Debian machine (as root) to run the demo and the tests:
+# Docker engine, local systemd base images, and the project's virtualenv.
+# Idempotent: a second run only checks and takes seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${SELFBASE_VENV:-$ROOT/.venv}
+SUITES=${SELFBASE_SUITES:-bookworm trixie}
+IMAGE_PACKAGES="python3,python3-apt,systemd,systemd-sysv,sudo,iproute2,ca-certificates,procps"
+log() { printf '[testbed] %s\n' "$*"; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+start_dockerd() {
+  docker info >/dev/null 2>&1 && return 0
+  log "starting dockerd"
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "dockerd did not answer within 60 s; see /var/log/dockerd.log" >&2
+  exit 1
+}
+
+# The Debian mirror that apt on this machine already uses.
+apt_mirror() {
+  local uri
+  uri=$( { grep -hoE '^URIs: *\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+           grep -hoE '^deb +\S+' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+         } | grep -E '/debian/?$' | head -1 || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# Tag = hash of the recipe, so a recipe change builds a new image and an
+# unchanged one is reused.
+image_tag() {
+  printf '%s|%s|%s' "$1" "$IMAGE_PACKAGES" "$(sed -n '/^build_image()/,/^}/p' "$0")" | sha256sum | cut -c1-12
+}
+
+build_image() {
+  local suite=$1 image tag rootfs
+  tag=$(image_tag "$suite")
+  image="selfbase/debian-systemd:${suite}-${tag}"
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    log "image $image is cached"
+  else
+    log "building $image with debootstrap (about a minute)"
+    rootfs=$(mktemp -d /var/tmp/selfbase-rootfs.XXXXXX)
+    debootstrap --variant=minbase --include="$IMAGE_PACKAGES" "$suite" "$rootfs" "$(apt_mirror)" >/var/log/debootstrap-"$suite".log 2>&1 \
+      || { log "debootstrap failed, see /var/log/debootstrap-$suite.log" >&2; exit 1; }
+    # Containers do not need these units; they only slow boot or fail.
+    for unit in systemd-firstboot.service systemd-udevd.service systemd-resolved.service getty.target; do
+      ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+    done
+    : >"$rootfs/etc/machine-id"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import -c 'CMD ["/lib/systemd/systemd"]' - "$image" >/dev/null
+    rm -rf "$rootfs"
+  fi
+  docker tag "$image" "selfbase/debian-systemd:${suite}"
+}
+
+make_venv() {
+  local stamp="$VENV/.requirements.sha256" want
+  want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "virtualenv $VENV is current"
+    return 0
+  fi
+  log "creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$want" >"$stamp"
+}
+
+# Ansible finds this checkout as the selfbase.platform collection here.
+link_collection() {
+  mkdir -p "$ROOT/.cache/collections/ansible_collections/selfbase"
+  ln -sfn "$ROOT" "$ROOT/.cache/collections/ansible_collections/selfbase/platform"
+}
+
+[ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
+# postgresql: server binaries for the module tests' throwaway clusters.
+command -v dockerd >/dev/null || apt_install docker.io
+apt_install debootstrap postgresql rsync
+start_dockerd
+make_venv
+link_collection
+for suite in $SUITES; do build_image "$suite"; done
+log "ready"
