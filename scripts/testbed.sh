@@ -64,7 +64,7 @@ build_image() {
       ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
     done
     : >"$rootfs/etc/machine-id"
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb
     tar -C "$rootfs" -c . | docker import -c 'CMD ["/lib/systemd/systemd"]' - "$image" >/dev/null
     rm -rf "$rootfs"
   fi
