@@ -91,9 +91,9 @@ link_collection() {
 }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
-# postgresql: server binaries for the module tests' throwaway clusters.
+# postgresql: server binaries for tests; shellcheck: for ansible-test sanity.
 command -v dockerd >/dev/null || apt_install docker.io
-apt_install debootstrap postgresql rsync
+apt_install debootstrap postgresql rsync shellcheck
 start_dockerd
 make_venv
 link_collection

@@ -1,0 +1,36 @@
+"""Every role's meta/argument_specs.yml matches its defaults/main.yml."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+ROLES = sorted(p for p in (pathlib.Path(__file__).parents[2] / "roles").iterdir() if p.is_dir())
+
+
+def _load(path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_spec_keys_match_defaults(role):
+    defaults = _load(role / "defaults" / "main.yml")
+    options = _load(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    assert sorted(defaults) == sorted(options)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_spec_defaults_match_defaults(role):
+    defaults = _load(role / "defaults" / "main.yml")
+    options = _load(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    mismatched = {k: (defaults[k], spec.get("default")) for k, spec in options.items()
+                  if k in defaults and spec.get("default") != defaults[k]}
+    assert mismatched == {}
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_public_variables_are_role_prefixed(role):
+    defaults = _load(role / "defaults" / "main.yml")
+    assert [k for k in defaults if not k.startswith(f"{role.name}_")] == []
