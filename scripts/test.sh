@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: prepare the machine, then lint, sanity,
+# collection build, unit tests and every Molecule scenario.
+# Usage: scripts/test.sh [stage ...]   (stages: lint sanity build unit molecule)
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+LOGS=$ROOT/build/logs
+STAGES=("$@")
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(lint sanity build unit molecule)
+
+bash scripts/testbed.sh || { echo "testbed: failed"; echo "summary: 0 passed, 1 failed"; exit 1; }
+. .venv/bin/activate
+export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=false
+mkdir -p "$LOGS"
+
+stage_lint() { ansible-lint; }
+stage_sanity() { bash scripts/sanity.sh; }
+stage_build() {
+  local out
+  out=$(mktemp -d)
+  ansible-galaxy collection build --force --output-path "$out" . \
+    && ansible-galaxy collection install --force --no-deps -p "$out/collections" "$out"/selfbase-platform-*.tar.gz \
+    && ANSIBLE_COLLECTIONS_PATH="$out/collections" ansible-doc -t role -l selfbase.platform | tee /dev/stderr | grep -q '^selfbase.platform.postgresql' \
+    && ANSIBLE_COLLECTIONS_PATH="$out/collections" ansible-doc -t role selfbase.platform.postgresql >/dev/null
+  local rc=$?
+  rm -rf "$out"
+  return $rc
+}
+stage_unit() { python -m pytest -v tests/unit; }
+stage_molecule() {
+  local rc=0 scenario
+  for scenario in molecule/*/molecule.yml; do
+    scenario=$(basename "$(dirname "$scenario")")
+    echo "== molecule test -s $scenario"
+    molecule test -s "$scenario" || rc=1
+  done
+  return $rc
+}
+
+passed=0 failed=0 report=()
+for stage in "${STAGES[@]}"; do
+  start=$(date +%s)
+  echo "== $stage (log: build/logs/$stage.log)"
+  if "stage_$stage" >"$LOGS/$stage.log" 2>&1; then
+    result=passed; passed=$((passed + 1))
+  else
+    result=failed; failed=$((failed + 1))
+    tail -n 60 "$LOGS/$stage.log"
+  fi
+  # pytest's own count where the stage has one
+  counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
+  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$(( $(date +%s) - start ))" "$counts")")
+done
+
+echo
+echo "== summary"
+printf '%s\n' "${report[@]}"
+echo "summary: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
