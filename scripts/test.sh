@@ -4,7 +4,7 @@
 # Usage: scripts/test.sh [stage ...]   (stages: lint sanity build unit molecule)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 LOGS=$ROOT/build/logs
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(lint sanity build unit molecule)
