@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: prepare the machine, then lint, sanity,
-# collection build, unit tests and every Molecule scenario.
-# Usage: scripts/test.sh [stage ...]   (stages: lint sanity build unit molecule)
+# collection build, unit tests, module tests against a real PostgreSQL server,
+# and every Molecule scenario.
+# Usage: scripts/test.sh [stage ...]   (stages: lint sanity build unit modules molecule)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 LOGS=$ROOT/build/logs
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(lint sanity build unit molecule)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(lint sanity build unit modules molecule)
 
 bash scripts/testbed.sh || { echo "testbed: failed"; echo "summary: 0 passed, 1 failed"; exit 1; }
 . .venv/bin/activate
@@ -28,6 +29,7 @@ stage_build() {
   return $rc
 }
 stage_unit() { python -m pytest -v tests/unit; }
+stage_modules() { python -m pytest -v tests/modules; }
 stage_molecule() {
   local rc=0 scenario
   for scenario in molecule/*/molecule.yml; do

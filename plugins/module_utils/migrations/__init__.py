@@ -1,0 +1,17 @@
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The platform schema's migrations, oldest first. Add a module per migration
+and list it here; never edit one that was released (its checksum is recorded)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import hashlib
+
+from ansible_collections.selfbase.platform.plugins.module_utils.migrations import v0001_tenancy_core
+
+MIGRATIONS = [
+    (m.VERSION, m.NAME, m.SQL, hashlib.sha256(m.SQL.encode('utf-8')).hexdigest())
+    for m in (v0001_tenancy_core,)
+]

@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL access for the selfbase.platform modules: connection options, a
+connection helper, and the audit log writer."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import traceback
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+    HAS_PSYCOPG = True
+    PSYCOPG_IMPORT_ERROR = None
+    DatabaseError = psycopg.Error
+except ImportError:  # reported through fail_json by connect()
+    HAS_PSYCOPG = False
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+    DatabaseError = Exception
+
+
+def postgres_argument_spec():
+    """Options documented in the selfbase.platform.postgres doc fragment."""
+    return dict(
+        login_host=dict(type='str', fallback=(env_fallback, ['PGHOST'])),
+        login_port=dict(type='int', default=5432, fallback=(env_fallback, ['PGPORT'])),
+        login_user=dict(type='str', fallback=(env_fallback, ['PGUSER'])),
+        login_password=dict(type='str', no_log=True, fallback=(env_fallback, ['PGPASSWORD'])),
+        login_db=dict(type='str', default='postgres', fallback=(env_fallback, ['PGDATABASE'])),
+        ssl_mode=dict(type='str', default='prefer', fallback=(env_fallback, ['PGSSLMODE']),
+                      choices=['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']),
+        ca_cert=dict(type='path', fallback=(env_fallback, ['PGSSLROOTCERT'])),
+        connect_timeout=dict(type='int', default=10),
+    )
+
+
+def connect(module, autocommit=False):
+    """Open a psycopg connection from the module's login options; rows are dicts."""
+    if not HAS_PSYCOPG:
+        module.fail_json(msg=missing_required_lib('psycopg'), exception=PSYCOPG_IMPORT_ERROR)
+    p = module.params
+    kwargs = dict(
+        host=p['login_host'], port=p['login_port'], user=p['login_user'], password=p['login_password'],
+        dbname=p['login_db'], sslmode=p['ssl_mode'], sslrootcert=p['ca_cert'],
+        connect_timeout=p['connect_timeout'], application_name='selfbase.platform',
+    )
+    try:
+        return psycopg.connect(autocommit=autocommit, row_factory=dict_row,
+                               **dict((k, v) for k, v in kwargs.items() if v not in (None, '')))
+    except psycopg.Error as e:
+        module.fail_json(msg='Could not connect to PostgreSQL: %s' % str(e).strip())
+
+
+def require_schema(module, conn):
+    """Fail clearly when the platform schema has not been applied yet."""
+    row = conn.execute("SELECT to_regclass('platform.tenants') IS NOT NULL AS ok").fetchone()
+    if not row['ok']:
+        module.fail_json(msg='The platform schema is not installed in database %s: run '
+                             'selfbase.platform.platform_schema first.' % module.params['login_db'])
+
+
+def jsonb(value):
+    """Adapt a Python value for a jsonb parameter."""
+    return Jsonb(value)
+
+
+def audit(cur, entity, key, action, before, after, tenant_id=None):
+    """Record one change in platform.audit_log, in the caller's transaction."""
+    cur.execute(
+        'INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action, before, after) '
+        'VALUES (%s, %s, %s, %s, %s, %s)',
+        (tenant_id, entity, key, action, None if before is None else Jsonb(before),
+         None if after is None else Jsonb(after)))
+
+
+def json_safe(value):
+    """Turn rows (with UUIDs, datetimes, Decimals) into plain JSON types."""
+    return json.loads(json.dumps(value, default=str))
