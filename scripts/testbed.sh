@@ -71,6 +71,15 @@ build_image() {
   docker tag "$image" "selfbase/debian-systemd:${suite}"
 }
 
+# Drop images of older recipes so disk use stays flat.
+prune_images() {
+  local suite=$1 keep tag
+  keep=$(image_tag "$suite")
+  for tag in $(docker images selfbase/debian-systemd --format '{{.Tag}}' | grep "^${suite}-" || true); do
+    [ "$tag" = "${suite}-${keep}" ] || docker rmi "selfbase/debian-systemd:$tag" >/dev/null
+  done
+}
+
 make_venv() {
   local stamp="$VENV/.requirements.sha256" want
   want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
@@ -97,5 +106,5 @@ apt_install debootstrap postgresql rsync shellcheck
 start_dockerd
 make_venv
 link_collection
-for suite in $SUITES; do build_image "$suite"; done
+for suite in $SUITES; do build_image "$suite"; prune_images "$suite"; done
 log "ready"

@@ -125,3 +125,15 @@ def test_private_key_is_private(host):
     key = host.file("/etc/postgresql/ssl/server.key")
     assert key.user == "postgres"
     assert key.mode == 0o600
+
+
+def test_certificate_source(host, client, password):
+    """pg-trixie serves the certificate the user provided; pg-bookworm a self-signed one."""
+    name = _name(host)
+    subject = client.check_output(
+        f"echo | openssl s_client -starttls postgres -connect {DB_ADDRS[name]}:5432 2>/dev/null "
+        "| openssl x509 -noout -subject")
+    if name == "pg-trixie":
+        assert "CN = provided.selfbase.test" in subject
+    else:
+        assert "CN = pg-bookworm" in subject
