@@ -18,13 +18,22 @@ mkdir -p "$LOGS"
 stage_lint() { ansible-lint; }
 stage_sanity() { bash scripts/sanity.sh; }
 stage_build() {
-  local out
+  local out rc=0 m
   out=$(mktemp -d)
   ansible-galaxy collection build --force --output-path "$out" . \
     && ansible-galaxy collection install --force --no-deps -p "$out/collections" "$out"/selfbase-platform-*.tar.gz \
-    && ANSIBLE_COLLECTIONS_PATH="$out/collections" ansible-doc -t role -l selfbase.platform | tee /dev/stderr | grep -q '^selfbase.platform.postgresql' \
-    && ANSIBLE_COLLECTIONS_PATH="$out/collections" ansible-doc -t role selfbase.platform.postgresql >/dev/null
-  local rc=$?
+    || rc=1
+  local -x ANSIBLE_COLLECTIONS_PATH=$out/collections
+  # every module and role renders from the installed tarball
+  ansible-doc -l selfbase.platform || rc=1
+  for m in plugins/modules/*.py; do
+    m=$(basename "$m" .py)
+    ansible-doc "selfbase.platform.$m" >/dev/null || { echo "ansible-doc failed for $m"; rc=1; }
+  done
+  for m in roles/*/; do
+    m=$(basename "$m")
+    ansible-doc -t role "selfbase.platform.$m" >/dev/null || { echo "ansible-doc -t role failed for $m"; rc=1; }
+  done
   rm -rf "$out"
   return $rc
 }
