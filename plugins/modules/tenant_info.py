@@ -1,0 +1,240 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: tenant_info
+short_description: Read tenants, their domains, and their usage against quota
+version_added: 0.1.0
+description:
+  - Returns tenants of the platform database with their plan, domains and, optionally, their usage
+    of every metric that has a quota, as computed by C(platform.quota_status()).
+  - Reads everything in one SQL query, so it stays fast with tens of thousands of tenants.
+  - Never changes anything.
+options:
+  slugs:
+    description:
+      - Only these tenants. Default is every tenant that matches the other filters.
+    type: list
+    elements: str
+  status:
+    description:
+      - Only tenants with one of these statuses.
+      - Default is every status except V(deleted). List V(deleted) to see soft-deleted tenants.
+    type: list
+    elements: str
+    choices: [trial, active, past_due, suspended, canceled, deleted]
+  plan:
+    description:
+      - Only tenants on one of these plan codes.
+    type: list
+    elements: str
+  include_usage:
+    description:
+      - Return RV(tenants[].usage) and RV(tenants[].quota_status) for each tenant.
+      - Turn it off to list tenants without reading usage.
+    type: bool
+    default: true
+extends_documentation_fragment:
+  - selfbase.platform.postgres
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: The module changes nothing, so there is nothing to diff.
+  idempotent:
+    support: full
+    description: The module only reads and always reports no change.
+author:
+  - selfbase.platform maintainers (@selfbase)
+'''
+
+EXAMPLES = r'''
+- name: Read every tenant that is not deleted, with usage
+  selfbase.platform.tenant_info:
+    login_db: selfbase
+  register: platform_tenants
+
+- name: Show the tenants past a quota
+  ansible.builtin.debug:
+    msg: "{{ platform_tenants.tenants | selectattr('quota_status', 'equalto', 'exceeded') | map(attribute='slug') }}"
+
+- name: Read two tenants, deleted or not
+  selfbase.platform.tenant_info:
+    login_db: selfbase
+    slugs: [acme, globex]
+    status: [trial, active, past_due, suspended, canceled, deleted]
+
+- name: List the suspended tenants on the pro plan, without usage
+  selfbase.platform.tenant_info:
+    login_db: selfbase
+    status: [suspended]
+    plan: [pro]
+    include_usage: false
+'''
+
+RETURN = r'''
+count:
+  description: Number of tenants returned.
+  returned: always
+  type: int
+  sample: 1
+tenants:
+  description: The tenants that match, ordered by slug.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: UUID of the tenant.
+      type: str
+      sample: 0b6f3f7e-2a7d-4c55-9a7e-6c1f4a9d2b11
+    slug:
+      description: Slug of the tenant.
+      type: str
+      sample: acme
+    name:
+      description: Display name.
+      type: str
+      sample: Acme Corp
+    status:
+      description: One of V(trial), V(active), V(past_due), V(suspended), V(canceled), V(deleted).
+      type: str
+      sample: active
+    plan:
+      description: Plan code, or null.
+      type: str
+      sample: pro
+    billing_cycle:
+      description: V(month) or V(year).
+      type: str
+      sample: month
+    trial_ends_at:
+      description: End of the trial, or null.
+      type: str
+      sample: null
+    created_at:
+      description: Creation time.
+      type: str
+      sample: "2025-01-31 09:12:44.120391+00:00"
+    domains:
+      description: Domains of the tenant, the primary one first.
+      type: list
+      elements: dict
+      sample: [{"domain": "acme.example.com", "primary": true, "verified": true}]
+    usage:
+      description: One entry per metric with a quota (override or plan), ordered by metric.
+      returned: when O(include_usage=true)
+      type: list
+      elements: dict
+      contains:
+        metric:
+          description: Name of the metric.
+          type: str
+          sample: api_requests
+        used:
+          description: Usage in the current period of the quota (all usage for period V(none)).
+          type: int
+          sample: 850
+        limit:
+          description: The limit in force, or null for unlimited.
+          type: int
+          sample: 1000
+        percent:
+          description: Usage as a percentage of the limit, rounded to 2 decimals; null when unlimited.
+          type: float
+          sample: 85.0
+        status:
+          description: V(ok), V(warning) from 80% of the limit, or V(exceeded) past the limit.
+          type: str
+          sample: warning
+        mode:
+          description: V(hard), V(soft) or V(overage).
+          type: str
+          sample: hard
+        period:
+          description: V(hour), V(day), V(month) or V(none).
+          type: str
+          sample: month
+    quota_status:
+      description: The worst RV(tenants[].usage[].status) of the tenant; V(ok) when it has no quota.
+      returned: when O(include_usage=true)
+      type: str
+      sample: warning
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
+    DatabaseError, connect, json_safe, postgres_argument_spec, require_schema)
+
+STATUSES = ['trial', 'active', 'past_due', 'suspended', 'canceled', 'deleted']
+
+COLUMNS = '''
+SELECT t.id, t.slug, t.name, t.status, t.plan_code AS plan, t.billing_cycle, t.trial_ends_at, t.created_at,
+       COALESCE((SELECT json_agg(json_build_object('domain', d.domain, 'primary', d.is_primary,
+                                                   'verified', d.verified)
+                                 ORDER BY d.is_primary DESC, d.domain)
+                   FROM platform.tenant_domains d WHERE d.tenant_id = t.id), '[]'::json) AS domains'''
+
+USAGE_COLUMNS = ''',
+       COALESCE(u.usage, '[]'::json) AS usage, COALESCE(u.worst, 'ok') AS quota_status'''
+
+# quota_status() once per tenant, in the same query.
+USAGE_JOIN = '''
+  LEFT JOIN LATERAL (
+    SELECT json_agg(json_build_object('metric', q.metric, 'used', q.used, 'limit', q.limit_value,
+                                      'percent', q.percent, 'status', q.status, 'mode', q.mode,
+                                      'period', q.period) ORDER BY q.metric) AS usage,
+           CASE WHEN bool_or(q.status = 'exceeded') THEN 'exceeded'
+                WHEN bool_or(q.status = 'warning') THEN 'warning'
+                ELSE 'ok' END AS worst
+      FROM platform.quota_status(t.id) q
+  ) u ON true'''
+
+FILTERS = '''
+ WHERE t.status = ANY(%(status)s)
+   AND (%(slugs)s::text[] IS NULL OR t.slug = ANY(%(slugs)s::text[]))
+   AND (%(plans)s::text[] IS NULL OR t.plan_code = ANY(%(plans)s::text[]))
+ ORDER BY t.slug'''
+
+
+def build_query(include_usage):
+    if include_usage:
+        return COLUMNS + USAGE_COLUMNS + '\n  FROM platform.tenants t' + USAGE_JOIN + FILTERS
+    return COLUMNS + '\n  FROM platform.tenants t' + FILTERS
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        slugs=dict(type='list', elements='str'),
+        status=dict(type='list', elements='str', choices=STATUSES),
+        plan=dict(type='list', elements='str'),
+        include_usage=dict(type='bool', default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    status = p['status'] if p['status'] is not None else [s for s in STATUSES if s != 'deleted']
+
+    conn = connect(module, autocommit=True)
+    require_schema(module, conn)
+    try:
+        rows = conn.execute(build_query(p['include_usage']),
+                            dict(status=status, slugs=p['slugs'], plans=p['plan'])).fetchall()
+    except DatabaseError as e:
+        module.fail_json(msg='Could not read the tenants: %s' % str(e).strip())
+    finally:
+        conn.close()
+
+    tenants = json_safe(rows)
+    module.exit_json(changed=False, tenants=tenants, count=len(tenants))
+
+
+if __name__ == '__main__':
+    main()

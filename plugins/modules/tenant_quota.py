@@ -1,0 +1,346 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: tenant_quota
+short_description: Override one quota of one tenant
+version_added: 0.1.0
+description:
+  - Manages a per-tenant override of one metric's quota in C(platform.tenant_quotas).
+    While an override exists it replaces the quota of the tenant's plan for that metric.
+  - O(state=absent) removes the override, so the plan's quota applies again.
+  - Only the options you set are compared and changed. When the override is created, O(period),
+    O(mode) and O(overage_price) that are not set are taken from the plan's quota for that metric,
+    or default to V(month), V(hard) and no price when the plan has none.
+  - Every change is recorded in C(platform.audit_log) (entity C(tenant_quota), key C(<tenant>/<metric>)).
+options:
+  tenant:
+    description:
+      - Slug of the tenant. The tenant must exist and must not be deleted.
+    type: str
+    required: true
+  metric:
+    description:
+      - Name of the metric, as listed in C(platform.metrics), for example C(api_requests),
+        C(storage_bytes), C(bandwidth_bytes), C(members) or C(projects).
+    type: str
+    required: true
+  limit:
+    description:
+      - The limit, as an integer or a string with a unit, for example V(1000), V(100k), V(2.5M),
+        V(10GB), V(1TB) or V(512MiB). Byte units (V(B), V(KB), V(MB), V(GB), V(TB), V(KiB), V(MiB),
+        V(GiB), V(TiB)) are only accepted for metrics whose unit is C(bytes).
+      - V(unlimited) removes the limit.
+      - When O(limit) is not set, a new override takes the plan's limit (unlimited if the plan has none)
+        and an existing override keeps its limit.
+    type: raw
+  period:
+    description:
+      - The window usage is counted over. V(none) counts all usage ever (for counts such as members).
+    type: str
+    choices: [hour, day, month, none]
+  mode:
+    description:
+      - V(hard) refuses usage past the limit, V(soft) allows it and reports it,
+        V(overage) allows it and records the excess for billing at O(overage_price).
+    type: str
+    choices: [hard, soft, overage]
+  overage_price:
+    description:
+      - Price of one unit past the limit, in currency units (for example V(0.001)), at most 10 decimal places.
+      - An empty string removes the price. In O(mode=overage) without a price, the excess is recorded unpriced.
+    type: raw
+  state:
+    description:
+      - V(present) creates or updates the override, V(absent) removes it.
+    type: str
+    choices: [present, absent]
+    default: present
+extends_documentation_fragment:
+  - selfbase.platform.postgres
+attributes:
+  check_mode:
+    support: full
+    description: Reports the override and the effective quota the run would produce, and writes nothing.
+  diff_mode:
+    support: full
+    description: Shows the override before and after; an empty dictionary means no override.
+  idempotent:
+    support: full
+    description: Values are compared after normalisation (V(10GB) equals a stored 10000000000), so a second run reports no change.
+author:
+  - selfbase.platform maintainers (@selfbase)
+'''
+
+EXAMPLES = r'''
+- name: Give acme 1 TB of storage, whatever its plan says
+  selfbase.platform.tenant_quota:
+    login_db: selfbase
+    tenant: acme
+    metric: storage_bytes
+    limit: 1TB
+
+- name: Bill acme's API requests past 5 million a month instead of refusing them
+  selfbase.platform.tenant_quota:
+    login_db: selfbase
+    tenant: acme
+    metric: api_requests
+    limit: 5M
+    period: month
+    mode: overage
+    overage_price: 0.0002
+
+- name: Let acme have any number of members
+  selfbase.platform.tenant_quota:
+    login_db: selfbase
+    tenant: acme
+    metric: members
+    limit: unlimited
+
+- name: Go back to the plan's storage quota
+  selfbase.platform.tenant_quota:
+    login_db: selfbase
+    tenant: acme
+    metric: storage_bytes
+    state: absent
+'''
+
+RETURN = r'''
+quota:
+  description:
+    - The tenant's override after this run (in check mode, as it would be), or null when there is none.
+  returned: always
+  type: dict
+  contains:
+    tenant:
+      description: Slug of the tenant.
+      type: str
+      sample: acme
+    metric:
+      description: Name of the metric.
+      type: str
+      sample: storage_bytes
+    limit:
+      description: The limit, or null for unlimited.
+      type: int
+      sample: 1000000000000
+    period:
+      description: V(hour), V(day), V(month) or V(none).
+      type: str
+      sample: month
+    mode:
+      description: V(hard), V(soft) or V(overage).
+      type: str
+      sample: hard
+    overage_price:
+      description: Price of one unit past the limit, as a decimal string, or null.
+      type: str
+      sample: "0.0002"
+effective:
+  description:
+    - The quota in force for the metric after this run, from the override or from the plan; null when
+      neither has one (the metric is unlimited).
+  returned: always
+  type: dict
+  contains:
+    metric:
+      description: Name of the metric.
+      type: str
+      sample: storage_bytes
+    limit:
+      description: The limit, or null for unlimited.
+      type: int
+      sample: 1000000000000
+    period:
+      description: V(hour), V(day), V(month) or V(none).
+      type: str
+      sample: month
+    mode:
+      description: V(hard), V(soft) or V(overage).
+      type: str
+      sample: hard
+    overage_price:
+      description: Price of one unit past the limit, as a decimal string, or null.
+      type: str
+      sample: "0.0002"
+    source:
+      description: V(tenant) when the override is in force, V(plan) when the plan's quota is.
+      type: str
+      sample: tenant
+tenant_id:
+  description: UUID of the tenant.
+  returned: always
+  type: str
+  sample: 0b6f3f7e-2a7d-4c55-9a7e-6c1f4a9d2b11
+'''
+
+from decimal import Decimal
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
+    DatabaseError, audit, connect, postgres_argument_spec, require_schema)
+from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
+    MODES, PERIODS, QuotaError, parse_limit, parse_price)
+
+BIGINT_MAX = 2 ** 63 - 1
+PRICE_STEP = Decimal('1E-10')      # numeric(20, 10)
+PRICE_MAX = Decimal(10) ** 10      # exclusive
+FIELDS = ('limit', 'period', 'mode', 'overage_price')
+
+
+def price_text(value):
+    """A Decimal price as a plain decimal string without trailing zeros ('0.001', '12')."""
+    if value is None:
+        return None
+    return '{0:f}'.format(Decimal(value).normalize())
+
+
+def check_price(value):
+    price = parse_price(value, 'overage_price')
+    if price is None:
+        return None
+    if price >= PRICE_MAX:
+        raise QuotaError('overage_price: must be less than %s; got %r' % (PRICE_MAX, value))
+    if price.quantize(PRICE_STEP) != price:
+        raise QuotaError('overage_price: at most 10 decimal places; got %r' % (value,))
+    return price
+
+
+def row_to_quota(row):
+    """A quota row (tenant_quotas, plan_quotas or effective_quotas) as normalised values."""
+    if row is None:
+        return None
+    return dict(limit=row['limit_value'], period=row['period'], mode=row['mode'],
+                overage_price=None if row['overage_unit_price'] is None else Decimal(row['overage_unit_price']))
+
+
+def public(quota, **extra):
+    """A normalised quota as returned to the user and written to the audit log."""
+    if quota is None:
+        return None
+    out = dict(extra)
+    out.update(limit=quota['limit'], period=quota['period'], mode=quota['mode'],
+               overage_price=price_text(quota['overage_price']))
+    return out
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        tenant=dict(type='str', required=True),
+        metric=dict(type='str', required=True),
+        limit=dict(type='raw'),
+        period=dict(type='str', choices=list(PERIODS)),
+        mode=dict(type='str', choices=list(MODES)),
+        overage_price=dict(type='raw'),
+        state=dict(type='str', default='present', choices=['present', 'absent']),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    slug, metric, state = p['tenant'], p['metric'], p['state']
+
+    # Validate what needs no database first.
+    try:
+        price = check_price(p['overage_price']) if p['overage_price'] is not None else None
+    except QuotaError as e:
+        module.fail_json(msg=str(e))
+
+    conn = connect(module, autocommit=True)
+    require_schema(module, conn)
+
+    tenant = conn.execute('SELECT id, status, plan_code FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
+    if tenant is None:
+        module.fail_json(msg='tenant: no tenant with slug %r' % slug)
+    if tenant['status'] == 'deleted':
+        module.fail_json(msg='tenant: tenant %r is deleted; restore it with selfbase.platform.tenant first' % slug)
+    tenant_id = tenant['id']
+
+    metrics = dict((r['name'], r['unit']) for r in conn.execute('SELECT name, unit FROM platform.metrics ORDER BY name'))
+    if metric not in metrics:
+        module.fail_json(msg='metric: unknown metric %r; known metrics: %s' % (metric, ', '.join(sorted(metrics))))
+
+    try:
+        limit = parse_limit(p['limit'], 'limit', metrics[metric])
+    except QuotaError as e:
+        module.fail_json(msg=str(e))
+    if limit is not None and limit > BIGINT_MAX:
+        module.fail_json(msg='limit: %r is larger than the largest storable limit, %d' % (p['limit'], BIGINT_MAX))
+
+    key = '%s/%s' % (slug, metric)
+    try:
+        with conn.transaction():
+            # Serialise runs on the same override; released at the end of the transaction.
+            conn.execute('SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))', ('tenant_quota/' + key,))
+            before = row_to_quota(conn.execute(
+                'SELECT limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas '
+                'WHERE tenant_id = %s AND metric = %s', (tenant_id, metric)).fetchone())
+            plan = row_to_quota(conn.execute(
+                'SELECT limit_value, period, mode, overage_unit_price FROM platform.plan_quotas '
+                'WHERE plan_code = %s AND metric = %s', (tenant['plan_code'], metric)).fetchone())
+
+            if state == 'absent':
+                after = None
+            else:
+                # A new override starts from the plan's quota; an existing one from itself.
+                after = dict(before or plan or dict(limit=None, period='month', mode='hard', overage_price=None))
+                if p['limit'] is not None:
+                    after['limit'] = limit
+                for field in ('period', 'mode'):
+                    if p[field] is not None:
+                        after[field] = p[field]
+                if p['overage_price'] is not None:
+                    after['overage_price'] = price
+
+            changed = before != after
+            if changed and not module.check_mode:
+                if after is None:
+                    conn.execute('DELETE FROM platform.tenant_quotas WHERE tenant_id = %s AND metric = %s',
+                                 (tenant_id, metric))
+                else:
+                    conn.execute(
+                        'INSERT INTO platform.tenant_quotas AS q '
+                        '(tenant_id, metric, limit_value, period, mode, overage_unit_price) '
+                        'VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, metric) DO UPDATE SET '
+                        'limit_value = EXCLUDED.limit_value, period = EXCLUDED.period, mode = EXCLUDED.mode, '
+                        'overage_unit_price = EXCLUDED.overage_unit_price',
+                        (tenant_id, metric, after['limit'], after['period'], after['mode'], after['overage_price']))
+                action = 'create' if before is None else ('delete' if after is None else 'update')
+                with conn.cursor() as cur:
+                    audit(cur, 'tenant_quota', key, action, public(before, tenant=slug, metric=metric),
+                          public(after, tenant=slug, metric=metric), tenant_id=tenant_id)
+    except DatabaseError as e:
+        module.fail_json(msg='Could not update the quota %s: %s' % (key, str(e).strip()))
+
+    if module.check_mode:
+        # Predict what a real run leaves in force.
+        effective = after if after is not None else plan
+        source = 'tenant' if after is not None else 'plan'
+    else:
+        after = row_to_quota(conn.execute(
+            'SELECT limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas '
+            'WHERE tenant_id = %s AND metric = %s', (tenant_id, metric)).fetchone())
+        effective = row_to_quota(conn.execute(
+            'SELECT limit_value, period, mode, overage_unit_price FROM platform.effective_quotas(%s) '
+            'WHERE metric = %s', (tenant_id, metric)).fetchone())
+        source = 'tenant' if after is not None else 'plan'
+    conn.close()
+
+    result = dict(
+        changed=changed,
+        tenant_id=str(tenant_id),
+        quota=public(after, tenant=slug, metric=metric),
+        effective=public(effective, metric=metric, source=source),
+    )
+    if module._diff:
+        result['diff'] = dict(before=public(before, tenant=slug, metric=metric) or {},
+                              after=public(after, tenant=slug, metric=metric) or {})
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
