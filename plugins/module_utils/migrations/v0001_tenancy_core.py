@@ -269,13 +269,15 @@ LANGUAGE sql STABLE AS $$
      AND NOT EXISTS (SELECT FROM platform.tenant_quotas tq WHERE tq.tenant_id = p_tenant AND tq.metric = pq.metric)
 $$;
 
+-- Periods are cut in UTC, like the daily rollups, whatever the session's TimeZone.
 CREATE FUNCTION platform.period_start(p_period text, p_at timestamptz DEFAULT now()) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE p_period WHEN 'none' THEN '-infinity'::timestamptz ELSE date_trunc(p_period, p_at) END
+  SELECT CASE p_period WHEN 'none' THEN '-infinity'::timestamptz
+         ELSE date_trunc(p_period, p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END
 $$;
 
 -- Usage of a metric in the current period. Day and month windows read the
--- daily rollups; hour windows read the events.
+-- daily rollups (UTC days); hour windows read the events.
 CREATE FUNCTION platform.metric_usage(p_tenant uuid, p_metric text, p_period text) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -289,10 +291,11 @@ BEGIN
     SELECT count(*) INTO v_used FROM platform.projects WHERE tenant_id = p_tenant;
   ELSIF p_period = 'hour' THEN
     SELECT COALESCE(sum(quantity), 0) INTO v_used FROM platform.usage_events
-     WHERE tenant_id = p_tenant AND metric = p_metric AND occurred_at >= date_trunc('hour', now());
+     WHERE tenant_id = p_tenant AND metric = p_metric AND occurred_at >= platform.period_start('hour');
   ELSE
     SELECT COALESCE(sum(quantity), 0) INTO v_used FROM platform.usage_rollups_daily
-     WHERE tenant_id = p_tenant AND metric = p_metric AND day >= platform.period_start(p_period)::date;
+     WHERE tenant_id = p_tenant AND metric = p_metric
+       AND day >= (platform.period_start(p_period) AT TIME ZONE 'UTC')::date;
   END IF;
   RETURN COALESCE(v_used, 0);
 END
