@@ -38,7 +38,7 @@ q AS (
          (VALUES ('api_requests', %(api_limit)s::bigint, 'hard', NULL::numeric),
                  ('storage_bytes', 10000000000, 'overage', 0.00000002)) v(metric, limit_value, mode, price)
   ON CONFLICT (tenant_id, metric) DO UPDATE SET limit_value = EXCLUDED.limit_value)
-SELECT id FROM t
+SELECT id::text FROM t
 """
 
 
