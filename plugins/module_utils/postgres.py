@@ -57,10 +57,18 @@ def connect(module, autocommit=False):
         module.fail_json(msg='Could not connect to PostgreSQL: %s' % str(e).strip())
 
 
-def require_schema(module, conn):
-    """Fail clearly when the platform schema has not been applied yet."""
+def require_schema(module, conn, check_mode_result=None):
+    """Fail clearly when the platform schema has not been applied yet.
+
+    In check mode on a fresh database, platform_schema's own check run wrote
+    nothing, so the schema is missing here too: exit with check_mode_result
+    (the caller's prediction) instead of failing, when the caller gives one."""
     row = conn.execute("SELECT to_regclass('platform.tenants') IS NOT NULL AS ok").fetchone()
     if not row['ok']:
+        if module.check_mode and check_mode_result is not None:
+            module.warn('The platform schema is not installed yet; check mode predicts the changes '
+                        'of a run after selfbase.platform.platform_schema.')
+            module.exit_json(**check_mode_result)
         module.fail_json(msg='The platform schema is not installed in database %s: run '
                              'selfbase.platform.platform_schema first.' % module.params['login_db'])
 

@@ -238,7 +238,8 @@ def main():
     invocation = dict(module_args=dict((k, v) for k, v in p.items() if k != 'tenants'))
     conn = connect(module)
     try:
-        require_schema(module, conn)
+        require_schema(module, conn, dict(changed=any(
+            t.get('status') != 'absent' for t in module.params['tenants'] or [] if isinstance(t, dict))))
         cur = conn.cursor()
         if not module.check_mode:
             lock(cur)

@@ -86,3 +86,16 @@ def test_rls_enabled_and_forced_on_tenant_tables(schema):
         "WHERE c.relnamespace = 'platform'::regnamespace AND c.relkind = 'r'").fetchall()
     assert len(rows) >= 10
     assert [r["relname"] for r in rows if not (r["relrowsecurity"] and r["relforcerowsecurity"])] == []
+
+
+def test_check_mode_on_a_fresh_database_predicts_instead_of_failing(run, conn):
+    """A whole play in check mode on a fresh host: the schema is not there yet."""
+    res = run("tenant", {"slug": "acme", "plan": "pro"}, check=True)
+    assert res.get("failed") is not True, res
+    assert res["changed"] is True
+    res = run("tenant_info", {}, check=True)
+    assert (res.get("failed"), res["changed"], res["tenants"]) == (None, False, [])
+    res = run("tenant", {"slug": "acme"})
+    assert res["failed"] is True
+    assert "run selfbase.platform.platform_schema first" in res["msg"]
+    assert conn.execute("SELECT to_regnamespace('platform') AS s").fetchone()["s"] is None
