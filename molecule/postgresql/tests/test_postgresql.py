@@ -137,3 +137,10 @@ def test_certificate_source(host, client, password):
         assert "CN = provided.selfbase.test" in subject
     else:
         assert "CN = pg-bookworm" in subject
+
+
+def test_platform_schema_and_tenant_on_the_host(host):
+    """The collection's modules ran on the host itself (module_defaults, local socket)."""
+    assert _sql(host, "SELECT string_agg(version, ',') FROM selfbase_meta.schema_migrations", db="appdb") == "0001"
+    assert _sql(host, "SELECT slug || ':' || status FROM platform.tenants", db="appdb") == "acme:active"
+    assert _sql(host, "SELECT limit_value FROM platform.tenant_quotas", db="appdb") == "5"
