@@ -240,13 +240,13 @@ def test_app_acting_for_a_cannot_touch_b(tenants, pg_server, db, app_user):
                         assert app.execute(sql, params).rowcount == 1, table
                 raise _Rollback()
 
-        # record_usage() for B, acting for A: refused by the policy (it runs as the owner, RLS forced)
-        err = _error(app, "SELECT * FROM platform.record_usage(%s, 'api_requests', 1, 'sneaky')", (B,))
-        assert err.sqlstate == "42501" and RLS_VIOLATION in str(err), err
-        # the quota functions do not leak B's usage to A
+        # record_usage() and check_quota() for B, acting for A: refused (fail closed)
+        for sql in ("SELECT * FROM platform.record_usage(%s, 'api_requests', 1, 'sneaky')",
+                    "SELECT * FROM platform.check_quota(%s, 'api_requests', 1)"):
+            err = _error(app, sql, (B,))
+            assert err.sqlstate == "42501" and "is not visible to this session" in str(err), err
+        # quota_status does not leak B's usage to A
         assert app.execute("SELECT * FROM platform.quota_status(%s)", (B,)).fetchall() == []
-        assert app.execute("SELECT used FROM platform.check_quota(%s, 'api_requests', 1)",
-                           (B,)).fetchone()["used"] == 0
 
     after = {t: snapshot(tenants, t, B) for t in TENANT_TABLES}
     for table in TENANT_TABLES:

@@ -318,6 +318,11 @@ DECLARE
   q record;
   v_used bigint;
 BEGIN
+  -- Fail closed: a tenant this session cannot see has no quota to grant.
+  IF NOT EXISTS (SELECT FROM platform.tenants t WHERE t.id = p_tenant) THEN
+    RAISE EXCEPTION 'check_quota: tenant % does not exist or is not visible to this session', p_tenant
+      USING ERRCODE = '42501';
+  END IF;
   SELECT * INTO q FROM platform.effective_quotas(p_tenant) e WHERE e.metric = p_metric;
   IF NOT FOUND THEN  -- no quota: unlimited
     RETURN QUERY SELECT true, platform.metric_usage(p_tenant, p_metric, 'month'), NULL::bigint, NULL::bigint,
@@ -357,6 +362,10 @@ DECLARE
   v_metric text := TG_ARGV[0];
   c record;
 BEGIN
+  -- Another tenant's row: row-level security refuses it after this trigger.
+  IF NOT EXISTS (SELECT FROM platform.tenants t WHERE t.id = NEW.tenant_id) THEN
+    RETURN NEW;
+  END IF;
   -- serialise inserts of one tenant and metric, so two sessions cannot both pass
   PERFORM pg_advisory_xact_lock(hashtextextended(NEW.tenant_id::text || '/' || v_metric, 0));
   SELECT * INTO c FROM platform.check_quota(NEW.tenant_id, v_metric, 1);
