@@ -14,7 +14,6 @@ SCRIPT = pathlib.Path(__file__).parents[2] / "roles/postgresql/files/postgresql-
 BINDIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 
-
 def _validate(tmp_path, text):
     # The validator runs as root on the managed host; the test needs the same.
     if os.geteuid() != 0 or not BINDIRS or shutil.which("runuser") is None:
