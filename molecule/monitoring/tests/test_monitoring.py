@@ -1,0 +1,235 @@
+"""Verify the monitoring role: targets, rules, tenant quota metrics and an
+alert's way from a stopped PostgreSQL to the test webhook receiver."""
+
+import json
+import pathlib
+import shlex
+import os
+import time
+import warnings
+from urllib.parse import quote
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["monitoring"]
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+PROM = "172.30.96.12:9090"
+EXPECTED_TARGETS = {
+    ("prometheus", PROM),
+    ("alertmanager", "mon-prom:9093"),
+    ("node", "mon-db:9100"),
+    ("node", "mon-prom:9100"),
+    ("postgres", "mon-db:9187"),
+    ("nginx", "mon-prom:9113"),
+    ("blackbox", "https://api.selfbase.test/healthz"),
+}
+EXPECTED_ALERTS = {
+    "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
+    "Nginx5xxRate", "CertificateExpiresSoon", "TenantQuotaWarning", "TenantQuotaExceeded",
+}
+WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
+
+
+def _host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+@pytest.fixture(scope="module")
+def db():
+    return _host("mon-db")
+
+
+@pytest.fixture(scope="module")
+def hvars(host):
+    return host.ansible.get_variables()
+
+
+def _api(host, hvars, path):
+    out = host.check_output(
+        f"curl -sf -u 'admin:{hvars['monitoring_prometheus_web_password']}' 'http://{PROM}{path}'")
+    return json.loads(out)["data"]
+
+
+def _poll(fn, timeout=60, delay=1):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            result = fn()
+            if result:
+                return result
+        except Exception:  # pylint: disable=broad-except
+            if time.time() > deadline:
+                raise
+        if time.time() > deadline:
+            return fn()
+        time.sleep(delay)
+
+
+def _seconds(value):
+    return float(value[:-1]) * {"s": 1, "m": 60}[value[-1]]
+
+
+def test_web_needs_basic_auth_and_listens_privately(host, hvars):
+    assert host.run(f"curl -s -o /dev/null -w '%{{http_code}}' http://{PROM}/api/v1/targets").stdout == "401"
+    assert host.run(f"curl -s -o /dev/null -w '%{{http_code}}' -u admin:wrong http://{PROM}/-/ready").stdout == "401"
+    assert host.socket(f"tcp://{PROM}").is_listening
+    assert not host.socket("tcp://0.0.0.0:9090").is_listening
+    web = host.file("/etc/prometheus/web.yml")
+    assert web.mode == 0o640
+    content = host.check_output("cat /etc/prometheus/web.yml")
+    assert "$2b$12$" in content
+    assert hvars["monitoring_prometheus_web_password"] not in content
+
+
+def test_every_expected_target_is_up(host, hvars):
+    def all_up():
+        targets = _api(host, hvars, "/api/v1/targets")["activeTargets"]
+        seen = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets}
+        return seen if set(seen) == EXPECTED_TARGETS and set(seen.values()) == {"up"} else None
+    seen = _poll(all_up, timeout=90)
+    assert seen, _api(host, hvars, "/api/v1/targets")
+
+
+def test_nginx_exporter_reads_stub_status(host, hvars):
+    result = _api(host, hvars, "/api/v1/query?query=nginx_up")["result"]
+    assert [(r["metric"]["instance"], r["value"][1]) for r in result] == [("mon-prom:9113", "1")]
+
+
+def test_blackbox_reads_the_certificate_expiry(host, hvars):
+    result = _api(host, hvars, "/api/v1/query?query=" + quote("probe_ssl_earliest_cert_expiry - time()"))["result"]
+    assert [r["metric"]["instance"] for r in result] == ["https://api.selfbase.test/healthz"]
+    assert float(result[0]["value"][1]) > 14 * 86400
+    firing = _api(host, hvars, "/api/v1/query?query=" + quote('ALERTS{alertname="CertificateExpiresSoon"}'))["result"]
+    assert firing == []
+
+
+def test_rules_are_loaded(host, hvars):
+    groups = _api(host, hvars, "/api/v1/rules")["groups"]
+    names = {r["name"] for g in groups for r in g["rules"]}
+    assert names == EXPECTED_ALERTS
+    assert all(r["health"] == "ok" for g in groups for r in g["rules"])
+
+
+def test_alert_rules_unit_tests_pass(host):
+    res = host.run("promtool test rules /etc/prometheus/rules/tests/selfbase-alerts.test.yml")
+    assert res.rc == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_alertmanager_config(host):
+    res = host.run("amtool check-config /etc/prometheus/alertmanager.yml")
+    assert res.rc == 0, res.stdout + res.stderr
+    assert "molecule-webhook" in host.check_output("cat /etc/prometheus/alertmanager.yml")
+
+
+def test_exporter_role_is_least_privilege(db):
+    def sql(query, user="postgres"):
+        return db.run(f"runuser -u postgres -- psql -d appdb -XAtc \"{query}\"")
+    row = sql("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "
+              "FROM pg_roles WHERE rolname = 'selfbase_exporter'").stdout.strip()
+    assert row == "f|f|f|f|f|t"
+    groups = sql("SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) FROM pg_auth_members m "
+                 "JOIN pg_roles b ON b.oid = m.roleid JOIN pg_roles r ON r.oid = m.member "
+                 "WHERE r.rolname = 'selfbase_exporter'").stdout.strip()
+    assert groups == "pg_monitor,selfbase_monitor"
+    # It may call quota_status() for every tenant, and read nothing else of tenants.
+    as_exporter = "SET ROLE selfbase_exporter; "
+    assert sql(as_exporter + "SELECT count(*) FROM platform.tenants t, platform.quota_status(t.id)").rc == 0
+    denied = sql(as_exporter + "SELECT count(*) FROM platform.tenant_invitations")
+    assert denied.rc != 0 and "permission denied" in denied.stderr
+    assert db.file("/etc/default/prometheus-postgres-exporter").mode == 0o640
+
+
+def test_tenant_quota_ratios(host, hvars):
+    def ratios():
+        result = _api(host, hvars, "/api/v1/query?query=selfbase_tenant_quota_used_ratio")["result"]
+        return {(r["metric"]["tenant"], r["metric"]["metric"], r["metric"]["mode"]): float(r["value"][1])
+                for r in result}
+    got = _poll(ratios, timeout=60)
+    assert got == {("acme", "members", "hard"): 0.8, ("globex", "projects", "hard"): 1.0}
+
+    def by_status():
+        result = _api(host, hvars, "/api/v1/query?query=selfbase_tenants")["result"]
+        return {r["metric"]["status"]: float(r["value"][1]) for r in result}
+    assert _poll(by_status) == {"active": 1.0, "trial": 1.0}
+
+
+def test_quota_alerts_are_pending_or_firing(host, hvars):
+    def quota_alerts():
+        alerts = _api(host, hvars, "/api/v1/alerts")["alerts"]
+        got = {(a["labels"]["alertname"], a["labels"]["tenant"]) for a in alerts if "tenant" in a["labels"]}
+        return got if len(got) == 3 else None
+    assert _poll(quota_alerts, timeout=30) == {
+        ("TenantQuotaWarning", "acme"), ("TenantQuotaWarning", "globex"), ("TenantQuotaExceeded", "globex")}
+
+
+def _delivered_postgres_down(host, since):
+    log = host.file(WEBHOOK_LOG)
+    if not log.exists:
+        return None
+    for line in log.content_string.splitlines():
+        entry = json.loads(line)
+        if entry["received"] < since:
+            continue
+        for alert in entry["body"]["alerts"]:
+            if alert["labels"]["alertname"] == "PostgresDown" and alert["status"] == "firing":
+                return entry["received"]
+    return None
+
+
+def test_postgres_down_reaches_the_webhook(host, db, hvars):
+    """Stop PostgreSQL: PostgresDown fires and Alertmanager delivers it to the test
+    receiver within `for` + two scrape intervals (+ evaluation, group_wait, a margin)."""
+    budget = (_seconds(hvars["monitoring_alert_postgres_down_for"])
+              + 2 * _seconds(hvars["monitoring_prometheus_scrape_interval"])
+              + _seconds(hvars["monitoring_prometheus_evaluation_interval"])
+              + _seconds(hvars["monitoring_alertmanager_group_wait"]))
+    started = time.time()
+    db.check_output("systemctl stop postgresql@15-main")
+    try:
+        delivered = _poll(lambda: _delivered_postgres_down(host, started), timeout=budget + 60, delay=0.5)
+        assert delivered, "PostgresDown was not delivered to the webhook receiver"
+        elapsed = delivered - started
+        with open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "alert_latency.txt"), "w",
+                  encoding="utf-8") as fh:
+            fh.write(f"PostgresDown stop-to-delivery {elapsed:.1f}s (budget {budget:.0f}s + 5s margin)\n")
+        warnings.warn(f"PostgresDown stop-to-delivery: {elapsed:.1f}s (budget {budget:.0f}s + 5s margin)")
+        assert elapsed <= budget + 5
+    finally:
+        db.check_output("systemctl start postgresql@15-main")
+
+    def pg_up():
+        result = _api(host, hvars, "/api/v1/query?query=pg_up")["result"]
+        return result and result[0]["value"][1] == "1"
+    assert _poll(pg_up, timeout=60)
+
+
+DASHBOARDS = pathlib.Path(__file__).resolve().parents[3] / "roles/monitoring/files/dashboards"
+
+
+def test_dashboards_are_valid_and_every_query_parses(host):
+    """The shipped dashboards follow Grafana's file-provisioning format, use the
+    provisioned datasource, and every panel query is PromQL that promtool parses."""
+    files = sorted(DASHBOARDS.glob("*.json"))
+    assert [f.stem for f in files] == ["selfbase-nginx", "selfbase-overview", "selfbase-postgresql", "selfbase-tenants"]
+    exprs = []
+    for path in files:
+        board = json.loads(path.read_text())
+        assert board["uid"] == path.stem and board["title"].startswith("Selfbase / ")
+        assert board["panels"], path.name
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        for panel in board["panels"]:
+            assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), (path.name, panel["title"])
+            assert panel["datasource"]["uid"] == "selfbase-prometheus"
+            assert panel["targets"], (path.name, panel["title"])
+            exprs += [(path.stem, panel["title"], t["expr"]) for t in panel["targets"]]
+    # promtool parses each expression as a recording rule.
+    rules = {"groups": [{"name": "dashboards", "rules": [
+        {"record": f"dashboard:check_{i}", "expr": item[2]} for i, item in enumerate(exprs)]}]}
+    host.run(f"printf '%s' {shlex.quote(json.dumps(rules))} > /tmp/dashboard-queries.yml")
+    res = host.run("promtool check rules /tmp/dashboard-queries.yml")
+    assert res.rc == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in res.stdout + res.stderr
