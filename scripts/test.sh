@@ -15,7 +15,7 @@ bash scripts/testbed.sh || { echo "testbed: failed"; echo "summary: 0 passed, 1 
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=false
 mkdir -p "$LOGS"
 
-stage_lint() { ansible-lint; }
+stage_lint() { ansible-lint && antsibull-changelog lint; }
 stage_sanity() { bash scripts/sanity.sh; }
 stage_build() {
   local out rc=0 m
