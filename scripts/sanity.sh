@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/.venv/bin/activate"
 
-DEST=$ROOT/build/ansible_collections/selfbase/platform
+DEST=${SANITY_BUILD_DIR:-$ROOT/build}/ansible_collections/selfbase/platform
 rm -rf "$DEST"
 mkdir -p "$DEST"
 (cd "$ROOT" && git ls-files -co --exclude-standard | rsync -a --files-from=- . "$DEST/")
