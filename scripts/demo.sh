@@ -1,9 +1,31 @@
 #!/usr/bin/env bash
-# Bring up the local demo environment: prepare the machine, then converge
-# playbooks/demo.yml. Safe to run again; a second run changes nothing.
+# Bring up the local development environment (the demo): prepare the machine,
+# start four systemd containers (db, api, proxy, monitoring), start the local
+# Stripe fake unless STRIPE_API_KEY is set, converge site.yml with
+# inventories/development, then run a smoke check and print how to reach it.
+# Safe to run again; a second run changes nothing. scripts/demo-down.sh removes it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bash "$ROOT/scripts/testbed.sh"
 . "$ROOT/.venv/bin/activate"
 cd "$ROOT"
-ansible-playbook -i inventories/demo playbooks/demo.yml "$@"
+INV=inventories/development
+VAULT=(--vault-password-file "$INV/vault-password.txt")
+STATE=$ROOT/.demo
+mkdir -p "$STATE"
+
+if [ -z "${STRIPE_API_KEY:-}" ]; then
+  # The contract fake from the tests, kept running with its state on disk so
+  # that a second demo run finds the objects of the first.
+  if ! { [ -f "$STATE/stripe-fake.pid" ] && kill -0 "$(cat "$STATE/stripe-fake.pid")" 2>/dev/null; }; then
+    setsid python tests/modules/fakes/stripe_fake.py --host 127.0.0.1 --port 12111 \
+      --state-file "$STATE/stripe-fake.json" >"$STATE/stripe-fake.log" 2>&1 < /dev/null &
+    echo $! >"$STATE/stripe-fake.pid"
+  fi
+  export STRIPE_API_KEY=sk_test_selfbase_development_fake STRIPE_API_BASE=http://127.0.0.1:12111
+  echo "[demo] Stripe: local fake on $STRIPE_API_BASE (set STRIPE_API_KEY to use Stripe's test mode)"
+fi
+
+ansible-playbook -i "$INV" playbooks/dev_hosts.yml
+ansible-playbook -i "$INV" "${VAULT[@]}" site.yml "$@"
+ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_extras.yml

@@ -1,4 +1,4 @@
-"""Echo upstream for the nginx scenario.
+"""Echo upstream: a stand-in for the tenants' application in tests and the demo.
 
 Answers every request with JSON: the service name, method, path and request
 headers. A websocket upgrade request gets a real 101 handshake answer.
