@@ -1,0 +1,368 @@
+"""hasura_metadata against a stateful fake of Hasura's metadata API (tests/modules/fakes/hasura_fake.py).
+
+Contract tests: the hasura/graphql-engine image cannot be pulled here, so the module runs through ansible-playbook
+against the fake, and every assertion reads the fake's stored metadata or its request log."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from conftest import COLLECTIONS, Runner
+from fakes.hasura_fake import FakeHasura, initial_metadata
+
+SECRET = "s3cr3t-admin-Secret-value-4f1c"
+TENANT = {"tenant_id": {"_eq": "X-Hasura-Tenant-Id"}}
+
+DB = {
+    ("platform", "tenants"): ["id", "slug", "name", "status", "plan_code", "created_at"],
+    ("platform", "tenant_domains"): ["id", "tenant_id", "domain", "verified", "primary"],
+    ("platform", "projects"): ["id", "tenant_id", "name", "description", "archived", "created_at"],
+}
+
+
+@pytest.fixture()
+def fake():
+    auth = {("auth", t["table"]["name"]): None for t in initial_metadata()["sources"][0]["tables"]}
+    auth[("auth", "user_security_keys")] = None
+    with FakeHasura(admin_secret=SECRET, db_tables={**auth, **DB}) as f:
+        yield f
+
+
+@pytest.fixture()
+def run(fake):
+    runner = Runner(None, None)
+
+    def call(args, check=False, diff=False, connection=True):
+        task = dict(endpoint=fake.endpoint, admin_secret=SECRET) if connection else {}
+        task.update(args)
+        return runner("hasura_metadata", task, check=check, diff=diff, login=False)
+    return call
+
+
+def platform_tables():
+    return [
+        {"schema": "platform", "name": "tenants", "tenant_column": "id", "tenant_roles": ["user"],
+         "tenant_operations": ["select"], "columns": ["id", "slug", "name", "status", "plan_code"],
+         "array_relationships": [{"name": "domains", "table": {"schema": "platform", "name": "tenant_domains"},
+                                  "column": "tenant_id"}]},
+        {"schema": "platform", "name": "tenant_domains", "tenant_column": "tenant_id", "tenant_roles": ["user"],
+         "tenant_operations": ["select"],
+         "object_relationships": [{"name": "tenant", "column": "tenant_id"}]},
+        {"schema": "platform", "name": "projects", "tenant_column": "tenant_id", "tenant_roles": ["user"],
+         "columns": ["id", "tenant_id", "name", "description", "created_at"],
+         "configuration": {"custom_root_fields": {"select": "projects", "insert_one": "insertProject"},
+                           "custom_column_names": {"created_at": "createdAt"}},
+         "object_relationships": [{"name": "tenant", "column": "tenant_id"}]},
+    ]
+
+
+def others(fake, metadata=None):
+    """Everything of the metadata except the platform tables, as exported (or as in metadata)."""
+    md = copy.deepcopy(metadata) if metadata else fake.export()
+    for source in md["sources"]:
+        source["tables"] = [t for t in source["tables"] if t["table"]["schema"] != "platform"]
+    return md
+
+
+def ok(res):
+    assert res.get("failed") is not True, res
+    # the module warns when Hasura stored the owned tables differently from what it sent (not idempotent)
+    assert not res.get("warnings"), res["warnings"]
+    return res
+
+
+def test_check_then_apply_then_noop(fake, run):
+    untouched = others(fake)
+    version = fake.resource_version
+    args = {"tables": platform_tables()}
+
+    res = ok(run(args, check=True, diff=True))
+    assert res["changed"] is True
+    assert res["resource_version"] == version
+    assert res["diff"]["before"] == {}
+    assert sorted(res["diff"]["after"]) == ["platform.projects", "platform.tenant_domains", "platform.tenants"]
+    assert fake.writes() == []
+    assert fake.resource_version == version
+    assert not [k for k in fake.tables() if k.startswith("platform.")]
+    predicted = res["tables"]
+
+    res = ok(run(args, diff=True))
+    assert res["changed"] is True and res["retried"] is False
+    assert [w["status"] for w in fake.writes()] == [200]
+    write = fake.writes()[0]["body"]
+    assert write["version"] == 2 and write["resource_version"] == version
+    assert write["args"]["allow_inconsistent_metadata"] is False
+    # what is not ours is sent back exactly as it was exported
+    assert others(fake, write["args"]["metadata"]) == untouched
+    assert fake.resource_version == version + 1 == res["resource_version"]
+    assert res["tables"] == predicted
+
+    stored = fake.tables()
+    projects = stored["platform.projects"]
+    assert projects["select_permissions"] == [{"role": "user", "permission": {
+        "columns": ["id", "tenant_id", "name", "description", "created_at"], "filter": TENANT}}]
+    assert projects["insert_permissions"] == [{"role": "user", "permission": {
+        "columns": ["id", "name", "description", "created_at"], "check": TENANT,
+        "set": {"tenant_id": "X-Hasura-Tenant-Id"}}}]
+    assert projects["update_permissions"] == [{"role": "user", "permission": {
+        "columns": ["id", "name", "description", "created_at"], "filter": TENANT}}]
+    assert projects["delete_permissions"] == [{"role": "user", "permission": {"filter": TENANT}}]
+    assert projects["object_relationships"] == [{"name": "tenant", "using": {"foreign_key_constraint_on": "tenant_id"}}]
+    assert projects["configuration"]["custom_root_fields"] == {"select": "projects", "insert_one": "insertProject"}
+    tenants = stored["platform.tenants"]
+    assert tenants["select_permissions"] == [{"role": "user", "permission": {
+        "columns": ["id", "slug", "name", "status", "plan_code"], "filter": {"id": {"_eq": "X-Hasura-Tenant-Id"}}}}]
+    assert "insert_permissions" not in tenants and "update_permissions" not in tenants
+    assert tenants["array_relationships"] == [{"name": "domains", "using": {"foreign_key_constraint_on": {
+        "table": {"schema": "platform", "name": "tenant_domains"}, "column": "tenant_id"}}}]
+    assert stored["platform.tenant_domains"]["select_permissions"][0]["permission"]["columns"] == "*"
+    # auth's tables, the source configuration, inherited roles: exactly as before
+    assert others(fake) == untouched
+    assert [e["table"] for e in fake.export()["sources"][0]["tables"]][:8] == \
+        [e["table"] for e in untouched["sources"][0]["tables"]]
+
+    # Hasura exported the custom column names in both spellings: still no change, and no write
+    requests = len(fake.requests)
+    res = ok(run(args, diff=True))
+    assert res["changed"] is False
+    assert res["diff"]["before"] == res["diff"]["after"]
+    assert res["resource_version"] == version + 1
+    assert [r["type"] for r in fake.requests[requests:]] == ["export_metadata", "get_inconsistent_metadata"]
+    assert len(fake.writes()) == 1
+    res = ok(run(args, check=True))
+    assert res["changed"] is False
+    assert len(fake.writes()) == 1
+
+
+def test_explicit_permissions_refine_the_shorthand(fake, run):
+    table = {"schema": "platform", "name": "projects", "tenant_column": "tenant_id", "tenant_roles": ["user"],
+             "columns": ["id", "tenant_id", "name", "description"],
+             "permissions": {
+                 "user": {"select": {"filter": {"archived": {"_eq": False}}, "allow_aggregations": True, "limit": 100},
+                          "update": {"columns": ["name"], "check": {"name": {"_neq": ""}}},
+                          "insert": {"set": {"archived": "false"}, "backend_only": False}},
+                 "support": {"select": {"columns": ["id", "tenant_id"], "filter": {}, "allow_aggregations": False}},
+                 "viewer": {"select": {"columns": "*", "filter": {}}}},
+             "tenant_operations": ["select", "insert", "update"]}
+    ok(run({"tables": [table]}))
+    perms = fake.tables()["platform.projects"]
+    assert perms["select_permissions"] == [
+        {"role": "support", "permission": {"columns": ["id", "tenant_id"], "filter": {}}},
+        {"role": "user", "permission": {"columns": ["id", "tenant_id", "name", "description"],
+                                        "filter": {"_and": [TENANT, {"archived": {"_eq": False}}]},
+                                        "allow_aggregations": True, "limit": 100}},
+        {"role": "viewer", "permission": {"columns": "*", "filter": {}}}]
+    assert perms["update_permissions"] == [{"role": "user", "permission": {
+        "columns": ["name"], "filter": TENANT, "check": {"_and": [TENANT, {"name": {"_neq": ""}}]}}}]
+    assert perms["insert_permissions"] == [{"role": "user", "permission": {
+        "columns": ["id", "name", "description"], "check": TENANT,
+        "set": {"archived": "false", "tenant_id": "X-Hasura-Tenant-Id"}}}]
+    assert "delete_permissions" not in perms
+
+    # defaults written out (allow_aggregations/backend_only false) and lists in another order: no change
+    table["columns"] = ["description", "name", "tenant_id", "id"]
+    res = ok(run({"tables": [table]}))
+    assert res["changed"] is False
+    assert len(fake.writes()) == 1
+
+
+def test_only_declared_parts_of_an_owned_table_change(fake, run):
+    def add(metadata):
+        metadata["sources"][0]["tables"].append({
+            "table": {"schema": "platform", "name": "projects"},
+            "event_triggers": [{"name": "project_created", "definition": {"insert": {"columns": "*"}},
+                                "retry_conf": {"num_retries": 0}, "webhook": "http://hooks.internal/p"}],
+            "array_relationships": [{"name": "kept", "using": {"foreign_key_constraint_on": {
+                "table": {"schema": "platform", "name": "tenant_domains"}, "column": "tenant_id"}}}],
+            "select_permissions": [{"role": "old_role", "permission": {"columns": ["id"], "filter": {}}}],
+        })
+    fake.concurrent_write(add)
+    before = copy.deepcopy(fake.tables()["platform.projects"])
+
+    # tracking only: nothing of the table is declared, so nothing changes
+    res = ok(run({"tables": [{"schema": "platform", "name": "projects"}]}))
+    assert res["changed"] is False and fake.writes() == []
+
+    res = ok(run({"tables": [{"schema": "platform", "name": "projects", "tenant_column": "tenant_id",
+                              "tenant_roles": ["user"], "tenant_operations": ["select", "delete"]}]}, diff=True))
+    assert res["changed"] is True
+    after = fake.tables()["platform.projects"]
+    assert after["event_triggers"] == before["event_triggers"]
+    assert after["array_relationships"] == before["array_relationships"]
+    assert [p["role"] for p in after["select_permissions"]] == ["user"]  # old_role's permission is removed
+    assert res["diff"]["before"]["platform.projects"]["select_permissions"][0]["role"] == "old_role"
+
+
+def test_absent_untracks_only_the_listed_tables(fake, run):
+    untouched = others(fake)
+    ok(run({"tables": platform_tables()}))
+    res = ok(run({"state": "absent", "tables": [{"schema": "platform", "name": "projects"}]}, diff=True))
+    assert res["changed"] is True
+    assert res["tables"] == []
+    assert list(res["diff"]["before"]) == ["platform.projects"] and res["diff"]["after"] == {}
+    assert sorted(k for k in fake.tables() if k.startswith("platform.")) == ["platform.tenant_domains",
+                                                                             "platform.tenants"]
+    assert others(fake) == untouched
+    res = ok(run({"state": "absent", "tables": [{"schema": "platform", "name": "projects"}]}))
+    assert res["changed"] is False
+    assert len(fake.writes()) == 2
+
+
+def test_concurrent_change_is_merged_and_retried_once(fake, run):
+    security_keys = {"table": {"schema": "auth", "name": "user_security_keys"},
+                     "object_relationships": [{"name": "user", "using": {"foreign_key_constraint_on": "user_id"}}]}
+    # auth starts and applies its own metadata between our export and our replace
+    fake.before_replace.append(lambda f: f.concurrent_write(
+        lambda md: md["sources"][0]["tables"].append(copy.deepcopy(security_keys))))
+    res = ok(run({"tables": platform_tables()}))
+    assert res["changed"] is True and res["retried"] is True
+    assert [w["status"] for w in fake.writes()] == [409, 200]
+    assert fake.writes()[1]["body"]["resource_version"] == fake.writes()[0]["body"]["resource_version"] + 1
+    stored = fake.tables()
+    assert stored["auth.user_security_keys"] == security_keys  # the concurrent change survives
+    assert "platform.projects" in stored
+    res = ok(run({"tables": platform_tables()}))
+    assert res["changed"] is False and len(fake.writes()) == 2
+
+
+def test_persistent_conflict_fails_clearly(fake, run):
+    def bump(f):
+        f.concurrent_write(lambda md: md.setdefault("inherited_roles", []).append(
+            {"role_name": "r%d" % f.resource_version, "role_set": ["user"]}))
+    fake.before_replace.extend([bump, bump])
+    res = run({"tables": platform_tables()})
+    assert res["failed"] is True
+    assert "changed by someone else" in res["msg"] and "twice" in res["msg"] and "nothing was written" in res["msg"]
+    assert "did not match current version" in res["msg"]
+    assert [w["status"] for w in fake.writes()] == [409, 409]
+    assert not [k for k in fake.tables() if k.startswith("platform.")]
+
+
+def test_inconsistent_metadata_is_refused_and_listed(fake, run):
+    del fake.db_tables[("platform", "projects")]
+    version = fake.resource_version
+    res = run({"tables": platform_tables()})
+    assert res["failed"] is True
+    assert "would be inconsistent; nothing was written" in res["msg"]
+    assert 'no such table/view exists in source: "platform.projects"' in res["msg"]
+    assert [o["name"] for o in res["inconsistent_objects"]] == ["table platform.projects in source default"]
+    assert [w["status"] for w in fake.writes()] == [400]
+    assert fake.resource_version == version
+    assert not [k for k in fake.tables() if k.startswith("platform.")]
+
+
+def test_permission_on_a_missing_column_is_refused(fake, run):
+    tables = platform_tables()
+    tables[2]["columns"].append("budget")
+    res = run({"tables": tables})
+    assert res["failed"] is True
+    assert 'column "budget" does not exist' in res["msg"]
+    kinds = {o["type"] for o in res["inconsistent_objects"]}
+    assert kinds == {"select_permission", "insert_permission", "update_permission"}
+
+
+def test_inconsistency_after_the_write_fails_with_the_list(fake, run):
+    # the table disappears from the database right after the write
+    fake.after_replace.append(lambda f: f.db_tables.pop(("platform", "tenant_domains")))
+    res = run({"tables": platform_tables()})
+    assert res["failed"] is True and res["changed"] is True
+    assert "inconsistent metadata after this run (the metadata was written)" in res["msg"]
+    names = sorted(o["name"] for o in res["inconsistent_objects"])
+    assert names == ["array_relation domains in table platform.tenants in source default",
+                     "table platform.tenant_domains in source default"]
+
+
+BAD = [
+    ({"tables": [{"name": "projects", "schema": "platform", "colums": ["id"]}]}, "colums"),
+    ({"tables": [{"name": "projects", "schema": "platform", "tenant_roles": ["user"]}]},
+     "tables[0] (platform.projects).tenant_column is required"),
+    ({"tables": [{"name": "projects", "schema": "platform", "tenant_column": "tenant_id", "tenant_roles": ["user"]}]},
+     "tables[0] (platform.projects).permissions.user.insert: columns are required"),
+    ({"tables": [{"name": "p", "tenant_column": "tenant_id", "tenant_roles": ["user"], "columns": ["id", "tenant_id"],
+                  "permissions": {"user": {"update": {"columns": ["name", "tenant_id"]}}}}]},
+     "tables[0] (public.p).permissions.user.update.columns must list the columns explicitly and must not contain the "
+     "tenant column tenant_id"),
+    ({"tables": [{"name": "p", "tenant_column": "tenant_id", "tenant_roles": ["user"], "columns": ["id"],
+                  "permissions": {"user": {"insert": {"columns": "*"}}}}]},
+     "tables[0] (public.p).permissions.user.insert.columns must list the columns explicitly"),
+    ({"tables": [{"name": "p", "tenant_column": "tenant_id", "tenant_roles": ["user"], "columns": ["id"],
+                  "permissions": {"user": {"update": {"set": {"tenant_id": "x-hasura-user-id"}}}}}]},
+     "tables[0] (public.p).permissions.user.update.set must not set the tenant column tenant_id"),
+    ({"tables": [{"name": "p", "permissions": {"user": {"selekt": {}}}}]},
+     "tables[0] (public.p).permissions.user.selekt: unknown operation"),
+    ({"tables": [{"name": "p", "permissions": {"user": {"select": {"columns": ["id"], "filter": {}, "limits": 3}}}}]},
+     "tables[0] (public.p).permissions.user.select: unknown key(s) limits"),
+    ({"tables": [{"name": "p", "permissions": {"user": {"select": {"columns": ["id"]}}}}]},
+     "tables[0] (public.p).permissions.user.select: missing filter"),
+    ({"tables": [{"name": "p", "tenant_column": "t", "tenant_roles": ["admin"]}]},
+     "tables[0] (public.p).tenant_roles: admin cannot"),
+    ({"tables": [{"name": "p"}, {"name": "q"}, {"schema": "public", "name": "p"}]},
+     "tables[2] (public.p) is listed twice"),
+    ({"tables": [{"name": "p", "array_relationships": [{"name": "x", "column": "p_id"}]}]}, "table"),
+    ({"tables": [{"name": "p", "array_relationships": [{"name": "x", "table": {"schema": "s"}, "column": "c"}]}]},
+     "tables[0] (public.p).array_relationships[0].table must be a dict with schema and name"),
+    ({"tables": [{"name": "p", "object_relationships": [{"name": "x", "column": "a"}],
+                  "array_relationships": [{"name": "x", "table": "s.t", "column": "c"}]}]},
+     "tables[0] (public.p).array_relationships[0].name: x is used twice"),
+    ({"tenant_session_variable": "tenant_id", "tables": [{"name": "p"}]}, "tenant_session_variable must be"),
+    ({"tables": [{"name": "p", "tenant_operations": ["select", "upsert"]}]}, "upsert"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=range(len(BAD)))
+def test_bad_input_fails_before_any_request(fake, run, args, message):
+    res = run(args)
+    assert res["failed"] is True
+    assert message in res["msg"], res["msg"]
+    assert fake.requests == []
+
+
+def test_wrong_secret_unknown_source_and_unreachable(fake, run):
+    res = run({"admin_secret": "wrong-secret", "tables": [{"name": "p"}]})
+    assert res["failed"] is True
+    assert "access-denied" in res["msg"] and "admin_secret" in res["msg"]
+    assert "wrong-secret" not in json.dumps(res)
+
+    res = run({"source": "analytics", "tables": [{"name": "p"}]})
+    assert res["failed"] is True
+    assert "source analytics is not in Hasura's metadata (sources: default)" in res["msg"]
+
+    res = run({"endpoint": "http://127.0.0.1:1", "tables": [{"name": "p"}]})
+    assert res["failed"] is True
+    assert "cannot reach Hasura at http://127.0.0.1:1/v1/metadata" in res["msg"]
+    assert fake.writes() == []
+
+
+def test_endpoint_and_admin_secret_from_the_environment(fake, run, monkeypatch):
+    monkeypatch.setenv("HASURA_GRAPHQL_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("HASURA_GRAPHQL_ADMIN_SECRET", SECRET)
+    res = ok(run({"tables": platform_tables()}, diff=True, connection=False))
+    assert res["changed"] is True
+    assert {r["admin_secret"] for r in fake.requests} == {SECRET}
+    assert SECRET not in json.dumps(res)
+
+
+def test_secret_never_in_verbose_output(fake):
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "apply", "selfbase.platform.hasura_metadata": {
+            "endpoint": fake.endpoint, "admin_secret": SECRET, "tables": platform_tables()}}]}]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
+        json.dump(play, fh)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_LOCALHOST_WARNING="false")
+    try:
+        proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-vvv", "--diff",
+                               "-i", "localhost,", "-c", "local", fh.name], capture_output=True, text=True, env=env,
+                              check=False)
+    finally:
+        os.unlink(fh.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "changed=1" in proc.stdout
+    assert fake.writes() and fake.requests[0]["admin_secret"] == SECRET
+    assert SECRET not in proc.stdout + proc.stderr
