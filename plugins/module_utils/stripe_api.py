@@ -1,0 +1,192 @@
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Stripe access for the selfbase.platform modules: connection options and a
+small client over the official ``stripe`` library (pinned API version, retries,
+idempotency keys derived from the desired state, paginated lists)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import hashlib
+import json
+import traceback
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
+
+try:
+    import stripe
+    HAS_STRIPE = True
+    STRIPE_IMPORT_ERROR = None
+except ImportError:  # reported through fail_json by StripeClient()
+    HAS_STRIPE = False
+    STRIPE_IMPORT_ERROR = traceback.format_exc()
+
+# Pinned, so that object shapes do not change under the modules (usage-based
+# billing on Billing Meters needs 2025-03-31.basil or later; subscription
+# period dates live on the subscription items since then).
+STRIPE_API_VERSION = '2026-10-28.endive'
+DEFAULT_API_BASE = 'https://api.stripe.com'
+
+
+def stripe_argument_spec():
+    """Options documented in the selfbase.platform.stripe doc fragment."""
+    return dict(
+        api_key=dict(type='str', required=True, no_log=True, fallback=(env_fallback, ['STRIPE_API_KEY'])),
+        api_base=dict(type='str', default=DEFAULT_API_BASE, fallback=(env_fallback, ['STRIPE_API_BASE'])),
+        request_timeout=dict(type='int', default=30),
+        max_retries=dict(type='int', default=3),
+    )
+
+
+def idempotency_key(*parts):
+    """A stable Idempotency-Key for a write, derived from the desired state, so
+    that a run retried after a crash sends the same key again."""
+    blob = json.dumps(parts, sort_keys=True, separators=(',', ':'), default=str)
+    return 'selfbase-' + hashlib.sha256(blob.encode('utf-8')).hexdigest()[:48]
+
+
+class StripeError(Exception):
+    """A failed Stripe call: HTTP status (None when Stripe was not reached), error code and type, and the
+    parameter Stripe blamed."""
+
+    def __init__(self, message, status=None, code=None, param=None, type=None):
+        super(StripeError, self).__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+        self.type = type
+
+    def __str__(self):
+        head = 'Stripe error' if self.status is None else 'Stripe error %s' % self.status
+        fields = (('type', self.type), ('code', self.code), ('param', self.param))
+        detail = ', '.join('%s %s' % (k, v) for k, v in fields if v)
+        return '%s%s: %s' % (head, ' (%s)' % detail if detail else '', self.message)
+
+
+def _convert(err, api_base):
+    if isinstance(err, stripe.APIConnectionError):
+        return StripeError('could not reach Stripe at %s: %s' % (api_base, (err.user_message or '').strip()))
+    body = err.json_body if isinstance(err.json_body, dict) else {}
+    info = body.get('error') if isinstance(body.get('error'), dict) else {}
+    return StripeError(info.get('message') or err.user_message or str(err), status=err.http_status,
+                       code=info.get('code') or err.code, param=info.get('param'), type=info.get('type'))
+
+
+def _http_client(timeout):
+    class RetryingRequestsClient(stripe.RequestsClient):
+        """The library retries connection errors, 409 and 5xx with capped
+        exponential backoff and honours Stripe-Should-Retry; it does not retry
+        429 unless told to. Rate limits are transient, so retry them too."""
+
+        def _should_retry(self, response, api_connection_error, num_retries, max_network_retries):
+            if response is not None and num_retries < (max_network_retries or 0):
+                headers = response[2] or {}
+                told = str(headers.get('stripe-should-retry', headers.get('Stripe-Should-Retry', ''))).lower()
+                if response[1] == 429 and told != 'false':
+                    return True
+            return super(RetryingRequestsClient, self)._should_retry(
+                response, api_connection_error, num_retries, max_network_retries)
+
+    return RetryingRequestsClient(timeout=timeout)
+
+
+class StripeClient(object):
+    """Stripe v1 calls for one module run. ``reads`` and ``writes`` count the
+    calls made (each list page is one read; retries inside a call are not
+    counted again)."""
+
+    def __init__(self, module):
+        if not HAS_STRIPE:
+            module.fail_json(msg=missing_required_lib('stripe'), exception=STRIPE_IMPORT_ERROR)
+        p = module.params
+        if not p['api_key']:
+            module.fail_json(msg='api_key is empty: set the option or STRIPE_API_KEY.')
+        base = (p['api_base'] or '').rstrip('/')
+        if not base.startswith(('https://', 'http://')):
+            module.fail_json(msg='api_base must be an http(s) URL, got %r.' % p['api_base'])
+        if p['request_timeout'] <= 0:
+            module.fail_json(msg='request_timeout must be a positive number of seconds.')
+        if p['max_retries'] < 0:
+            module.fail_json(msg='max_retries must be 0 or more.')
+        self.module = module
+        self.api_base = base
+        self.reads = 0
+        self.writes = 0
+        self._client = stripe.StripeClient(
+            p['api_key'], stripe_version=STRIPE_API_VERSION, base_addresses={'api': base},
+            max_network_retries=p['max_retries'], http_client=_http_client(p['request_timeout']))
+
+    def _call(self, method, path, params, key=None):
+        kwargs = dict(params or {})
+        if key:
+            kwargs['idempotency_key'] = key
+        try:
+            return self._client.raw_request(method, path, **kwargs)
+        except stripe.StripeError as e:
+            raise _convert(e, self.api_base)
+
+    def get(self, path, params=None):
+        self.reads += 1
+        return self._call('get', path, params).data
+
+    def list(self, path, params=None):
+        """Every object of a list (or search) endpoint, following the pages 100 at a time."""
+        params = dict(params or {})
+        params.setdefault('limit', 100)
+        items = []
+        while True:
+            page = self.get(path, params)
+            items.extend(page.get('data') or [])
+            if not page.get('has_more') or not page.get('data'):
+                return items
+            if page.get('object') == 'search_result':
+                params['page'] = page['next_page']
+            else:
+                params['starting_after'] = page['data'][-1]['id']
+
+    def _refuse_in_check_mode(self, method, path):
+        if self.module.check_mode:
+            raise StripeError('internal error: %s %s attempted in check mode' % (method, path))
+
+    def post(self, path, params, key=None):
+        """A write. The Idempotency-Key is ``key`` or derived from path and params; the library resends the
+        same key on every retry, so a write that Stripe stored before an error is replayed, not repeated."""
+        self._refuse_in_check_mode('POST', path)
+        key = key or idempotency_key(path, params)
+        self.writes += 1
+        resp = self._call('post', path, params, key)
+        data = resp.data
+        if str(resp.headers.get('idempotent-replayed', '')).lower() == 'true':
+            stale, fresh = self._stale(path, data)
+            if stale:
+                # A replay from an earlier run whose result no longer holds (the object was
+                # deleted or changed since, within Stripe's 24 h key retention): write again,
+                # with a key derived from the live state, so a crash-retry still reuses it.
+                self.writes += 1
+                data = self._call('post', path, params, idempotency_key(key, data.get('id'), fresh)).data
+        return data
+
+    def _stale(self, path, data):
+        """(stale, live object or None) for a replayed write result."""
+        if not isinstance(data, dict) or not data.get('id'):
+            return False, None
+        oid = data['id']
+        at = path.find('/' + oid)
+        created = at < 0
+        obj_path = path.rstrip('/') + '/' + oid if created else path[:at + len(oid) + 1]
+        try:
+            fresh = self.get(obj_path)
+        except StripeError as e:
+            if e.status == 404:
+                return True, None
+            raise
+        if created:
+            return bool(fresh.get('deleted')), fresh
+        return fresh != data, fresh
+
+    def delete(self, path, key=None):
+        self._refuse_in_check_mode('DELETE', path)
+        self.writes += 1
+        return self._call('delete', path, None, key).data

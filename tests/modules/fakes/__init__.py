@@ -1,0 +1,1 @@
+"""Contract fakes of APIs that cannot be reached from the test machines."""
