@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 
-MIGRATION_VERSIONS = ["0001"]
+MIGRATION_VERSIONS = ["0001", "0002"]
 
 
 def _applied(conn):

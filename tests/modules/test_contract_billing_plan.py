@@ -1,0 +1,263 @@
+"""billing_plan against a real PostgreSQL server and the fake Stripe (contract test)."""
+
+from __future__ import annotations
+
+import pytest
+from fakes.stripe_fake import FakeStripe
+
+
+@pytest.fixture()
+def fake():
+    with FakeStripe() as server:
+        yield server
+
+
+@pytest.fixture()
+def bill(run, schema, fake):
+    """Run a module with the Stripe options pointing at the fake."""
+    def call(module, args, **kw):
+        return run(module, dict(args, api_key=fake.api_key, api_base=fake.url, max_retries=3), **kw)
+    return call
+
+
+@pytest.fixture()
+def meter(fake):
+    """The api_requests meter, created directly in the fake (billing_meter is tested on its own)."""
+    import stripe
+    client = stripe.StripeClient(fake.api_key, base_addresses={"api": fake.url})
+    m = client.raw_request("post", "/v1/billing/meters", display_name="API requests", event_name="api_requests",
+                           default_aggregation={"formula": "sum"})
+    fake.reset_log()
+    return m.data["id"]
+
+
+PRO = {"code": "pro", "name": "Pro", "description": "For teams", "features": {"sso": True}, "trial_days": 14,
+       "prices": [{"interval": "month", "currency": "usd", "amount_decimal": "29.00"},
+                  {"interval": "year", "currency": "usd", "amount": 29000},
+                  {"interval": "month", "currency": "JPY", "amount_decimal": 4000}],
+       "quotas": [{"metric": "members", "limit": 25},
+                  {"metric": "api_requests", "limit": "1M", "mode": "overage",
+                   "overage_unit_price": {"usd": "0.0001", "jpy": "0.015"}}]}
+
+
+def _db(conn, code="pro"):
+    plan = conn.execute("SELECT * FROM platform.plans WHERE code = %s", (code,)).fetchone()
+    prices = {(r["billing_cycle"], r["currency"]): r for r in conn.execute(
+        "SELECT * FROM platform.plan_prices WHERE plan_code = %s", (code,))}
+    quotas = {r["metric"]: r for r in conn.execute("SELECT * FROM platform.plan_quotas WHERE plan_code = %s", (code,))}
+    overage = {(r["metric"], r["billing_cycle"], r["currency"]): r for r in conn.execute(
+        "SELECT * FROM platform.plan_overage_prices WHERE plan_code = %s", (code,))}
+    return plan, prices, quotas, overage
+
+
+def _snapshot(conn):
+    return [conn.execute(f"SELECT * FROM platform.{t} ORDER BY 1, 2").fetchall()
+            for t in ("plans", "plan_prices", "plan_quotas", "plan_overage_prices", "audit_log")]
+
+
+def _active_prices(fake):
+    return {p["lookup_key"]: p for p in fake.objects("prices") if p["active"]}
+
+
+def test_check_create_rerun(bill, schema, fake, meter):
+    res = bill("billing_plan", PRO, check=True, diff=True)
+    assert res["changed"] is True, res
+    assert fake.writes() == []
+    assert [r.path for r in fake.reads()] == ["/v1/products", "/v1/billing/meters", "/v1/prices"]
+    assert len(res["actions"]) == 1 + 3 + 3   # product, 3 prices, 3 metered prices (one per price point)
+    assert res["diff"]["before"] == {}
+    assert res["diff"]["after"]["stripe_product_id"] is None
+    assert _db(schema)[0] is None
+
+    fake.reset_log()
+    res = bill("billing_plan", PRO, diff=True)
+    assert res["changed"] is True, res
+    writes = fake.writes()
+    assert [w.path for w in writes] == ["/v1/products"] + ["/v1/prices"] * 6
+    assert all(w.idempotency_key for w in writes)
+    assert res["api_calls"]["writes"] == 7
+    products = fake.objects("products")
+    assert [(p["name"], p["description"], p["metadata"]["plan_code"], p["active"]) for p in products] == \
+        [("Pro", "For teams", "pro", True)]
+    prices = _active_prices(fake)
+    assert sorted(prices) == ["pro_month_jpy", "pro_month_jpy.api_requests", "pro_month_usd",
+                              "pro_month_usd.api_requests", "pro_year_usd", "pro_year_usd.api_requests"]
+    assert (prices["pro_month_usd"]["unit_amount"], prices["pro_year_usd"]["unit_amount"],
+            prices["pro_month_jpy"]["unit_amount"]) == (2900, 29000, 4000)
+    metered = prices["pro_month_usd.api_requests"]
+    assert metered["recurring"]["usage_type"] == "metered" and metered["recurring"]["meter"] == meter
+    assert metered["unit_amount_decimal"] == "0.01"          # 0.0001 usd = 0.01 cents
+    assert prices["pro_month_jpy.api_requests"]["unit_amount_decimal"] == "0.015"
+    assert {p["product"] for p in prices.values()} == {products[0]["id"]}
+
+    plan, db_prices, quotas, overage = _db(schema)
+    assert (plan["name"], plan["active"], plan["trial_days"], plan["features"]) == ("Pro", True, 14, {"sso": True})
+    assert plan["stripe_product_id"] == products[0]["id"]
+    assert {k: (r["unit_amount"], r["stripe_price_id"]) for k, r in db_prices.items()} == {
+        ("month", "usd"): (2900, prices["pro_month_usd"]["id"]), ("year", "usd"): (29000, prices["pro_year_usd"]["id"]),
+        ("month", "jpy"): (4000, prices["pro_month_jpy"]["id"])}
+    assert quotas["members"]["limit_value"] == 25 and quotas["api_requests"]["limit_value"] == 1_000_000
+    assert quotas["api_requests"]["stripe_meter_id"] == meter
+    assert {k: r["stripe_price_id"] for k, r in overage.items()} == {
+        ("api_requests", "month", "usd"): metered["id"],
+        ("api_requests", "year", "usd"): prices["pro_year_usd.api_requests"]["id"],
+        ("api_requests", "month", "jpy"): prices["pro_month_jpy.api_requests"]["id"]}
+    assert res["diff"]["after"] == res["plans"][0]
+    audit = schema.execute("SELECT action FROM platform.audit_log WHERE entity = 'plan'").fetchall()
+    assert [a["action"] for a in audit] == ["create"]
+
+    # identical re-run: reads only, no write anywhere
+    before = _snapshot(schema)
+    fake.reset_log()
+    res = bill("billing_plan", PRO, check=True)
+    assert res["changed"] is False, res
+    res = bill("billing_plan", PRO)
+    assert res["changed"] is False, res
+    assert res["actions"] == [] and fake.writes() == []
+    assert res["api_calls"] == {"reads": 3, "writes": 0}
+    assert _snapshot(schema) == before
+
+
+def test_amount_change_moves_lookup_key_and_archives(bill, schema, fake, meter):
+    assert bill("billing_plan", PRO)["changed"] is True
+    old = _active_prices(fake)["pro_month_usd"]
+    changed = dict(PRO, prices=[dict(PRO["prices"][0], amount_decimal="35")] + PRO["prices"][1:])
+
+    fake.reset_log()
+    res = bill("billing_plan", changed, check=True, diff=True)
+    assert res["changed"] is True and fake.writes() == []
+    assert res["actions"] == ["create price pro_month_usd (3500 usd/month)",
+                              "archive price %s (pro_month_usd)" % old["id"]]
+    assert [p["amount"] for p in res["diff"]["before"]["prices"] if p["lookup_key"] == "pro_month_usd"] == [2900]
+
+    fake.reset_log()
+    res = bill("billing_plan", changed)
+    assert res["changed"] is True, res
+    writes = fake.writes()
+    assert [(w.path, w.params.get("transfer_lookup_key"), w.params.get("active")) for w in writes] == [
+        ("/v1/prices", "true", None), ("/v1/prices/%s" % old["id"], None, "false")]
+    new = _active_prices(fake)["pro_month_usd"]
+    assert new["unit_amount"] == 3500 and new["id"] != old["id"]
+    assert fake.get("prices", old["id"])["active"] is False
+    assert fake.get("prices", old["id"])["lookup_key"] is None
+    _plan, prices, _q, _o = _db(schema)
+    assert (prices[("month", "usd")]["unit_amount"], prices[("month", "usd")]["stripe_price_id"]) == (3500, new["id"])
+
+    fake.reset_log()
+    assert bill("billing_plan", changed)["changed"] is False
+    assert fake.writes() == []
+
+    # back to the old amount: a third price (Stripe prices are immutable), not a replay of the first
+    res = bill("billing_plan", PRO)
+    assert res["changed"] is True
+    third = _active_prices(fake)["pro_month_usd"]
+    assert third["unit_amount"] == 2900 and third["id"] not in (old["id"], new["id"])
+    assert fake.get("prices", new["id"])["active"] is False
+
+
+def test_crash_between_stripe_and_database_is_safe_to_rerun(bill, schema, fake, meter):
+    """A 500 after Stripe stored the product: the retry replays it; a run that dies before the database
+    write is finished by the next run without duplicates."""
+    fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/products")
+    fake.fail_next(status=429, method="POST", path_prefix="/v1/prices")
+    fake.fail_next(drop=True, method="POST", path_prefix="/v1/prices")
+    res = bill("billing_plan", PRO)
+    assert res["changed"] is True, res
+    assert len(fake.objects("products")) == 1
+    assert len(fake.objects("prices")) == 6
+
+    # Stripe written, database not: simulate by removing the database rows, then run again
+    schema.execute("DELETE FROM platform.plans WHERE code = 'pro'")
+    fake.reset_log()
+    res = bill("billing_plan", PRO)
+    assert res["changed"] is True, res
+    assert fake.writes() == []
+    assert len(fake.objects("products")) == 1 and len(fake.objects("prices")) == 6
+    assert _db(schema)[0]["stripe_product_id"] == fake.objects("products")[0]["id"]
+
+
+def test_archive_left_behind_is_finished(bill, schema, fake, meter):
+    """A run stopped after the new price was created but before the old one was archived."""
+    assert bill("billing_plan", PRO)["changed"] is True
+    old = _active_prices(fake)["pro_month_usd"]
+    changed = dict(PRO, prices=[dict(PRO["prices"][0], amount_decimal="35")] + PRO["prices"][1:])
+    fake.fail_next(status=400, count=10, method="POST", path_prefix="/v1/prices/")
+    res = bill("billing_plan", changed)
+    assert res["failed"] is True
+    assert fake.get("prices", old["id"])["active"] is True       # left behind, without its lookup key
+    assert _db(schema)[1][("month", "usd")]["stripe_price_id"] == old["id"]   # database untouched
+    fake.faults.clear()
+    fake.reset_log()
+    res = bill("billing_plan", changed)
+    assert res["changed"] is True, res
+    assert [w.path for w in fake.writes()] == ["/v1/prices/%s" % old["id"]]
+    assert fake.get("prices", old["id"])["active"] is False
+    assert bill("billing_plan", changed)["changed"] is False
+
+
+def test_absent_archives_and_keeps_history(bill, schema, fake, meter):
+    assert bill("billing_plan", PRO)["changed"] is True
+    schema.execute("INSERT INTO platform.tenants (slug, name, plan_code) VALUES ('acme', 'ACME', 'pro')")
+    fake.reset_log()
+    res = bill("billing_plan", {"code": "pro", "state": "absent"}, check=True)
+    assert res["changed"] is True and fake.writes() == []
+    res = bill("billing_plan", {"code": "pro", "state": "absent"})
+    assert res["changed"] is True, res
+    assert [p for p in fake.objects("prices") if p["active"]] == []
+    assert [p["active"] for p in fake.objects("products")] == [False]
+    plan, prices, quotas, overage = _db(schema)
+    assert plan["active"] is False
+    assert not any(r["active"] for r in prices.values()) and not any(r["active"] for r in overage.values())
+    assert len(quotas) == 2
+    assert schema.execute("SELECT plan_code FROM platform.tenants").fetchone()["plan_code"] == "pro"
+    fake.reset_log()
+    assert bill("billing_plan", {"code": "pro", "state": "absent"})["changed"] is False
+    assert fake.writes() == []
+    # and back
+    res = bill("billing_plan", PRO)
+    assert res["changed"] is True
+    assert [p["active"] for p in fake.objects("products")] == [True]
+    assert len(_active_prices(fake)) == 6
+
+
+def test_removed_price_point_is_archived(bill, schema, fake, meter):
+    assert bill("billing_plan", PRO)["changed"] is True
+    jpy = _active_prices(fake)["pro_month_jpy"]
+    fewer = dict(PRO, prices=PRO["prices"][:2], quotas=PRO["quotas"][:1])
+    res = bill("billing_plan", fewer)
+    assert res["changed"] is True, res
+    assert sorted(_active_prices(fake)) == ["pro_month_usd", "pro_year_usd"]
+    assert fake.get("prices", jpy["id"])["active"] is False
+    _plan, prices, quotas, overage = _db(schema)
+    assert prices[("month", "jpy")]["active"] is False
+    assert sorted(quotas) == ["members"] and overage == {}
+    assert bill("billing_plan", fewer)["changed"] is False
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"prices": [{"interval": "month", "currency": "xyz", "amount": 100}]}, "prices[0].currency"),
+    ({"prices": [{"interval": "month", "currency": "usd", "amount": -5}]}, "prices[0].amount"),
+    ({"prices": [{"interval": "month", "currency": "jpy", "amount_decimal": "10.5"}]}, "prices[0].amount_decimal"),
+    ({"prices": [{"interval": "month", "currency": "usd", "amount_decimal": "1.999"}]}, "prices[0].amount_decimal"),
+    ({"prices": [{"interval": "month", "currency": "usd"}]}, "prices[0].amount"),
+    ({"quotas": [{"metric": "api_requests", "limit": 10, "mode": "overage", "overage_unit_price": 1}],
+      "prices": [{"interval": "month", "currency": "usd", "amount": 100}]}, "quotas[0].metric"),
+    ({"quotas": [{"metric": "nope", "limit": 10}]}, "quotas[0].metric"),
+    ({"trial_days": -1}, "trial_days"),
+])
+def test_bad_input_fails_before_any_write(bill, schema, fake, change, field):
+    before = _snapshot(schema)
+    res = bill("billing_plan", dict({"code": "pro"}, **change))
+    assert res["failed"] is True
+    assert res["msg"].startswith(field + ":"), res["msg"]
+    assert fake.writes() == []
+    assert _snapshot(schema) == before
+
+
+def test_plans_list_names_the_entry(bill, schema, fake):
+    plans = [{"code": "a", "prices": [{"interval": "month", "currency": "usd", "amount": 1}]},
+             {"code": "b", "prices": [{"interval": "week", "currency": "usd", "amount": 1}]}]
+    res = bill("billing_plan", {"plans": plans})
+    assert res["failed"] is True
+    assert res["msg"].startswith("plans[1].prices[0].interval:"), res["msg"]
+    assert fake.writes() == []
