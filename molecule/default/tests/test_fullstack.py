@@ -122,3 +122,20 @@ def test_check_mode_on_the_converged_environment_predicts_nothing():
     stats = json.loads(out.stdout)["stats"]
     assert set(stats) == set(HOSTS)
     assert all(s["changed"] == 0 and s["failures"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
+
+
+def test_billing_reached_stripe_and_the_database():
+    # The price book is in Stripe (the contract fake) and in PostgreSQL, and
+    # acme's subscription is mirrored.
+    import urllib.request
+    req = urllib.request.Request("http://127.0.0.1:12112/v1/products?limit=100",
+                                 headers={"Authorization": "Bearer sk_test_molecule"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        products = json.load(resp)["data"]
+    assert sorted(p["metadata"]["plan_code"] for p in products) == ["pro", "starter"]
+    plans = _psql("SELECT string_agg(code || ':' || (stripe_product_id IS NOT NULL)::text, ',' ORDER BY code) "
+                  "FROM platform.plans")
+    assert plans.stdout.strip() == "pro:true,starter:true"
+    sub = _psql("SELECT s.status FROM platform.subscriptions s JOIN platform.tenants t ON t.id = s.tenant_id "
+                "WHERE t.slug = 'acme'")
+    assert sub.stdout.strip() in ("active", "trialing")
