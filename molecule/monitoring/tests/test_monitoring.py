@@ -1,34 +1,48 @@
-"""Verify the monitoring role: targets, rules, tenant quota metrics and an
-alert's way from a stopped PostgreSQL to the test webhook receiver."""
+"""Verify the monitoring role: targets, private listen addresses, rules, tenant
+quota, replication, backup and nginx status metrics, and alerts' way to the
+test webhook receiver (a stopped PostgreSQL, real 5xx responses, no backup)."""
 
 import json
-import pathlib
-import shlex
 import os
+import pathlib
+import re
+import shlex
 import time
 import warnings
 from urllib.parse import quote
 
 import pytest
 import testinfra
+import yaml
 
 testinfra_hosts = ["monitoring"]
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROM = "172.30.96.12:9090"
+ADDRESSES = {"mon-db": "172.30.96.11", "mon-prom": "172.30.96.12", "mon-proxy": "172.30.96.13"}
 EXPECTED_TARGETS = {
     ("prometheus", PROM),
     ("alertmanager", "mon-prom:9093"),
     ("node", "mon-db:9100"),
     ("node", "mon-prom:9100"),
+    ("node", "mon-proxy:9100"),
     ("postgres", "mon-db:9187"),
-    ("nginx", "mon-prom:9113"),
+    ("nginx", "mon-proxy:9113"),
+    ("nginx_log", "mon-proxy:3903"),
     ("blackbox", "https://api.selfbase.test/healthz"),
+}
+# Every listening socket of the exporters and servers, per host.
+EXPECTED_LISTENERS = {
+    "mon-db": {"172.30.96.11:9100", "172.30.96.11:9187"},
+    "mon-prom": {"172.30.96.12:9100", "172.30.96.12:9090", "172.30.96.12:9093", "127.0.0.1:9115"},
+    "mon-proxy": {"172.30.96.13:9100", "172.30.96.13:9113", "172.30.96.13:3903"},
 }
 EXPECTED_ALERTS = {
     "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
-    "Nginx5xxRate", "CertificateExpiresSoon", "TenantQuotaWarning", "TenantQuotaExceeded",
+    "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
+    "TenantQuotaWarning", "TenantQuotaExceeded",
 }
+TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
 
 
@@ -39,6 +53,11 @@ def _host(name):
 @pytest.fixture(scope="module")
 def db():
     return _host("mon-db")
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    return _host("mon-proxy")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +111,18 @@ def test_every_expected_target_is_up(host, hvars):
     assert seen, _api(host, hvars, "/api/v1/targets")
 
 
+def test_exporters_listen_on_the_private_address_only():
+    ports = {9100, 9187, 9113, 3903, 9090, 9093, 9094, 9115}
+    for name, expected in EXPECTED_LISTENERS.items():
+        out = _host(name).check_output("ss -Hltn")
+        local = {line.split()[3] for line in out.splitlines()}
+        got = {a for a in local if int(a.rsplit(":", 1)[1]) in ports}
+        assert got == expected, (name, out)
+
+
 def test_nginx_exporter_reads_stub_status(host, hvars):
     result = _api(host, hvars, "/api/v1/query?query=nginx_up")["result"]
-    assert [(r["metric"]["instance"], r["value"][1]) for r in result] == [("mon-prom:9113", "1")]
+    assert [(r["metric"]["instance"], r["value"][1]) for r in result] == [("mon-proxy:9113", "1")]
 
 
 def test_blackbox_reads_the_certificate_expiry(host, hvars):
@@ -165,7 +193,7 @@ def test_quota_alerts_are_pending_or_firing(host, hvars):
         ("TenantQuotaWarning", "acme"), ("TenantQuotaWarning", "globex"), ("TenantQuotaExceeded", "globex")}
 
 
-def _delivered_postgres_down(host, since):
+def _delivered(host, since, alertname):
     log = host.file(WEBHOOK_LOG)
     if not log.exists:
         return None
@@ -174,9 +202,104 @@ def _delivered_postgres_down(host, since):
         if entry["received"] < since:
             continue
         for alert in entry["body"]["alerts"]:
-            if alert["labels"]["alertname"] == "PostgresDown" and alert["status"] == "firing":
+            if alert["labels"]["alertname"] == alertname and alert["status"] == "firing":
                 return entry["received"]
     return None
+
+
+def _alerts(host, hvars, alertname, state=None):
+    alerts = _api(host, hvars, "/api/v1/alerts")["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and state in (None, a["state"])]
+
+
+def _mtail_count(host, status):
+    out = host.check_output(f"curl -sf http://{ADDRESSES['mon-proxy']}:3903/metrics")
+    match = re.search(rf'^selfbase_nginx_http_responses_total{{status="{status}"}} (\d+)$', out, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def test_real_5xx_through_nginx_raise_the_metric_and_fire_the_alert(host, hvars):
+    """Requests through nginx on mon-proxy that its upstream answers with 500:
+    mtail counts each one from the access log, Prometheus scrapes the count, and
+    Nginx5xxRate fires and reaches the webhook receiver."""
+    assert _alerts(host, hvars, "Nginx5xxRate") == []
+    before = _mtail_count(host, 500)
+    started = time.time()
+    # Spread over several scrapes, so that rate() sees the new series grow.
+    codes = host.check_output(
+        "for i in $(seq 30); do curl -sk -o /dev/null -w '%{http_code} ' https://api.selfbase.test/status/500;"
+        " sleep 0.2; done")
+    assert codes.split() == ["500"] * 30
+    assert _poll(lambda: _mtail_count(host, 500) == before + 30, timeout=20)
+
+    def scraped():
+        result = _api(host, hvars, "/api/v1/query?query=" + quote('selfbase_nginx_http_responses_total{status="500"}'))
+        return result["result"] and int(result["result"][0]["value"][1]) == before + 30
+    assert _poll(scraped, timeout=20)
+    assert _poll(lambda: _alerts(host, hvars, "Nginx5xxRate", "firing"), timeout=60)
+    [alert] = _alerts(host, hvars, "Nginx5xxRate", "firing")
+    assert alert["labels"]["instance"] == "mon-proxy:3903"
+    assert _poll(lambda: _delivered(host, started, "Nginx5xxRate"), timeout=30)
+
+
+def _write_backup_metric(db, timestamp):
+    db.check_output(
+        f"printf 'selfbase_backup_last_success_timestamp_seconds %d\\n' {int(timestamp)} > {TEXTFILE}.tmp"
+        f" && mv {TEXTFILE}.tmp {TEXTFILE}")
+
+
+def test_backup_missing(host, db, hvars):
+    """mon-db expects backups: BackupMissing fires while it reports none, clears
+    when a fresh backup is reported, and fires again for a 3-day-old one."""
+    db.run(f"rm -f {TEXTFILE}")
+
+    def firing(reason):
+        got = [(a["labels"]["instance"], a["labels"]["reason"]) for a in _alerts(host, hvars, "BackupMissing", "firing")]
+        return got if got == [("mon-db:9100", reason)] else None
+    assert _poll(lambda: firing("absent"), timeout=30)
+    _write_backup_metric(db, time.time())
+    assert _poll(lambda: _alerts(host, hvars, "BackupMissing") == [], timeout=30)
+    _write_backup_metric(db, time.time() - 3 * 86400)
+    assert _poll(lambda: firing("stale"), timeout=30)
+    [alert] = _alerts(host, hvars, "BackupMissing", "firing")
+    assert alert["annotations"]["summary"].startswith("The last successful backup of mon-db:9100 is 3d ")
+    _write_backup_metric(db, time.time())
+
+
+def _psql(db, sql, port=5432, host="/var/run/postgresql"):
+    return db.check_output(f"runuser -u postgres -- psql -h {host} -p {port} -d appdb -XAtc {shlex.quote(sql)}")
+
+
+def test_replication_lag_metric(host, db, hvars):
+    """On the primary the exporter reports no lag; on a real standby (streamed
+    from mon-db for this test) the shipped query, run as the exporter role,
+    reports 0 while it keeps up and a growing lag once replay is paused."""
+    result = _api(host, hvars, "/api/v1/query?query=" + quote("{__name__=~'selfbase_pg_replication_.*'}"))["result"]
+    assert {(r["metric"]["__name__"], r["metric"]["instance"], r["value"][1]) for r in result} == {
+        ("selfbase_pg_replication_is_replica", "mon-db:9187", "0"),
+        ("selfbase_pg_replication_lag_seconds", "mon-db:9187", "0")}
+    query = yaml.safe_load(db.file("/etc/prometheus/postgres-exporter-queries.yml").content_string)[
+        "selfbase_pg_replication"]["query"]
+    standby = "/var/lib/postgresql/selfbase-standby"
+    db.check_output(f"rm -rf {standby} && runuser -u postgres -- pg_basebackup -h /var/run/postgresql -D {standby} -R -X stream"
+                    f" && cd {standby} && runuser -u postgres -- sh -c 'touch postgresql.conf pg_ident.conf"
+                    " && echo \"local all all peer\" > pg_hba.conf'")
+    db.check_output(f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {standby} -l {standby}.log -w"
+                    " -o \"-p 5433 -k /tmp -c listen_addresses=''\" start")
+    try:
+        def standby_row():
+            out = _psql(db, "SET ROLE selfbase_exporter; " + query, port=5433, host="/tmp")
+            return out.strip().splitlines()[-1].split("|")  # after psql's "SET"
+        # A transaction replayed while streaming: the lag is 0 and the replay time is known.
+        _psql(db, "SELECT txid_current()")
+        assert _poll(lambda: standby_row() == ["1", "0"], timeout=20), standby_row()
+        _psql(db, "SELECT pg_wal_replay_pause()", port=5433, host="/tmp")
+        time.sleep(2)
+        _psql(db, "SELECT txid_current()")
+        assert _poll(lambda: float(standby_row()[1]) >= 2, timeout=20), standby_row()
+        assert standby_row()[0] == "1"
+    finally:
+        db.run(f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {standby} -m fast -w stop; rm -rf {standby} {standby}.log")
 
 
 def test_postgres_down_reaches_the_webhook(host, db, hvars):
@@ -189,7 +312,7 @@ def test_postgres_down_reaches_the_webhook(host, db, hvars):
     started = time.time()
     db.check_output("systemctl stop postgresql@15-main")
     try:
-        delivered = _poll(lambda: _delivered_postgres_down(host, started), timeout=budget + 60, delay=0.5)
+        delivered = _poll(lambda: _delivered(host, started, "PostgresDown"), timeout=budget + 60, delay=0.5)
         assert delivered, "PostgresDown was not delivered to the webhook receiver"
         elapsed = delivered - started
         with open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "alert_latency.txt"), "w",
