@@ -108,7 +108,7 @@ def main():
         r["met"] = r["seconds"] < TARGETS[run]
         print(f"{run:<16} {r['seconds']:>8} {TARGETS[run]:>7} {'yes' if r['met'] else 'NO':>4} {r['changed']:>8}")
     print("\nper tier (cold / warm, seconds):")
-    for (name, cold), (_, warm) in zip(results["cold"]["plays"], results["warm"]["plays"]):
+    for (name, cold), (_name, warm) in zip(results["cold"]["plays"], results["warm"]["plays"]):
         print(f"  {name:<40} {cold:>7} {warm:>7}")
     machine = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}

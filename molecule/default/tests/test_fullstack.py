@@ -66,7 +66,7 @@ def test_prometheus_scrapes_every_host():
     node = {t["labels"]["instance"].split(":")[0]: t["health"] for t in targets if t["labels"]["job"] == "node"}
     assert set(node) == set(HOSTS)
     # a scrape may not have happened yet right after the converge: wait for it
-    for _ in range(30):
+    for _attempt in range(30):
         cmd = mon.run("curl -s -u admin:molecule-Prom-Pw-5b7d http://%s:9090/api/v1/targets", ADDR["mon"])
         targets = json.loads(cmd.stdout)["data"]["activeTargets"]
         down = [(t["labels"]["job"], t["labels"]["instance"]) for t in targets if t["health"] != "up"]
