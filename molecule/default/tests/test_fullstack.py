@@ -109,7 +109,7 @@ def test_site_through_ansible_runner_changes_nothing():
         assert run.rc == 0
         stats = run.stats
         assert not stats["failures"] and not stats["dark"]
-        assert set(stats["ok"]) == set(HOSTS)
+        assert set(stats["ok"]) >= set(HOSTS)  # and localhost, where the billing modules run
         assert not stats["changed"], stats["changed"]
 
 
@@ -119,8 +119,9 @@ def test_check_mode_on_the_converged_environment_predicts_nothing():
            "--check", str(SITE)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    stats = json.loads(out.stdout)["stats"]
-    assert set(stats) == set(HOSTS)
+    # the json callback's document, then profile_tasks' table (molecule's config)
+    stats = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("{"):])[0]["stats"]
+    assert set(stats) == set(HOSTS) | {"localhost"}
     assert all(s["changed"] == 0 and s["failures"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
 
 
