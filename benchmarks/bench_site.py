@@ -90,7 +90,7 @@ def main():
     stripe_env = {"STRIPE_API_KEY": "sk_test_selfbase_development_fake", "STRIPE_API_BASE": "http://127.0.0.1:12111"}
     results = {}
     try:
-        playbook(["playbooks/dev_hosts.yml"])
+        playbook(VAULT + ["playbooks/dev_hosts.yml"])
         for run in ("cold", "warm"):
             took, out, err = playbook(VAULT + ["site.yml"], stripe_env)
             results[run] = {"seconds": round(took, 1), "changed": changed(out), "plays": plays(out),

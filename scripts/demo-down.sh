@@ -5,9 +5,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/.venv/bin/activate"
 cd "$ROOT"
-ansible-playbook -i inventories/development playbooks/dev_hosts.yml -e dev_hosts_state=absent
+ansible-playbook -i inventories/development --vault-password-file inventories/development/vault-password.txt \
+  playbooks/dev_hosts.yml -e dev_hosts_state=absent
 if [ -f .demo/stripe-fake.pid ]; then
   kill "$(cat .demo/stripe-fake.pid)" 2>/dev/null || true
   rm -f .demo/stripe-fake.pid .demo/stripe-fake.json
 fi
-docker rm -f selfbase-demo-db >/dev/null 2>&1 || true  # the single-host demo of earlier versions
+# the single-host demo of earlier versions
+docker rm -f selfbase-demo-db >/dev/null 2>&1 && docker network rm selfbase-demo >/dev/null 2>&1 || true

@@ -26,6 +26,8 @@ if [ -z "${STRIPE_API_KEY:-}" ]; then
   echo "[demo] Stripe: local fake on $STRIPE_API_BASE (set STRIPE_API_KEY to use Stripe's test mode)"
 fi
 
-ansible-playbook -i "$INV" playbooks/dev_hosts.yml
+# The single-host demo of earlier versions used the same subnet.
+docker rm -f selfbase-demo-db >/dev/null 2>&1 && docker network rm selfbase-demo >/dev/null 2>&1 || true
+ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_hosts.yml
 ansible-playbook -i "$INV" "${VAULT[@]}" site.yml "$@"
 ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_extras.yml

@@ -34,3 +34,18 @@ def test_spec_defaults_match_defaults(role):
 def test_public_variables_are_role_prefixed(role):
     defaults = _load(role / "defaults" / "main.yml")
     assert [k for k in defaults if not k.startswith(f"{role.name}_")] == []
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_other_entry_points_agree_with_main(role):
+    # e.g. monitoring's node_exporter entry point: same options, same defaults
+    specs = _load(role / "meta" / "argument_specs.yml")["argument_specs"]
+    main = specs["main"]["options"]
+    for name, spec in specs.items():
+        if name == "main":
+            continue
+        assert (role / "tasks" / f"{name}.yml").is_file(), name
+        for option, value in spec.get("options", {}).items():
+            assert option in main, (name, option)
+            assert value.get("default") == main[option].get("default"), (name, option)
+            assert value.get("type", "str") == main[option].get("type", "str"), (name, option)
