@@ -33,7 +33,7 @@ TARGETS = {"cold": 300.0, "warm": 60.0, "tenants_create": 20.0, "tenants_change"
 
 
 def playbook(args, extra_env=None):
-    """Run ansible-playbook with the json stdout callback; return (seconds, parsed output, stderr)."""
+    """Run ansible-playbook with the json stdout callback; return (seconds, parsed output, profile_tasks table)."""
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
                ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", **(extra_env or {}))
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(INV)] + args
@@ -41,13 +41,15 @@ def playbook(args, extra_env=None):
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     took = time.monotonic() - start
     try:
-        out = json.loads(res.stdout[res.stdout.index("{"):])
+        # the json document, then profile_tasks' table
+        text = res.stdout[res.stdout.index("{"):]
+        out, end = json.JSONDecoder().raw_decode(text)
     except ValueError:
         sys.exit(f"{' '.join(cmd)} printed no JSON:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     failed = {h: s for h, s in out["stats"].items() if s["failures"] or s["unreachable"]}
     if res.returncode != 0 or failed:
         sys.exit(f"{' '.join(cmd)} failed ({res.returncode}): {failed}\n{res.stderr[-3000:]}")
-    return took, out, res.stderr
+    return took, out, text[end:].strip()
 
 
 def plays(out):
@@ -92,12 +94,12 @@ def main():
     try:
         playbook(VAULT + ["playbooks/dev_hosts.yml"])
         for run in ("cold", "warm"):
-            took, out, err = playbook(VAULT + ["site.yml"], stripe_env)
+            took, out, profile = playbook(VAULT + ["site.yml"], stripe_env)
             results[run] = {"seconds": round(took, 1), "changed": changed(out), "plays": plays(out),
-                            "profile_tasks": err[-6000:]}
+                            "profile_tasks": profile[-6000:]}
         with tempfile.TemporaryDirectory() as tmp:
             for run, renamed in (("tenants_create", False), ("tenants_change", True)):
-                took, out, err = playbook(VAULT + ["playbooks/tenants.yml", "-e", tenants_file(tmp, opts.tenants, renamed)])
+                took, out, _profile = playbook(VAULT + ["playbooks/tenants.yml", "-e", tenants_file(tmp, opts.tenants, renamed)])
                 results[run] = {"seconds": round(took, 1), "changed": changed(out), "plays": plays(out)}
     finally:
         stripe.terminate()
