@@ -12,4 +12,5 @@ if [ -f .demo/stripe-fake.pid ]; then
   rm -f .demo/stripe-fake.pid .demo/stripe-fake.json
 fi
 # the single-host demo of earlier versions
-docker rm -f selfbase-demo-db >/dev/null 2>&1 && docker network rm selfbase-demo >/dev/null 2>&1 || true
+docker rm -f selfbase-demo-db >/dev/null 2>&1 || true
+docker network rm selfbase-demo >/dev/null 2>&1 || true

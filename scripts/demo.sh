@@ -27,7 +27,8 @@ if [ -z "${STRIPE_API_KEY:-}" ]; then
 fi
 
 # The single-host demo of earlier versions used the same subnet.
-docker rm -f selfbase-demo-db >/dev/null 2>&1 && docker network rm selfbase-demo >/dev/null 2>&1 || true
+docker rm -f selfbase-demo-db >/dev/null 2>&1 || true
+docker network rm selfbase-demo >/dev/null 2>&1 || true
 ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_hosts.yml
 ansible-playbook -i "$INV" "${VAULT[@]}" site.yml "$@"
 ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_extras.yml
