@@ -1,6 +1,7 @@
 """Verify the postgresql role on real systemd hosts, over the real network."""
 
 import os
+import pathlib
 
 import pytest
 import testinfra
@@ -8,6 +9,7 @@ import testinfra
 testinfra_hosts = ["db"]
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+MIGRATIONS_DIR = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "plugins" / "module_utils" / "migrations"
 CLIENT_ADDR = "172.30.99.10"
 DB_ADDRS = {"pg-bookworm": "172.30.99.11", "pg-trixie": "172.30.99.12"}
 EXPECTED_MAJOR = {"pg-bookworm": "15", "pg-trixie": "17"}
@@ -141,6 +143,9 @@ def test_certificate_source(host, client, password):
 
 def test_platform_schema_and_tenant_on_the_host(host):
     """The collection's modules ran on the host itself (module_defaults, local socket)."""
-    assert _sql(host, "SELECT string_agg(version, ',') FROM selfbase_meta.schema_migrations", db="appdb") == "0001"
+    shipped = sorted(p.name[1:5] for p in MIGRATIONS_DIR.glob("v[0-9][0-9][0-9][0-9]_*.py"))
+    assert shipped[:2] == ["0001", "0002"]
+    assert _sql(host, "SELECT string_agg(version, ',' ORDER BY version) FROM selfbase_meta.schema_migrations",
+                db="appdb") == ",".join(shipped)
     assert _sql(host, "SELECT slug || ':' || status FROM platform.tenants", db="appdb") == "acme:active"
     assert _sql(host, "SELECT limit_value FROM platform.tenant_quotas", db="appdb") == "5"
