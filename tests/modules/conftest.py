@@ -17,6 +17,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from fakes.stripe_fake import FakeStripe
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COLLECTIONS = ROOT / ".cache" / "collections"
 
@@ -147,3 +149,10 @@ def schema(run, conn):
     res = run("platform_schema", {})
     assert res.get("failed") is not True, res
     return conn
+
+
+@pytest.fixture()
+def stripe_fake():
+    """A fresh stateful fake Stripe server on 127.0.0.1 (contract tests)."""
+    with FakeStripe() as fake:
+        yield fake

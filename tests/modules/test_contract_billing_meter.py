@@ -7,15 +7,8 @@ import json
 import pytest
 
 from conftest import Runner
-from fakes.stripe_fake import FakeStripe
 
 METERS = "/v1/billing/meters"
-
-
-@pytest.fixture()
-def stripe_fake():
-    with FakeStripe() as fake:
-        yield fake
 
 
 @pytest.fixture()

@@ -1,33 +1,26 @@
-"""billing_plan against a real PostgreSQL server and the fake Stripe (contract test)."""
+"""billing_plan against a real PostgreSQL server and the stripe_fake Stripe (contract test)."""
 
 from __future__ import annotations
 
 import pytest
-from fakes.stripe_fake import FakeStripe
 
 
 @pytest.fixture()
-def fake():
-    with FakeStripe() as server:
-        yield server
-
-
-@pytest.fixture()
-def bill(run, schema, fake):
-    """Run a module with the Stripe options pointing at the fake."""
+def bill(run, schema, stripe_fake):
+    """Run a module with the Stripe options pointing at the stripe_fake."""
     def call(module, args, **kw):
-        return run(module, dict(args, api_key=fake.api_key, api_base=fake.url, max_retries=3), **kw)
+        return run(module, dict(args, api_key=stripe_fake.api_key, api_base=stripe_fake.url, max_retries=3), **kw)
     return call
 
 
 @pytest.fixture()
-def meter(fake):
-    """The api_requests meter, created directly in the fake (billing_meter is tested on its own)."""
+def meter(stripe_fake):
+    """The api_requests meter, created directly in the stripe_fake (billing_meter is tested on its own)."""
     import stripe
-    client = stripe.StripeClient(fake.api_key, base_addresses={"api": fake.url})
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
     m = client.raw_request("post", "/v1/billing/meters", display_name="API requests", event_name="api_requests",
                            default_aggregation={"formula": "sum"})
-    fake.reset_log()
+    stripe_fake.reset_log()
     return m.data["id"]
 
 
@@ -55,31 +48,31 @@ def _snapshot(conn):
             for t in ("plans", "plan_prices", "plan_quotas", "plan_overage_prices", "audit_log")]
 
 
-def _active_prices(fake):
-    return {p["lookup_key"]: p for p in fake.objects("prices") if p["active"]}
+def _active_prices(stripe_fake):
+    return {p["lookup_key"]: p for p in stripe_fake.objects("prices") if p["active"]}
 
 
-def test_check_create_rerun(bill, schema, fake, meter):
+def test_check_create_rerun(bill, schema, stripe_fake, meter):
     res = bill("billing_plan", PRO, check=True, diff=True)
     assert res["changed"] is True, res
-    assert fake.writes() == []
-    assert [r.path for r in fake.reads()] == ["/v1/products", "/v1/billing/meters", "/v1/prices"]
+    assert stripe_fake.writes() == []
+    assert [r.path for r in stripe_fake.reads()] == ["/v1/products", "/v1/billing/meters", "/v1/prices"]
     assert len(res["actions"]) == 1 + 3 + 3   # product, 3 prices, 3 metered prices (one per price point)
     assert res["diff"]["before"] == {}
     assert res["diff"]["after"]["stripe_product_id"] is None
     assert _db(schema)[0] is None
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", PRO, diff=True)
     assert res["changed"] is True, res
-    writes = fake.writes()
+    writes = stripe_fake.writes()
     assert [w.path for w in writes] == ["/v1/products"] + ["/v1/prices"] * 6
     assert all(w.idempotency_key for w in writes)
     assert res["api_calls"]["writes"] == 7
-    products = fake.objects("products")
+    products = stripe_fake.objects("products")
     assert [(p["name"], p["description"], p["metadata"]["plan_code"], p["active"]) for p in products] == \
         [("Pro", "For teams", "pro", True)]
-    prices = _active_prices(fake)
+    prices = _active_prices(stripe_fake)
     assert sorted(prices) == ["pro_month_jpy", "pro_month_jpy.api_requests", "pro_month_usd",
                               "pro_month_usd.api_requests", "pro_year_usd", "pro_year_usd.api_requests"]
     assert (prices["pro_month_usd"]["unit_amount"], prices["pro_year_usd"]["unit_amount"],
@@ -108,126 +101,126 @@ def test_check_create_rerun(bill, schema, fake, meter):
 
     # identical re-run: reads only, no write anywhere
     before = _snapshot(schema)
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", PRO, check=True)
     assert res["changed"] is False, res
     res = bill("billing_plan", PRO)
     assert res["changed"] is False, res
-    assert res["actions"] == [] and fake.writes() == []
+    assert res["actions"] == [] and stripe_fake.writes() == []
     assert res["api_calls"] == {"reads": 3, "writes": 0}
     assert _snapshot(schema) == before
 
 
-def test_amount_change_moves_lookup_key_and_archives(bill, schema, fake, meter):
+def test_amount_change_moves_lookup_key_and_archives(bill, schema, stripe_fake, meter):
     assert bill("billing_plan", PRO)["changed"] is True
-    old = _active_prices(fake)["pro_month_usd"]
+    old = _active_prices(stripe_fake)["pro_month_usd"]
     changed = dict(PRO, prices=[dict(PRO["prices"][0], amount_decimal="35")] + PRO["prices"][1:])
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", changed, check=True, diff=True)
-    assert res["changed"] is True and fake.writes() == []
+    assert res["changed"] is True and stripe_fake.writes() == []
     assert res["actions"] == ["create price pro_month_usd (3500 usd/month)",
                               "archive price %s (pro_month_usd)" % old["id"]]
     assert [p["amount"] for p in res["diff"]["before"]["prices"] if p["lookup_key"] == "pro_month_usd"] == [2900]
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", changed)
     assert res["changed"] is True, res
-    writes = fake.writes()
+    writes = stripe_fake.writes()
     assert [(w.path, w.params.get("transfer_lookup_key"), w.params.get("active")) for w in writes] == [
         ("/v1/prices", "true", None), ("/v1/prices/%s" % old["id"], None, "false")]
-    new = _active_prices(fake)["pro_month_usd"]
+    new = _active_prices(stripe_fake)["pro_month_usd"]
     assert new["unit_amount"] == 3500 and new["id"] != old["id"]
-    assert fake.get("prices", old["id"])["active"] is False
-    assert fake.get("prices", old["id"])["lookup_key"] is None
+    assert stripe_fake.get("prices", old["id"])["active"] is False
+    assert stripe_fake.get("prices", old["id"])["lookup_key"] is None
     _plan, prices, _q, _o = _db(schema)
     assert (prices[("month", "usd")]["unit_amount"], prices[("month", "usd")]["stripe_price_id"]) == (3500, new["id"])
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     assert bill("billing_plan", changed)["changed"] is False
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
 
     # back to the old amount: a third price (Stripe prices are immutable), not a replay of the first
     res = bill("billing_plan", PRO)
     assert res["changed"] is True
-    third = _active_prices(fake)["pro_month_usd"]
+    third = _active_prices(stripe_fake)["pro_month_usd"]
     assert third["unit_amount"] == 2900 and third["id"] not in (old["id"], new["id"])
-    assert fake.get("prices", new["id"])["active"] is False
+    assert stripe_fake.get("prices", new["id"])["active"] is False
 
 
-def test_crash_between_stripe_and_database_is_safe_to_rerun(bill, schema, fake, meter):
+def test_crash_between_stripe_and_database_is_safe_to_rerun(bill, schema, stripe_fake, meter):
     """A 500 after Stripe stored the product: the retry replays it; a run that dies before the database
     write is finished by the next run without duplicates."""
-    fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/products")
-    fake.fail_next(status=429, method="POST", path_prefix="/v1/prices")
-    fake.fail_next(drop=True, method="POST", path_prefix="/v1/prices")
+    stripe_fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/products")
+    stripe_fake.fail_next(status=429, method="POST", path_prefix="/v1/prices")
+    stripe_fake.fail_next(drop=True, method="POST", path_prefix="/v1/prices")
     res = bill("billing_plan", PRO)
     assert res["changed"] is True, res
-    assert len(fake.objects("products")) == 1
-    assert len(fake.objects("prices")) == 6
+    assert len(stripe_fake.objects("products")) == 1
+    assert len(stripe_fake.objects("prices")) == 6
 
     # Stripe written, database not: simulate by removing the database rows, then run again
     schema.execute("DELETE FROM platform.plans WHERE code = 'pro'")
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", PRO)
     assert res["changed"] is True, res
-    assert fake.writes() == []
-    assert len(fake.objects("products")) == 1 and len(fake.objects("prices")) == 6
-    assert _db(schema)[0]["stripe_product_id"] == fake.objects("products")[0]["id"]
+    assert stripe_fake.writes() == []
+    assert len(stripe_fake.objects("products")) == 1 and len(stripe_fake.objects("prices")) == 6
+    assert _db(schema)[0]["stripe_product_id"] == stripe_fake.objects("products")[0]["id"]
 
 
-def test_archive_left_behind_is_finished(bill, schema, fake, meter):
+def test_archive_left_behind_is_finished(bill, schema, stripe_fake, meter):
     """A run stopped after the new price was created but before the old one was archived."""
     assert bill("billing_plan", PRO)["changed"] is True
-    old = _active_prices(fake)["pro_month_usd"]
+    old = _active_prices(stripe_fake)["pro_month_usd"]
     changed = dict(PRO, prices=[dict(PRO["prices"][0], amount_decimal="35")] + PRO["prices"][1:])
-    fake.fail_next(status=400, count=10, method="POST", path_prefix="/v1/prices/")
+    stripe_fake.fail_next(status=400, count=10, method="POST", path_prefix="/v1/prices/")
     res = bill("billing_plan", changed)
     assert res["failed"] is True
-    assert fake.get("prices", old["id"])["active"] is True       # left behind, without its lookup key
+    assert stripe_fake.get("prices", old["id"])["active"] is True       # left behind, without its lookup key
     assert _db(schema)[1][("month", "usd")]["stripe_price_id"] == old["id"]   # database untouched
-    fake.faults.clear()
-    fake.reset_log()
+    stripe_fake.faults.clear()
+    stripe_fake.reset_log()
     res = bill("billing_plan", changed)
     assert res["changed"] is True, res
-    assert [w.path for w in fake.writes()] == ["/v1/prices/%s" % old["id"]]
-    assert fake.get("prices", old["id"])["active"] is False
+    assert [w.path for w in stripe_fake.writes()] == ["/v1/prices/%s" % old["id"]]
+    assert stripe_fake.get("prices", old["id"])["active"] is False
     assert bill("billing_plan", changed)["changed"] is False
 
 
-def test_absent_archives_and_keeps_history(bill, schema, fake, meter):
+def test_absent_archives_and_keeps_history(bill, schema, stripe_fake, meter):
     assert bill("billing_plan", PRO)["changed"] is True
     schema.execute("INSERT INTO platform.tenants (slug, name, plan_code) VALUES ('acme', 'ACME', 'pro')")
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("billing_plan", {"code": "pro", "state": "absent"}, check=True)
-    assert res["changed"] is True and fake.writes() == []
+    assert res["changed"] is True and stripe_fake.writes() == []
     res = bill("billing_plan", {"code": "pro", "state": "absent"})
     assert res["changed"] is True, res
-    assert [p for p in fake.objects("prices") if p["active"]] == []
-    assert [p["active"] for p in fake.objects("products")] == [False]
+    assert [p for p in stripe_fake.objects("prices") if p["active"]] == []
+    assert [p["active"] for p in stripe_fake.objects("products")] == [False]
     plan, prices, quotas, overage = _db(schema)
     assert plan["active"] is False
     assert not any(r["active"] for r in prices.values()) and not any(r["active"] for r in overage.values())
     assert len(quotas) == 2
     assert schema.execute("SELECT plan_code FROM platform.tenants").fetchone()["plan_code"] == "pro"
-    fake.reset_log()
+    stripe_fake.reset_log()
     assert bill("billing_plan", {"code": "pro", "state": "absent"})["changed"] is False
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
     # and back
     res = bill("billing_plan", PRO)
     assert res["changed"] is True
-    assert [p["active"] for p in fake.objects("products")] == [True]
-    assert len(_active_prices(fake)) == 6
+    assert [p["active"] for p in stripe_fake.objects("products")] == [True]
+    assert len(_active_prices(stripe_fake)) == 6
 
 
-def test_removed_price_point_is_archived(bill, schema, fake, meter):
+def test_removed_price_point_is_archived(bill, schema, stripe_fake, meter):
     assert bill("billing_plan", PRO)["changed"] is True
-    jpy = _active_prices(fake)["pro_month_jpy"]
+    jpy = _active_prices(stripe_fake)["pro_month_jpy"]
     fewer = dict(PRO, prices=PRO["prices"][:2], quotas=PRO["quotas"][:1])
     res = bill("billing_plan", fewer)
     assert res["changed"] is True, res
-    assert sorted(_active_prices(fake)) == ["pro_month_usd", "pro_year_usd"]
-    assert fake.get("prices", jpy["id"])["active"] is False
+    assert sorted(_active_prices(stripe_fake)) == ["pro_month_usd", "pro_year_usd"]
+    assert stripe_fake.get("prices", jpy["id"])["active"] is False
     _plan, prices, quotas, overage = _db(schema)
     assert prices[("month", "jpy")]["active"] is False
     assert sorted(quotas) == ["members"] and overage == {}
@@ -245,19 +238,19 @@ def test_removed_price_point_is_archived(bill, schema, fake, meter):
     ({"quotas": [{"metric": "nope", "limit": 10}]}, "quotas[0].metric"),
     ({"trial_days": -1}, "trial_days"),
 ])
-def test_bad_input_fails_before_any_write(bill, schema, fake, change, field):
+def test_bad_input_fails_before_any_write(bill, schema, stripe_fake, change, field):
     before = _snapshot(schema)
     res = bill("billing_plan", dict({"code": "pro"}, **change))
     assert res["failed"] is True
     assert res["msg"].startswith(field + ":"), res["msg"]
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
     assert _snapshot(schema) == before
 
 
-def test_plans_list_names_the_entry(bill, schema, fake):
+def test_plans_list_names_the_entry(bill, schema, stripe_fake):
     plans = [{"code": "a", "prices": [{"interval": "month", "currency": "usd", "amount": 1}]},
              {"code": "b", "prices": [{"interval": "week", "currency": "usd", "amount": 1}]}]
     res = bill("billing_plan", {"plans": plans})
     assert res["failed"] is True
     assert res["msg"].startswith("plans[1].prices[0].interval:"), res["msg"]
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []

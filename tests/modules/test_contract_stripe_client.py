@@ -33,12 +33,6 @@ class Module:
         raise AssertionError(kwargs)
 
 
-@pytest.fixture()
-def stripe_fake():
-    with FakeStripe() as fake:
-        yield fake
-
-
 def client(fake, **params):
     return stripe_api.StripeClient(Module(api_key=fake.api_key, api_base=fake.url, **params))
 

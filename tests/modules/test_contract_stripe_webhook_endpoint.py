@@ -12,17 +12,10 @@ import sys
 import pytest
 
 from conftest import COLLECTIONS, Runner
-from fakes.stripe_fake import FakeStripe
 
 HOOKS = "/v1/webhook_endpoints"
 URL = "https://api.example.com/webhooks/stripe"
 HOOK = {"url": URL, "enabled_events": ["invoice.paid", "customer.subscription.updated"], "description": "billing"}
-
-
-@pytest.fixture()
-def stripe_fake():
-    with FakeStripe() as fake:
-        yield fake
 
 
 @pytest.fixture()

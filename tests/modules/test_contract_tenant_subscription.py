@@ -1,4 +1,4 @@
-"""tenant_subscription against a real PostgreSQL server and the fake Stripe (contract test)."""
+"""tenant_subscription against a real PostgreSQL server and the stripe_fake Stripe (contract test)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import datetime
 
 import pytest
 import stripe
-from fakes.stripe_fake import FakeStripe
 
 PLANS = [
     {"code": "starter", "name": "Starter", "trial_days": 7,
@@ -23,29 +22,23 @@ PLANS = [
 
 
 @pytest.fixture()
-def fake():
-    with FakeStripe() as server:
-        yield server
-
-
-@pytest.fixture()
-def bill(run, schema, fake):
+def bill(run, schema, stripe_fake):
     def call(module, args, **kw):
-        return run(module, dict(args, api_key=fake.api_key, api_base=fake.url), **kw)
+        return run(module, dict(args, api_key=stripe_fake.api_key, api_base=stripe_fake.url), **kw)
     return call
 
 
 @pytest.fixture()
-def world(bill, schema, fake):
+def world(bill, schema, stripe_fake):
     """A meter, four plans (through billing_plan) and the tenant acme on starter, monthly."""
-    client = stripe.StripeClient(fake.api_key, base_addresses={"api": fake.url})
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
     client.raw_request("post", "/v1/billing/meters", display_name="API requests", event_name="api_requests",
                        default_aggregation={"formula": "sum"})
     res = bill("billing_plan", {"plans": PLANS})
     assert res["changed"] is True, res
     schema.execute("INSERT INTO platform.tenants (slug, name, plan_code, billing_cycle) "
                    "VALUES ('acme', 'ACME', 'starter', 'month')")
-    fake.reset_log()
+    stripe_fake.reset_log()
     return schema
 
 
@@ -68,30 +61,30 @@ def _snapshot(conn):
             for t in ("tenants", "subscriptions", "audit_log")]
 
 
-def _items(fake, sub_id):
-    return [(i["id"], i["price"]["id"]) for i in fake.get("subscriptions", sub_id)["items"]["data"]]
+def _items(stripe_fake, sub_id):
+    return [(i["id"], i["price"]["id"]) for i in stripe_fake.get("subscriptions", sub_id)["items"]["data"]]
 
 
-def test_subscribe_check_real_rerun(bill, world, fake):
+def test_subscribe_check_real_rerun(bill, world, stripe_fake):
     conn = world
     res = bill("tenant_subscription", {"tenant": "acme"}, check=True, diff=True)
     assert res["changed"] is True, res
-    assert fake.writes() == []
-    assert [r.path for r in fake.reads()] == ["/v1/customers/search"]
+    assert stripe_fake.writes() == []
+    assert [r.path for r in stripe_fake.reads()] == ["/v1/customers/search"]
     assert res["actions"] == ["create customer for acme",
                               "create subscription on %s with a 7-day trial" % _price(conn, "starter", "month")]
     assert res["diff"]["before"] == {}
     assert res["diff"]["after"]["status"] == "trialing"
     assert _mirror(conn) is None and _tenant(conn)["stripe_customer_id"] is None
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme"}, diff=True)
     assert res["changed"] is True, res
-    assert [w.path for w in fake.writes()] == ["/v1/customers", "/v1/subscriptions"]
-    customers = fake.objects("customers")
+    assert [w.path for w in stripe_fake.writes()] == ["/v1/customers", "/v1/subscriptions"]
+    customers = stripe_fake.objects("customers")
     tenant = _tenant(conn)
     assert [(c["name"], c["metadata"]["tenant_id"]) for c in customers] == [("ACME", str(tenant["id"]))]
-    [sub] = fake.objects("subscriptions")
+    [sub] = stripe_fake.objects("subscriptions")
     assert sub["status"] == "trialing" and sub["customer"] == customers[0]["id"]
     assert [i["price"]["id"] for i in sub["items"]["data"]] == [_price(conn, "starter", "month")]
     mirror = _mirror(conn)
@@ -105,34 +98,34 @@ def test_subscribe_check_real_rerun(bill, world, fake):
     assert res["diff"]["after"] == res["subscription"]
 
     before = _snapshot(conn)
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme"}, check=True)
     assert res["changed"] is False, res
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["changed"] is False, res
-    assert fake.writes() == [] and res["api_calls"] == {"reads": 2, "writes": 0}
+    assert stripe_fake.writes() == [] and res["api_calls"] == {"reads": 2, "writes": 0}
     assert _snapshot(conn) == before
 
 
-def test_plan_swap_updates_the_item(bill, world, fake):
+def test_plan_swap_updates_the_item(bill, world, stripe_fake):
     conn = world
     assert bill("tenant_subscription", {"tenant": "acme"})["changed"] is True
     sub_id = _mirror(conn)["stripe_subscription_id"]
-    [(item, _old)] = _items(fake, sub_id)
+    [(item, _old)] = _items(stripe_fake, sub_id)
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme", "plan": "pro", "proration_behavior": "none"}, check=True)
-    assert res["changed"] is True and fake.writes() == []
+    assert res["changed"] is True and stripe_fake.writes() == []
     res = bill("tenant_subscription", {"tenant": "acme", "plan": "pro", "proration_behavior": "none"}, diff=True)
     assert res["changed"] is True, res
-    [write] = fake.writes()
+    [write] = stripe_fake.writes()
     metered = conn.execute("SELECT stripe_price_id FROM platform.plan_overage_prices WHERE plan_code = 'pro' "
                            "AND billing_cycle = 'month'").fetchone()["stripe_price_id"]
     assert write.path == "/v1/subscriptions/%s" % sub_id
     assert {k: v for k, v in write.params.items() if k.startswith("items") or k == "proration_behavior"} == {
         "items[0][id]": item, "items[0][price]": _price(conn, "pro", "month"), "items[1][price]": metered,
         "proration_behavior": "none"}
-    items = _items(fake, sub_id)
+    items = _items(stripe_fake, sub_id)
     assert items[0] == (item, _price(conn, "pro", "month"))       # the same item, never a second licensed one
     assert [p for _i, p in items[1:]] == [metered]
     mirror = _mirror(conn)
@@ -140,16 +133,16 @@ def test_plan_swap_updates_the_item(bill, world, fake):
         ("pro", _price(conn, "pro", "month"), item)
     assert mirror["metered_items"] == {"api_requests": {"item": items[1][0], "price": metered}}
     assert _tenant(conn)["plan_code"] == "pro"
-    assert len(fake.objects("subscriptions")) == 1
+    assert len(stripe_fake.objects("subscriptions")) == 1
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     assert bill("tenant_subscription", {"tenant": "acme", "plan": "pro"})["changed"] is False
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
 
     # yearly: the licensed item keeps its id, the monthly metered item makes way for the yearly one
     res = bill("tenant_subscription", {"tenant": "acme", "billing_cycle": "year"})
     assert res["changed"] is True, res
-    items = _items(fake, sub_id)
+    items = _items(stripe_fake, sub_id)
     yearly_metered = conn.execute("SELECT stripe_price_id FROM platform.plan_overage_prices WHERE plan_code = 'pro' "
                                   "AND billing_cycle = 'year'").fetchone()["stripe_price_id"]
     assert items[0] == (item, _price(conn, "pro", "year"))
@@ -157,59 +150,59 @@ def test_plan_swap_updates_the_item(bill, world, fake):
     assert (_tenant(conn)["billing_cycle"], _mirror(conn)["billing_cycle"]) == ("year", "year")
 
 
-def test_cancel_at_period_end_then_resume_then_now(bill, world, fake):
+def test_cancel_at_period_end_then_resume_then_now(bill, world, stripe_fake):
     conn = world
     assert bill("tenant_subscription", {"tenant": "acme"})["changed"] is True
     sub_id = _mirror(conn)["stripe_subscription_id"]
     res = bill("tenant_subscription", {"tenant": "acme", "cancel": "at_period_end"})
     assert res["changed"] is True
-    assert fake.get("subscriptions", sub_id)["cancel_at_period_end"] is True
+    assert stripe_fake.get("subscriptions", sub_id)["cancel_at_period_end"] is True
     assert _mirror(conn)["cancel_at_period_end"] is True
-    fake.reset_log()
+    stripe_fake.reset_log()
     assert bill("tenant_subscription", {"tenant": "acme", "cancel": "at_period_end"})["changed"] is False
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
     assert bill("tenant_subscription", {"tenant": "acme"})["changed"] is True
-    assert fake.get("subscriptions", sub_id)["cancel_at_period_end"] is False
+    assert stripe_fake.get("subscriptions", sub_id)["cancel_at_period_end"] is False
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme", "state": "absent"}, check=True)
-    assert res["changed"] is True and fake.writes() == []
+    assert res["changed"] is True and stripe_fake.writes() == []
     res = bill("tenant_subscription", {"tenant": "acme", "state": "absent"})
     assert res["changed"] is True, res
-    assert [(w.method, w.path) for w in fake.writes()] == [("DELETE", "/v1/subscriptions/%s" % sub_id)]
-    assert fake.get("subscriptions", sub_id)["status"] == "canceled"
+    assert [(w.method, w.path) for w in stripe_fake.writes()] == [("DELETE", "/v1/subscriptions/%s" % sub_id)]
+    assert stripe_fake.get("subscriptions", sub_id)["status"] == "canceled"
     assert _mirror(conn)["status"] == "canceled" and _mirror(conn)["canceled_at"] is not None
     assert _tenant(conn)["status"] == "canceled"
-    fake.reset_log()
+    stripe_fake.reset_log()
     assert bill("tenant_subscription", {"tenant": "acme", "state": "absent"})["changed"] is False
-    assert fake.writes() == []
-    assert len(fake.objects("customers")) == 1
+    assert stripe_fake.writes() == []
+    assert len(stripe_fake.objects("customers")) == 1
 
     # subscribing again: a new subscription, without a second trial
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["changed"] is True, res
     assert res["subscription"]["status"] == "active"
-    assert len(fake.objects("subscriptions")) == 2 and len(fake.objects("customers")) == 1
+    assert len(stripe_fake.objects("subscriptions")) == 2 and len(stripe_fake.objects("customers")) == 1
 
 
-def test_crash_after_customer_create_finds_it_again(bill, world, fake):
+def test_crash_after_customer_create_finds_it_again(bill, world, stripe_fake):
     conn = world
     # the customer create is stored but answered with a 500 (the retry replays it); the subscription create
     # then fails for good, so the run dies between the Stripe customer and the database write
-    fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/customers")
-    fake.fail_next(status=500, count=10, method="POST", path_prefix="/v1/subscriptions")
+    stripe_fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/customers")
+    stripe_fake.fail_next(status=500, count=10, method="POST", path_prefix="/v1/subscriptions")
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["failed"] is True
-    assert len(fake.objects("customers")) == 1 and fake.objects("subscriptions") == []
+    assert len(stripe_fake.objects("customers")) == 1 and stripe_fake.objects("subscriptions") == []
     assert _tenant(conn)["stripe_customer_id"] is None
-    fake.faults.clear()
+    stripe_fake.faults.clear()
 
-    fake.reset_log()
+    stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["changed"] is True, res
-    assert [w.path for w in fake.writes()] == ["/v1/subscriptions"]
-    assert len(fake.objects("customers")) == 1 and len(fake.objects("subscriptions")) == 1
-    assert _tenant(conn)["stripe_customer_id"] == fake.objects("customers")[0]["id"]
+    assert [w.path for w in stripe_fake.writes()] == ["/v1/subscriptions"]
+    assert len(stripe_fake.objects("customers")) == 1 and len(stripe_fake.objects("subscriptions")) == 1
+    assert _tenant(conn)["stripe_customer_id"] == stripe_fake.objects("customers")[0]["id"]
 
 
 @pytest.mark.parametrize("args, field", [
@@ -221,20 +214,20 @@ def test_crash_after_customer_create_finds_it_again(bill, world, fake):
     ({"tenant": "acme", "currency": "xyz"}, "currency"),
     ({"tenant": "acme", "trial_days": 1000}, "trial_days"),
 ])
-def test_bad_input_fails_before_any_write(bill, world, fake, args, field):
+def test_bad_input_fails_before_any_write(bill, world, stripe_fake, args, field):
     before = _snapshot(world)
     res = bill("tenant_subscription", args)
     assert res["failed"] is True
     assert res["msg"].startswith(field + ":"), res["msg"]
-    assert fake.writes() == []
+    assert stripe_fake.writes() == []
     assert _snapshot(world) == before
 
 
-def test_tenant_cycle_without_price(bill, world, fake):
+def test_tenant_cycle_without_price(bill, world, stripe_fake):
     """The plan has no price for the tenant's own billing cycle."""
     world.execute("UPDATE platform.tenants SET plan_code = 'euro', billing_cycle = 'year' WHERE slug = 'acme'")
     before = _snapshot(world)
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["failed"] is True
     assert res["msg"].startswith("billing_cycle: plan euro has no active Stripe price for the year cycle"), res["msg"]
-    assert fake.writes() == [] and _snapshot(world) == before
+    assert stripe_fake.writes() == [] and _snapshot(world) == before
