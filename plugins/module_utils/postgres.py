@@ -25,6 +25,13 @@ except ImportError:  # reported through fail_json by connect()
     DatabaseError = Exception
 
 
+LOCK_TIMEOUT = '60s'
+
+
+class LockBusy(DatabaseError):
+    """A control-plane lock could not be taken in time."""
+
+
 def postgres_argument_spec():
     """Options documented in the selfbase.platform.postgres doc fragment."""
     return dict(
@@ -49,6 +56,9 @@ def connect(module, autocommit=False):
         host=p['login_host'], port=p['login_port'], user=p['login_user'], password=p['login_password'],
         dbname=p['login_db'], sslmode=p['ssl_mode'], sslrootcert=p['ca_cert'],
         connect_timeout=p['connect_timeout'], application_name='selfbase.platform',
+        # Our own search_path, whatever ALTER DATABASE/ROLE set: nothing that another role
+        # created can shadow what the modules call (every name is schema-qualified too).
+        options='-c search_path=pg_catalog,pg_temp',
     )
     try:
         return psycopg.connect(autocommit=autocommit, row_factory=dict_row,
@@ -71,6 +81,22 @@ def require_schema(module, conn, check_mode_result=None):
             module.exit_json(**check_mode_result)
         module.fail_json(msg='The platform schema is not installed in database %s: run '
                              'selfbase.platform.platform_schema first.' % module.params['login_db'])
+
+
+def control_lock(cur, name, timeout=LOCK_TIMEOUT):
+    """Serialise control-plane runs on a row of platform.control_locks until the transaction ends.
+
+    Only the control plane can lock these rows (an advisory key anyone could take), and the wait is
+    bounded: past `timeout` the run fails with a clear error instead of hanging."""
+    cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (timeout,))
+    try:
+        cur.execute('SELECT name FROM platform.control_locks WHERE name = %s FOR UPDATE', (name,))
+    except psycopg.errors.LockNotAvailable:
+        raise LockBusy('Another run holds the %s lock (platform.control_locks) for more than %s: '
+                       'wait for it to finish, then run again.' % (name, timeout))
+    except psycopg.errors.UndefinedTable:
+        raise LockBusy('The platform schema predates migration 0003: run selfbase.platform.platform_schema first.')
+    cur.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
 
 
 def jsonb(value):

@@ -25,7 +25,7 @@ from decimal import Decimal
 from ansible.module_utils.common.validation import (
     check_type_bool, check_type_dict, check_type_int, check_type_list, check_type_raw, check_type_str)
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible_collections.selfbase.platform.plugins.module_utils.postgres import json_safe
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import control_lock, json_safe
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
     MODES, PERIODS, QuotaError, check_choice, parse_limit, parse_price)
 
@@ -41,7 +41,7 @@ ROW_FIELDS = ('name', 'status', 'plan', 'billing_cycle', 'trial_ends_at', 'setti
 PUBLIC_FIELDS = ('id', 'slug', 'name', 'status', 'plan', 'billing_cycle', 'trial_ends_at', 'settings', 'branding',
                  'features', 'domains', 'created_at', 'updated_at', 'deleted_at')
 COUNT_KINDS = ('created', 'updated', 'suspended', 'deleted', 'purged', 'unchanged')
-LOCK_KEY = 'selfbase.tenants'
+LOCK_KEY = 'tenants'
 MAX_LIMIT = 2 ** 63 - 1                 # bigint
 MAX_PRICE = Decimal(10) ** 10           # numeric(20, 10)
 PRICE_QUANTUM = Decimal(1).scaleb(-10)
@@ -265,7 +265,7 @@ _QUOTAS_SQL = ('SELECT tenant_id, metric, limit_value, period, mode, overage_uni
 
 def lock(cur):
     """Serialise runs of the tenant modules until the transaction ends."""
-    cur.execute('SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))', (LOCK_KEY,))
+    control_lock(cur, LOCK_KEY)
 
 
 def db_now(cur):

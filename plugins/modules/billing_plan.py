@@ -269,11 +269,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import (
     BillingError, PLAN_KEYS, check_unique_codes, lookup_key, normalise_plan, overage_lookup_key, plan_options)
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, audit, connect, json_safe, jsonb, postgres_argument_spec, require_schema)
+    DatabaseError, audit, connect, control_lock, json_safe, jsonb, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
     StripeClient, StripeError, idempotency_key, stripe_argument_spec)
 
-LOCK_KEY = 'selfbase.billing_plan'
+LOCK_KEY = 'billing_plan'
 LOOKUP_BATCH = 10          # Stripe's limit of lookup_keys per list request
 LIST_ALL_ABOVE = 30        # more keys than this: one listing of all active prices is cheaper
 
@@ -639,7 +639,7 @@ def main():
                                  'selfbase.platform.platform_schema first.')
         cur = conn.cursor()
         if not module.check_mode:
-            cur.execute('SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))', (LOCK_KEY,))
+            control_lock(cur, LOCK_KEY)
         metrics = dict((r['name'], r['unit']) for r in cur.execute('SELECT name, unit FROM platform.metrics'))
         specs = [normalise_plan(entry, prefix, metrics) for prefix, entry in entries]
         check_unique_codes(specs)

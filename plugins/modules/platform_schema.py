@@ -13,7 +13,13 @@ version_added: 0.1.0
 description:
   - Applies the versioned SQL migrations that ship with this collection to the platform database,
     oldest first, each in its own transaction.
-  - Runs hold an advisory lock, so concurrent runs (for example two AWX jobs) apply each migration once.
+  - Runs hold a row lock in C(selfbase_meta.migration_lock), so concurrent runs (for example two AWX jobs)
+    apply each migration once. A run waits at most 60 seconds for another one, then fails clearly.
+  - The module refuses to run when C(selfbase_meta), or anything in it, is owned by a role that is neither
+    a superuser nor the login running it, or when schema C(platform) is not owned by C(selfbase_owner):
+    their owner could otherwise run code with this login's privileges.
+  - The session pins its own C(search_path), so settings made with C(ALTER DATABASE) or C(ALTER ROLE)
+    cannot shadow what the module calls.
   - Each applied migration is recorded with a SHA-256 checksum in C(selfbase_meta.schema_migrations).
     If a migration that was applied has since been edited, or the database has a migration this
     collection does not know, the module fails and changes nothing.
@@ -89,23 +95,77 @@ from ansible_collections.selfbase.platform.plugins.module_utils.postgres import 
     DatabaseError, connect, postgres_argument_spec)
 from ansible_collections.selfbase.platform.plugins.module_utils.migrations import MIGRATIONS
 
-LOCK_KEY = 'selfbase.platform_schema'
-META_DDL = '''
-CREATE SCHEMA IF NOT EXISTS selfbase_meta;
-CREATE TABLE IF NOT EXISTS selfbase_meta.schema_migrations (
+META_DDL = (
+    'CREATE SCHEMA IF NOT EXISTS selfbase_meta',
+    '''CREATE TABLE IF NOT EXISTS selfbase_meta.schema_migrations (
   version    text PRIMARY KEY,
   name       text NOT NULL,
   checksum   text NOT NULL,
   applied_at timestamptz NOT NULL DEFAULT now(),
   applied_by text NOT NULL DEFAULT session_user
-)'''
+)''',
+    # The row concurrent runs serialise on: nobody without rights on selfbase_meta can lock it.
+    'CREATE TABLE IF NOT EXISTS selfbase_meta.migration_lock (name text PRIMARY KEY)',
+    "INSERT INTO selfbase_meta.migration_lock (name) VALUES ('platform_schema') ON CONFLICT DO NOTHING",
+)
+LOCK_TIMEOUT = '60s'
+
+# Who owns selfbase_meta, platform, and every relation in selfbase_meta, and whether to trust them.
+TRUST_SQL = '''
+SELECT 'schema ' || n.nspname AS object, pg_catalog.pg_get_userbyid(n.nspowner) AS owner,
+       CASE n.nspname WHEN 'platform' THEN pg_catalog.pg_get_userbyid(n.nspowner) = 'selfbase_owner'
+            ELSE r.rolsuper OR r.rolname = session_user END AS trusted
+  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+ WHERE n.nspname IN ('selfbase_meta', 'platform')
+UNION ALL
+SELECT 'relation selfbase_meta.' || c.relname, r.rolname, r.rolsuper OR r.rolname = session_user
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+ WHERE c.relnamespace = pg_catalog.to_regnamespace('selfbase_meta')
+'''
+
+
+def check_trust(module, conn):
+    """Refuse schemas this module (or a superuser) did not create: their owner could run code as us."""
+    for row in conn.execute(TRUST_SQL):
+        if not row['trusted']:
+            module.fail_json(msg='Refusing to migrate: %s is owned by %s, which is neither a superuser nor the '
+                                 'login running this module%s. Its owner could run code with this login\'s '
+                                 'privileges; drop it or change its owner after checking it.'
+                                 % (row['object'], row['owner'],
+                                    ' (schema platform must be owned by selfbase_owner)'
+                                    if row['object'] == 'schema platform' else ''))
 
 
 def read_applied(conn):
-    if conn.execute("SELECT to_regclass('selfbase_meta.schema_migrations') IS NULL AS missing").fetchone()['missing']:
+    if conn.execute("SELECT pg_catalog.to_regclass('selfbase_meta.schema_migrations') IS NULL AS missing"
+                    ).fetchone()['missing']:
         return {}
     rows = conn.execute('SELECT version, name, checksum FROM selfbase_meta.schema_migrations ORDER BY version')
     return dict((r['version'], r) for r in rows)
+
+
+def create_meta(conn):
+    """selfbase_meta and its tables; two first runs at once may race on CREATE ... IF NOT EXISTS."""
+    for attempt in (1, 2):
+        try:
+            with conn.transaction():
+                for sql in META_DDL:
+                    conn.execute(sql)
+            return
+        except DatabaseError:
+            if attempt == 2:
+                raise
+
+
+def take_lock(module, conn):
+    """Lock the migration row until the transaction ends, waiting at most LOCK_TIMEOUT."""
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+    try:
+        conn.execute("SELECT name FROM selfbase_meta.migration_lock WHERE name = 'platform_schema' FOR UPDATE")
+    except DatabaseError as e:
+        module.fail_json(msg='Another run has held the migration lock (selfbase_meta.migration_lock) for more than '
+                             '%s: wait for it to finish, then run again (%s).' % (LOCK_TIMEOUT, str(e).strip()))
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
 
 
 def check_history(module, applied):
@@ -132,31 +192,40 @@ def main():
                              % (target, ', '.join(known)))
 
     conn = connect(module, autocommit=True)
-    # Serialise concurrent runs; the lock ends with the session.
-    conn.execute('SELECT pg_advisory_lock(hashtextextended(%s, 0))', (LOCK_KEY,))
-    applied = read_applied(conn)
-    check_history(module, applied)
+    check_trust(module, conn)
     wanted = [m for m in MIGRATIONS if target is None or m[0] <= target]
-    pending = [m for m in wanted if m[0] not in applied]
-    before = sorted(applied)
-
-    if pending and not module.check_mode:
-        conn.execute(META_DDL)
-        for version, name, sql, checksum in pending:
-            try:
-                with conn.transaction():
-                    conn.execute(sql)
-                    # a migration may SET LOCAL ROLE; record it as the login role
-                    conn.execute('RESET ROLE; RESET search_path')
-                    conn.execute('INSERT INTO selfbase_meta.schema_migrations (version, name, checksum) '
-                                 'VALUES (%s, %s, %s)', (version, name, checksum))
-            except DatabaseError as e:
-                module.fail_json(msg='Migration %s (%s) failed and was rolled back: %s'
-                                     % (version, name, str(e).strip()),
-                                 applied=[v for v in [p[0] for p in pending] if v < version])
-        after = sorted(read_applied(conn))
-    else:
+    if module.check_mode:
+        applied = read_applied(conn)
+        check_history(module, applied)
+        pending = [m for m in wanted if m[0] not in applied]
+        before = sorted(applied)
         after = sorted(before + [m[0] for m in pending])
+    else:
+        create_meta(conn)
+        check_trust(module, conn)
+        # One transaction holds the lock; each migration runs in its own savepoint.
+        with conn.transaction():
+            take_lock(module, conn)
+            applied = read_applied(conn)
+            check_history(module, applied)
+            pending = [m for m in wanted if m[0] not in applied]
+            before = sorted(applied)
+            failed = None
+            for version, name, sql, checksum in pending:
+                try:
+                    with conn.transaction():
+                        conn.execute(sql)
+                        # a migration may SET LOCAL ROLE; record it as the login role
+                        conn.execute('RESET ROLE; RESET search_path')
+                        conn.execute('INSERT INTO selfbase_meta.schema_migrations (version, name, checksum) '
+                                     'VALUES (%s, %s, %s)', (version, name, checksum))
+                except DatabaseError as e:
+                    failed = (version, name, str(e).strip())
+                    break
+        if failed:
+            module.fail_json(msg='Migration %s (%s) failed and was rolled back: %s' % failed,
+                             applied=[p[0] for p in pending if p[0] < failed[0]])
+        after = sorted(read_applied(conn))
 
     result = dict(
         changed=bool(pending),

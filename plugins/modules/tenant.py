@@ -98,7 +98,7 @@ attributes:
     description: A second run with the same options changes nothing and reports no change.
 notes:
   - Log in as a superuser or as a member of C(selfbase_admin). Runs of this module and of
-    M(selfbase.platform.tenants) are serialised with an advisory lock.
+    M(selfbase.platform.tenants) are serialised on a row lock only the control plane can take, waiting at most 60 seconds.
 seealso:
   - module: selfbase.platform.tenants
   - module: selfbase.platform.platform_schema

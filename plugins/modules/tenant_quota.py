@@ -183,7 +183,7 @@ from decimal import Decimal
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, audit, connect, postgres_argument_spec, require_schema)
+    DatabaseError, audit, connect, control_lock, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
     MODES, PERIODS, QuotaError, parse_limit, parse_price)
 
@@ -274,8 +274,8 @@ def main():
     key = '%s/%s' % (slug, metric)
     try:
         with conn.transaction():
-            # Serialise runs on the same override; released at the end of the transaction.
-            conn.execute('SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))', ('tenant_quota/' + key,))
+            if not module.check_mode:  # serialise runs until the transaction ends
+                control_lock(conn.cursor(), 'tenant_quota')
             before = row_to_quota(conn.execute(
                 'SELECT limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas '
                 'WHERE tenant_id = %s AND metric = %s', (tenant_id, metric)).fetchone())

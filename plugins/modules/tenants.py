@@ -149,7 +149,7 @@ attributes:
     description: A second run with the same list changes nothing and reports no change.
 notes:
   - Log in as a superuser or as a member of C(selfbase_admin). Runs of this module and of
-    M(selfbase.platform.tenant) are serialised with an advisory lock.
+    M(selfbase.platform.tenant) are serialised on a row lock only the control plane can take, waiting at most 60 seconds.
   - A listed tenant is counted once, in the first of these that applies. V(purged), then V(created), then
     V(deleted) (soft-deleted now), then V(suspended) (suspended now), then V(updated), else V(unchanged).
 seealso:

@@ -22,7 +22,7 @@ B = uuid.UUID("bbbbbbbb-0000-4000-8000-000000000002")
 # Every table of schema platform that holds tenant rows. A new one must be added here (and to the
 # expectations below), so that it cannot be left out of these tests.
 TENANT_TABLES = sorted([
-    "audit_log", "projects", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
+    "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
 ])
 
@@ -40,6 +40,7 @@ EXPECTED = {
     "usage_overages": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "subscriptions": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "audit_log": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    "quota_locks": dict(select="rls", update="rls", delete="denied", insert="rls"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -76,6 +77,7 @@ def insert_for(table, tenant, event_id=None):
         "usage_overages": ("INSERT INTO platform.usage_overages (tenant_id, metric, usage_event_id, quantity) "
                            "VALUES (%s, 'bandwidth_bytes', %s, 1)", (t, event_id)),
         "subscriptions": ("INSERT INTO platform.subscriptions (tenant_id, status) VALUES (%s, 'active')", (t,)),
+        "quota_locks": ("INSERT INTO platform.quota_locks (tenant_id, metric) VALUES (%s, 'storage_bytes')", (t,)),
         "audit_log": ("INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action) "
                       "VALUES (%s, 'tenant', 'x', 'update')", (t,)),
     }[table]
