@@ -14,7 +14,7 @@ description:
   - Applies the versioned SQL migrations that ship with this collection to the platform database,
     oldest first, each in its own transaction.
   - Runs hold a row lock in C(selfbase_meta.migration_lock), so concurrent runs (for example two AWX jobs)
-    apply each migration once. A run waits at most 60 seconds for another one, then fails clearly.
+    apply each migration once. A run waits at most O(lock_timeout) seconds for another one, then fails clearly.
   - The module refuses to run when C(selfbase_meta), or anything in it, is owned by a role that is neither
     a superuser nor the login running it, or when schema C(platform) is not owned by C(selfbase_owner):
     their owner could otherwise run code with this login's privileges.
@@ -27,6 +27,12 @@ description:
     one tenant at a time through row-level security), C(selfbase_admin) (the control-plane modules)
     and C(selfbase_monitor) (quota metrics), all NOLOGIN. Grant them to your login roles.
 options:
+  lock_timeout:
+    description:
+      - Seconds to wait for another run's migration lock before failing.
+    type: int
+    default: 60
+    version_added: 1.1.0
   target_version:
     description:
       - Apply migrations up to and including this version. Default is the newest.
@@ -108,7 +114,6 @@ META_DDL = (
     'CREATE TABLE IF NOT EXISTS selfbase_meta.migration_lock (name text PRIMARY KEY)',
     "INSERT INTO selfbase_meta.migration_lock (name) VALUES ('platform_schema') ON CONFLICT DO NOTHING",
 )
-LOCK_TIMEOUT = '60s'
 
 # Who owns selfbase_meta, platform, and every relation in selfbase_meta, and whether to trust them.
 TRUST_SQL = '''
@@ -158,13 +163,14 @@ def create_meta(conn):
 
 
 def take_lock(module, conn):
-    """Lock the migration row until the transaction ends, waiting at most LOCK_TIMEOUT."""
-    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+    """Lock the migration row until the transaction ends, waiting at most lock_timeout seconds."""
+    timeout = module.params['lock_timeout']
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", ('%ds' % timeout,))
     try:
         conn.execute("SELECT name FROM selfbase_meta.migration_lock WHERE name = 'platform_schema' FOR UPDATE")
     except DatabaseError as e:
         module.fail_json(msg='Another run has held the migration lock (selfbase_meta.migration_lock) for more than '
-                             '%s: wait for it to finish, then run again (%s).' % (LOCK_TIMEOUT, str(e).strip()))
+                             '%d seconds: wait for it to finish, then run again (%s).' % (timeout, str(e).strip()))
     conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
 
 
@@ -183,7 +189,7 @@ def check_history(module, applied):
 
 def main():
     argument_spec = postgres_argument_spec()
-    argument_spec.update(target_version=dict(type='str'))
+    argument_spec.update(target_version=dict(type='str'), lock_timeout=dict(type='int', default=60))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     target = module.params['target_version']
     known = [m[0] for m in MIGRATIONS]

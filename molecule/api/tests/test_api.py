@@ -247,13 +247,28 @@ def test_login_roles_are_unprivileged(role):
 def test_hasura_memberships_and_ownership():
     assert _sql("SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m "
                 "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = 'hasura'") == \
-        "selfbase_app,selfbase_graphql"
+        "selfbase_graphql"
     assert _sql("SELECT rolcanlogin, rolbypassrls FROM pg_roles WHERE rolname = 'selfbase_graphql'") == "f|f"
     assert _sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'hasura_metadata'") == "hasura"
     assert _sql("SELECT string_agg(nspname || ':' || pg_get_userbyid(nspowner), ',' ORDER BY nspname) FROM pg_namespace "
                 "WHERE nspname IN ('auth', 'hdb_catalog')") == "auth:auth,hdb_catalog:hasura"
     assert _sql("SELECT string_agg(extname || ':' || extnamespace::regnamespace, ',' ORDER BY extname) FROM pg_extension "
                 "WHERE extname IN ('citext', 'pgcrypto')") == "citext:public,pgcrypto:public"
+
+
+@pytest.mark.parametrize("role", ["hasura", "auth"])
+def test_login_roles_have_session_limits(role):
+    assert _sql(f"SELECT array_to_string(s.setconfig, ',') FROM pg_db_role_setting s "
+                f"JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
+                f"WHERE r.rolname = '{role}' AND d.datname = 'selfbase'") == \
+        "statement_timeout=30s,lock_timeout=5s,idle_in_transaction_session_timeout=1min"
+
+
+def test_hasura_cannot_read_secrets_of_tenants(hasura_env):
+    res = _as(hasura_env["HASURA_GRAPHQL_DATABASE_URL"], "SELECT stripe_customer_id FROM platform.tenants")
+    assert res.rc != 0 and "permission denied for table tenants" in res.stderr, res.stderr
+    res = _as(hasura_env["HASURA_GRAPHQL_DATABASE_URL"], "SHOW statement_timeout")
+    assert res.stdout.split() == ["30s"], res.stdout
 
 
 def test_graphql_read_policies():

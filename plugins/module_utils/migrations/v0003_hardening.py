@@ -69,7 +69,7 @@ $$;
 -- read policy (Hasura's reads outside mutations see every tracked row).
 CREATE FUNCTION platform.may_act_for(p_tenant uuid) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-  SELECT p_tenant = platform.current_tenant_id()
+  SELECT COALESCE(p_tenant = platform.current_tenant_id(), false)
       OR pg_catalog.pg_has_role('selfbase_admin', 'USAGE')
       OR pg_catalog.pg_has_role('selfbase_monitor', 'USAGE')
 $$;
@@ -340,7 +340,9 @@ GRANT SELECT (id, tenant_id, domain, verified, is_primary, created_at) ON platfo
 GRANT SELECT (id, tenant_id, user_id, role, created_at) ON platform.tenant_members TO selfbase_graphql;
 GRANT SELECT (id, tenant_id, name, created_at), INSERT (tenant_id, name), UPDATE (name), DELETE
   ON platform.projects TO selfbase_graphql;
-GRANT SELECT ON platform.metrics, platform.plan_quotas, platform.tenant_quotas TO selfbase_graphql;
+GRANT SELECT ON platform.metrics, platform.plan_quotas, platform.tenant_quotas, platform.usage_rollups_daily
+  TO selfbase_graphql;
+GRANT SELECT (tenant_id, metric, quantity, occurred_at) ON platform.usage_events TO selfbase_graphql;
 GRANT EXECUTE ON FUNCTION platform.current_tenant_id(), platform.effective_quotas(uuid),
   platform.period_start(text, timestamptz), platform.metric_usage(uuid, text, text),
   platform.quota_state(bigint, bigint), platform.check_quota(uuid, text, bigint),
