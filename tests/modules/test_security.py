@@ -569,3 +569,26 @@ def test_deleted_tenant_records_nothing_and_adds_nothing(tenants, logins, who):
                 "INSERT INTO platform.tenant_members (tenant_id, user_id) VALUES (%s, gen_random_uuid())"):
         err = error(c, sql, (A,))
         assert err.sqlstate == "55000" and "is deleted" in str(err), err
+
+
+# Who may spend or read another tenant's quota ------------------------------------------------------
+
+@pytest.mark.parametrize("who", list(ROLES))
+def test_record_usage_and_check_quota_for_another_tenant(tenants, logins, who):
+    """Acting for A: recording for B is refused to everyone; B's quota is readable by the control
+    plane only (monitoring reads them through quota_status)."""
+    c = logins(who)
+    act_for(c, A)
+    err = error(c, "SELECT * FROM platform.record_usage(%s, 'api_requests', 1, 'b-from-a')", (B,))
+    assert err.sqlstate == "42501", (who, err)
+    if who in ("app", "control"):
+        assert "is not visible to this session" in str(err)
+    else:  # no EXECUTE at all (auth: no USAGE on the schema)
+        assert "permission denied for" in str(err)
+    sql = "SELECT * FROM platform.check_quota(%s, 'api_requests', 1)"
+    if who == "control":
+        assert c.execute(sql, (B,)).fetchone()["limit_value"] == 1000000
+    elif who in ("app", "hasura"):
+        assert "is not visible to this session" in str(error(c, sql, (B,)))
+    else:
+        assert "permission denied for" in str(error(c, sql, (B,)))
