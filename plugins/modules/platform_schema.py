@@ -12,12 +12,13 @@ short_description: Apply the selfbase platform schema migrations
 version_added: 0.1.0
 description:
   - Applies the versioned SQL migrations that ship with this collection to the platform database,
-    oldest first, each in its own transaction.
+    oldest first, each in its own savepoint of one transaction (a failed migration is rolled back, the
+    ones before it are kept).
   - Runs hold a row lock in C(selfbase_meta.migration_lock), so concurrent runs (for example two AWX jobs)
     apply each migration once. A run waits at most O(lock_timeout) seconds for another one, then fails clearly.
   - The module refuses to run when C(selfbase_meta), or anything in it, is owned by a role that is neither
-    a superuser nor the login running it, or when schema C(platform) is not owned by C(selfbase_owner):
-    their owner could otherwise run code with this login's privileges.
+    a superuser nor the login running it, or when schema C(platform) is not owned by C(selfbase_owner),
+    because their owner could otherwise run code with this login's privileges.
   - The session pins its own C(search_path), so settings made with C(ALTER DATABASE) or C(ALTER ROLE)
     cannot shadow what the module calls.
   - Each applied migration is recorded with a SHA-256 checksum in C(selfbase_meta.schema_migrations).
