@@ -23,13 +23,14 @@ import psycopg
 import pytest
 import yaml
 
-from test_isolation import A, B, seed_tenant, tenants  # noqa: F401  (the fixture)
+from test_isolation import A, B, tenants
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 V0001 = (ROOT / "plugins/module_utils/migrations/v0001_tenancy_core.py").read_text()
 ROLES = {"app": "selfbase_app", "hasura": "selfbase_graphql", "auth": None, "monitor": "selfbase_monitor",
          "control": "selfbase_admin"}
 NON_CONTROL = ["app", "hasura", "auth", "monitor"]
+SEEDED_TENANTS = tenants  # the fixture that seeds tenants A and B, shared with test_isolation
 SESSION_SETTINGS = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())["hasura_db_session_settings"]
 
 
@@ -292,7 +293,7 @@ def test_an_event_counts_only_in_the_period_it_lands_in(tenants, logins):
 
 def _rr_sessions(logins, n):
     sessions = []
-    for _ in range(n):
+    for _n in range(n):
         s = logins("app", autocommit=False)
         act_for(s, A)
         s.commit()
