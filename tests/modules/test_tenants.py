@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
+import yaml
 
 
 @pytest.fixture()
@@ -298,3 +300,45 @@ def test_runs_as_a_selfbase_admin_member(plans, run):
     finally:
         conn.execute("REASSIGN OWNED BY tenants_operator TO postgres; DROP OWNED BY tenants_operator")
         conn.execute("DROP ROLE tenants_operator")
+
+
+# tenants_file: read on the controller by the action plugin ---------------------------------------
+
+@pytest.mark.parametrize("fmt", ["yaml-mapping", "json-list"])
+def test_tenants_file_reconciles_like_the_inline_list(run, plans, tmp_path, fmt):
+    if fmt == "yaml-mapping":
+        path = tmp_path / "tenants.yml"
+        path.write_text("---\n# edited by operators\n" + yaml.safe_dump({"tenants": LIST}))
+    else:
+        path = tmp_path / "tenants.json"
+        path.write_text(json.dumps(LIST))
+    res = run("tenants", {"tenants_file": str(path)}, check=True)
+    assert res["changed"] is True and res["counts"]["created"] == 3, res
+    assert _tenants(plans) == {}
+    res = run("tenants", {"tenants_file": str(path)}, diff=True)
+    assert res["changed"] is True and res["counts"]["created"] == 3, res
+    assert "tenants" not in res["invocation"]["module_args"]
+    assert sorted(_tenants(plans)) == ["acme", "globex", "initech"]
+    assert _quotas(plans)[("acme", "storage_bytes")][2] == "overage"
+    assert run("tenants", {"tenants_file": str(path)})["changed"] is False
+    assert run("tenants", {"tenants": LIST})["changed"] is False  # the same state as the inline list
+
+
+def test_tenants_file_errors_name_the_option(run, plans, tmp_path):
+    missing = tmp_path / "nope.yml"
+    res = run("tenants", {"tenants_file": str(missing)})
+    assert res["failed"] and res["msg"].startswith(f"tenants_file: cannot read {missing}"), res
+    wrong = tmp_path / "wrong.yml"
+    wrong.write_text("selfbase_tenants: []\n")
+    res = run("tenants", {"tenants_file": str(wrong)})
+    assert res["failed"] and 'is a mapping without a "tenants" key' in res["msg"] and "selfbase_tenants" in res["msg"]
+    scalar = tmp_path / "scalar.yml"
+    scalar.write_text("42\n")
+    assert "must hold a list of tenants, got int" in run("tenants", {"tenants_file": str(scalar)})["msg"]
+    res = run("tenants", {"tenants_file": str(scalar), "tenants": LIST})
+    assert res["failed"] and "tenants and tenants_file are mutually exclusive" in res["msg"]
+    bad = tmp_path / "bad.yml"
+    bad.write_text("tenants:\n  - {slug: ok-one}\n  - {slug: Bad Slug}\n")
+    res = run("tenants", {"tenants_file": str(bad)})
+    assert res["failed"] and "tenants[1].slug" in res["msg"], res
+    assert _tenants(plans) == {}
