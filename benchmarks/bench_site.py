@@ -68,12 +68,13 @@ def changed(out):
 
 
 def tenants_file(tmp, n, renamed):
-    data = {"selfbase_tenants_exclusive": False, "selfbase_tenants": [
+    """A data file like inventories/development/data/tenants.yml, as the extra var that points to it."""
+    data = {"tenants": [
         {"slug": f"bench-{i:04d}", "name": f"Bench {i}{' renamed' if renamed else ''}", "plan": "starter",
          **({"quotas": [{"metric": "members", "limit": 3}]} if renamed else {})} for i in range(n)]}
     path = pathlib.Path(tmp) / f"tenants-{n}-{int(renamed)}.json"
     path.write_text(json.dumps(data))
-    return "@" + str(path)
+    return f"selfbase_tenants_file={path}"
 
 
 def main():
