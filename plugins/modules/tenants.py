@@ -25,7 +25,7 @@ options:
     description:
       - A YAML or JSON file on the controller holding the tenants, as a list of entries like O(tenants), or a mapping
         whose key C(tenants) holds that list. A relative path is looked up like a C(files/) source.
-      - The file is read by this module's action plugin with a C YAML parser and handed to the module untouched:
+      - The file is read by this module's action plugin with a C YAML parser and handed to the module untouched, so
         ten thousand tenants given this way skip the seconds Ansible spends loading and templating them as
         variables.
       - Mutually exclusive with O(tenants).
