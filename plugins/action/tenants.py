@@ -9,11 +9,14 @@ read here with a C parser, the list goes to the module untouched."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import glob
+import hashlib
 import json
 import os
 
 import yaml
 
+from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
@@ -24,14 +27,41 @@ except ImportError:  # PyYAML without libyaml: slower, same result
     from yaml import SafeLoader
 
 
+CACHE_DIR = os.path.join(C.ANSIBLE_HOME, 'selfbase', 'tenants_file')
+CACHE_KEEP = 4
+
+
+def _parse(data, path):
+    if path.endswith('.json'):
+        return json.loads(data)
+    # PyYAML needs about 3 s for 10,000 tenants even with libyaml; a file parsed before (same bytes) is read
+    # back from its JSON copy in a few milliseconds.
+    cached = os.path.join(CACHE_DIR, hashlib.sha256(data).hexdigest() + '.json')
+    try:
+        with open(cached, 'rb') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    # through JSON either way, so that a cached and a fresh read give the same values (dates as strings)
+    text = json.dumps(yaml.load(data, Loader=SafeLoader), default=str)  # nosec: SafeLoader
+    try:
+        os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)
+        tmp = '%s.%d.tmp' % (cached, os.getpid())
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, cached)
+        for old in sorted(glob.glob(os.path.join(CACHE_DIR, '*.json')), key=os.path.getmtime)[:-CACHE_KEEP]:
+            os.unlink(old)
+    except OSError:  # a cache is a cache: never fail the task for it
+        pass
+    return json.loads(text)
+
+
 def load_tenants(path):
     """The list of tenant entries in a YAML or JSON file: the document itself, or its key C(tenants)."""
     try:
         with open(path, 'rb') as f:
-            if path.endswith('.json'):
-                doc = json.load(f)
-            else:
-                doc = yaml.load(f, Loader=SafeLoader)  # nosec: SafeLoader
+            doc = _parse(f.read(), path)
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise AnsibleActionFail('tenants_file: cannot read %s: %s' % (path, to_native(e)))
     if isinstance(doc, dict):

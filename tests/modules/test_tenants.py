@@ -342,3 +342,27 @@ def test_tenants_file_errors_name_the_option(run, plans, tmp_path):
     res = run("tenants", {"tenants_file": str(bad)})
     assert res["failed"] and "tenants[1].slug" in res["msg"], res
     assert _tenants(plans) == {}
+
+
+def test_tenants_file_yaml_is_parsed_once_per_content(run, plans, tmp_path, monkeypatch):
+    """The action plugin keeps a JSON copy of a parsed YAML file, by content: a re-run with the same bytes reads
+    the copy, an edited file is parsed again, and a broken copy is parsed around."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ANSIBLE_HOME", str(home))
+    path = tmp_path / "tenants.yml"
+    path.write_text(yaml.safe_dump({"tenants": LIST}))
+    assert run("tenants", {"tenants_file": str(path)})["changed"] is True
+    cache = home / "selfbase" / "tenants_file"
+    copies = sorted(cache.glob("*.json"))
+    assert len(copies) == 1 and json.loads(copies[0].read_text()) == {"tenants": LIST}
+    # the copy is what a re-run reads: change it (same name, same bytes of the YAML) and the run follows it
+    copies[0].write_text(json.dumps({"tenants": LIST[:1]}))
+    res = run("tenants", {"tenants_file": str(path), "exclusive": True}, check=True)
+    assert res["changed_slugs"] == ["globex"], res  # initech is suspended already
+    copies[0].write_text("{not json")
+    assert run("tenants", {"tenants_file": str(path), "exclusive": True})["changed"] is False
+    edited = LIST[:2] + [dict(LIST[2], name="Initech renamed")]
+    path.write_text(yaml.safe_dump({"tenants": edited}))
+    res = run("tenants", {"tenants_file": str(path)})
+    assert res["changed"] is True and res["counts"]["updated"] == 1
+    assert len(list(cache.glob("*.json"))) == 2
