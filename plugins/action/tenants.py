@@ -81,11 +81,12 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         path = args.pop('tenants_file', None)
         if path is not None:
-            if args.get('tenants') is not None:
+            if args.get('tenants') is not None or args.get('tenants_json') is not None:
                 raise AnsibleActionFail('tenants and tenants_file are mutually exclusive: give one of them')
             if not os.path.isabs(path):
                 path = self._find_needle('files', path)
-            args['tenants'] = load_tenants(path)
+            # one JSON text: Ansible neither walks nor deep-copies ten thousand entries of it
+            args['tenants_json'] = json.dumps(load_tenants(path))
         result.update(self._execute_module(module_name=self._task.resolved_action or 'selfbase.platform.tenants',
                                            module_args=args, task_vars=task_vars))
         return result

@@ -25,14 +25,20 @@ options:
     description:
       - A YAML or JSON file on the controller holding the tenants, as a list of entries like O(tenants), or a mapping
         whose key C(tenants) holds that list. A relative path is looked up like a C(files/) source.
-      - The file is read by this module's action plugin with a C YAML parser and handed to the module untouched, so
-        ten thousand tenants given this way skip the seconds Ansible spends loading and templating them as
-        variables.
+      - The file is read by this module's action plugin with a C YAML parser and handed to the module as one JSON
+        text (O(tenants_json)), so ten thousand tenants given this way skip the seconds Ansible spends loading,
+        templating and copying them as variables and module arguments.
       - PyYAML needs seconds for tens of thousands of entries, so the plugin keeps a JSON copy of each YAML file it
         parsed, named by the file's SHA-256, in C(ANSIBLE_HOME/selfbase/tenants_file) (the last four); a run on the
         same bytes reads that copy. A JSON file is read directly, and is the fastest on a fresh controller.
       - Mutually exclusive with O(tenants).
     type: path
+    version_added: 1.1.0
+  tenants_json:
+    description:
+      - Internal, set by the action plugin from O(tenants_file); leave it unset. The tenants as one JSON text (a list,
+        or a mapping with key C(tenants)), which Ansible passes without walking or copying every entry.
+    type: str
     version_added: 1.1.0
   tenants:
     description:
@@ -232,6 +238,8 @@ changed_slugs:
   sample: ["acme", "globex"]
 '''
 
+import json
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, connect, postgres_argument_spec, require_schema)
@@ -247,22 +255,31 @@ def main():
         tenants=dict(type='list', elements='dict'),
         # read on the controller by the action plugin, which passes its content as tenants
         tenants_file=dict(type='path'),
+        tenants_json=dict(type='str'),
         exclusive=dict(type='bool', default=False),
         purge_deleted=dict(type='bool', default=False),
         diff_items=dict(type='int', default=20),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=[('tenants', 'tenants_file')],
-                           required_one_of=[('tenants', 'tenants_file')])
+                           mutually_exclusive=[('tenants', 'tenants_file', 'tenants_json')],
+                           required_one_of=[('tenants', 'tenants_file', 'tenants_json')])
     p = module.params
     if p['tenants_file'] is not None:
         module.fail_json(msg='tenants_file is read on the controller by the action plugin of '
                              'selfbase.platform.tenants; call the module by that name')
+    if p['tenants_json'] is not None:
+        try:
+            doc = json.loads(p['tenants_json'])
+        except ValueError as e:
+            module.fail_json(msg='tenants_json: not JSON: %s' % e)
+        p['tenants'] = doc.get('tenants') if isinstance(doc, dict) else doc
+        if not isinstance(p['tenants'], list):
+            module.fail_json(msg='tenants_json: must hold a list of tenants')
     if p['diff_items'] < 0:
         module.fail_json(msg='diff_items: must be 0 or more; got %d' % p['diff_items'])
 
     # The echoed invocation leaves the list out: ten thousand entries sent back cost the controller seconds.
-    invocation = dict(module_args=dict((k, v) for k, v in p.items() if k != 'tenants'))
+    invocation = dict(module_args=dict((k, v) for k, v in p.items() if k not in ('tenants', 'tenants_json')))
     conn = connect(module)
     try:
         require_schema(module, conn, dict(changed=any(
