@@ -275,15 +275,16 @@ def test_graphql_read_policies():
     rows = _sql("SELECT tablename, cmd, array_to_string(roles, ',') FROM pg_policies "
                 "WHERE schemaname = 'platform' AND policyname = 'graphql_read' ORDER BY tablename")
     assert rows.splitlines() == [f"{t}|SELECT|selfbase_graphql" for t in
-                                 ("plans", "projects", "tenant_domains", "tenant_members", "tenants")]
+                                 ("projects", "tenant_domains", "tenant_invitations", "tenant_members", "tenants")]
 
 
 def test_graphql_role_reads_the_tracked_columns_of_an_extra_table(hasura_env):
     url = hasura_env["HASURA_GRAPHQL_DATABASE_URL"]
-    res = _as(url, "SELECT count(*) >= 0 FROM (SELECT code, name, description FROM platform.plans) p")
+    res = _as(url, "SELECT count(*) >= 0 FROM (SELECT id, tenant_id, email, role, expires_at "
+                   "FROM platform.tenant_invitations) i")
     assert res.rc == 0 and res.stdout.split() == ["t"], res.stderr
-    res = _as(url, "SELECT stripe_product_id FROM platform.plans")
-    assert res.rc != 0 and "permission denied for table plans" in res.stderr, res.stderr
+    res = _as(url, "SELECT token_hash FROM platform.tenant_invitations")
+    assert res.rc != 0 and "permission denied for table tenant_invitations" in res.stderr, res.stderr
 
 
 # Logging in with the rendered URLs, from the api host over TLS ------------------
