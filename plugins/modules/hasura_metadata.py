@@ -678,6 +678,12 @@ def main():
                     module.fail_json(msg='Hasura refused the new metadata because it would be inconsistent; nothing '
                                          'was written: %s' % describe(e.internal),
                                      inconsistent_objects=e.internal, changed=False, retried=result['retried'])
+                if e.code == 'unexpected':
+                    # Hasura drops "internal" unless HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS (or dev mode) is on
+                    module.fail_json(msg='Hasura refused the new metadata (%s) and gave no detail of the objects; '
+                                         'nothing was written. Set HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS=true (the '
+                                         'selfbase.platform.hasura role does) to see which objects are inconsistent'
+                                         % e, changed=False, retried=result['retried'])
                 raise
         if written:
             # read back what Hasura stored

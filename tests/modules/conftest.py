@@ -85,13 +85,34 @@ def pg_server():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture()
-def db(pg_server, request):
-    """A fresh database per test, dropped afterwards."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+@pytest.fixture(scope="session")
+def schema_template(pg_server):
+    """One database with the platform schema applied through the module; tests
+    that want the schema get a copy of it (CREATE DATABASE ... TEMPLATE)."""
+    name = "tpl_schema"
     with pg_server.connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
+    res = Runner(pg_server, name)("platform_schema", {})
+    assert res.get("failed") is not True, res
+    return name
+
+
+@pytest.fixture()
+def db(pg_server, request):
+    """A fresh database per test, dropped afterwards. A test that uses the
+    `schema` fixture gets a copy of the schema template instead of an empty one."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    template = request.getfixturevalue("schema_template") if "schema" in request.fixturenames else None
+    with pg_server.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        if template:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            # a copy does not take the database's own privileges (TEMP, CONNECT); the migrations set them
+            conn.execute("UPDATE pg_database SET datacl = (SELECT datacl FROM pg_database WHERE datname = %s) "
+                         "WHERE datname = %s", (template, name))
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
     yield name
     with pg_server.connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -144,10 +165,8 @@ def conn(pg_server, db):
 
 
 @pytest.fixture()
-def schema(run, conn):
-    """A database with the platform schema applied (through the module)."""
-    res = run("platform_schema", {})
-    assert res.get("failed") is not True, res
+def schema(conn):
+    """A database with the platform schema applied (a copy of `schema_template`)."""
     return conn
 
 

@@ -366,3 +366,51 @@ def test_secret_never_in_verbose_output(fake):
     assert "changed=1" in proc.stdout
     assert fake.writes() and fake.requests[0]["admin_secret"] == SECRET
     assert SECRET not in proc.stdout + proc.stderr
+
+
+# Fidelity of the fake to the pinned Hasura and nhost/auth ----------------------------
+
+
+def test_refusal_without_internal_errors_names_the_setting(fake, run):
+    """With HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS=false (and dev mode off) Hasura drops "internal" even for the
+    admin: the module cannot list the objects, and says which setting brings them back."""
+    fake.admin_internal_errors = False
+    del fake.db_tables[("platform", "projects")]
+    res = run({"tables": platform_tables()})
+    assert res["failed"] is True and res["changed"] is False
+    assert "gave no detail" in res["msg"] and "HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS=true" in res["msg"]
+    assert [w["status"] for w in fake.writes()] == [400]
+    assert not [k for k in fake.tables() if k.startswith("platform.")]
+
+
+def test_missing_secret_runs_as_the_unauthorized_role(fake, run):
+    """JWT mode with an unauthorized role: no admin secret means role public, which the metadata API refuses
+    with 400 access-denied (not 401), and the module still points at admin_secret."""
+    fake.jwt, fake.unauthorized_role = True, "public"
+    res = run({"admin_secret": "", "tables": [{"name": "p"}]})
+    assert res["failed"] is True
+    assert "HTTP 400" in res["msg"] and "access-denied" in res["msg"] and "admin_secret" in res["msg"]
+    assert [(r["status"], r["admin_secret"]) for r in fake.requests] == [(400, None)]
+
+
+def test_inconsistency_is_found_before_a_stale_version(fake, run):
+    """Hasura builds the new metadata before it compares resource_version: an inconsistent write that is also
+    stale is refused as inconsistent (400), and the module does not retry it."""
+    fake.before_replace.append(lambda f: f.concurrent_write(lambda md: md.setdefault("inherited_roles", [])))
+    del fake.db_tables[("platform", "projects")]
+    res = run({"tables": platform_tables()})
+    assert res["failed"] is True and res["retried"] is False
+    assert "would be inconsistent; nothing was written" in res["msg"]
+    assert [w["status"] for w in fake.writes()] == [400]
+
+
+def test_seeded_auth_tables_are_those_auth_049_tracks(fake, run):
+    """auth 0.49 tracks user_security_keys (users.securityKeys) and the OAuth2 tables of migration 00020; the
+    module keeps every one of them, relationships included."""
+    tracked = {k for k in fake.tables() if k.startswith("auth.")}
+    assert {"auth.user_security_keys", "auth.oauth2_clients", "auth.oauth2_client_types",
+            "auth.oauth2_auth_requests", "auth.oauth2_authorization_codes", "auth.oauth2_refresh_tokens"} <= tracked
+    assert "securityKeys" in [r["name"] for r in fake.tables()["auth.users"]["array_relationships"]]
+    before = others(fake)
+    ok(run({"tables": platform_tables()}))
+    assert others(fake) == before

@@ -139,9 +139,11 @@ def test_hasura_env(hasura_env):
     assert hasura_env["HASURA_GRAPHQL_METADATA_DATABASE_URL"] == \
         f"postgres://hasura:{password}@api-db:5432/hasura_metadata?sslmode=require"
     assert {k: hasura_env[k] for k in ("HASURA_GRAPHQL_ENABLE_CONSOLE", "HASURA_GRAPHQL_DEV_MODE",
-                                       "HASURA_GRAPHQL_ENABLE_TELEMETRY", "HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS")} == \
-        dict.fromkeys(("HASURA_GRAPHQL_ENABLE_CONSOLE", "HASURA_GRAPHQL_DEV_MODE", "HASURA_GRAPHQL_ENABLE_TELEMETRY",
-                       "HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS"), "false")
+                                       "HASURA_GRAPHQL_ENABLE_TELEMETRY")} == \
+        dict.fromkeys(("HASURA_GRAPHQL_ENABLE_CONSOLE", "HASURA_GRAPHQL_DEV_MODE", "HASURA_GRAPHQL_ENABLE_TELEMETRY"),
+                      "false")
+    # admin answers keep "internal": hasura_metadata names the objects of a refused write from it
+    assert hasura_env["HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS"] == "true"
     assert hasura_env["HASURA_GRAPHQL_UNAUTHORIZED_ROLE"] == "public"
     assert hasura_env["HASURA_GRAPHQL_ENABLED_APIS"] == "metadata,graphql"
     assert hasura_env["HASURA_GRAPHQL_CORS_DOMAIN"] == "https://*.selfbase.test"
@@ -247,7 +249,7 @@ def test_login_roles_are_unprivileged(role):
 def test_hasura_memberships_and_ownership():
     assert _sql("SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m "
                 "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = 'hasura'") == \
-        "selfbase_graphql"
+        "nhost_hasura,selfbase_graphql"
     assert _sql("SELECT rolcanlogin, rolbypassrls FROM pg_roles WHERE rolname = 'selfbase_graphql'") == "f|f"
     assert _sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'hasura_metadata'") == "hasura"
     assert _sql("SELECT string_agg(nspname || ':' || pg_get_userbyid(nspowner), ',' ORDER BY nspname) FROM pg_namespace "
@@ -341,6 +343,30 @@ def test_auth_owns_its_schema_and_hasura_reads_its_tables(auth_env, hasura_env):
     # auth sees nothing of the platform schema.
     res = _as(auth_url, "SELECT count(*) FROM platform.tenants")
     assert res.rc != 0 and "permission denied" in res.stderr
+
+
+def test_auth_migrations_can_grant_to_the_nhost_roles(auth_env, hasura_env):
+    """What nhost/auth 0.49's migrations 00020 and 00021 do as auth's login: create
+    tables and a pgcrypto function in the auth schema, then grant to nhost_auth_admin
+    and nhost_hasura. Without those roles the GRANT fails and auth never starts."""
+    auth_url, hasura_url = auth_env["POSTGRES_CONNECTION"], hasura_env["HASURA_GRAPHQL_DATABASE_URL"]
+    assert _sql("SELECT string_agg(rolname || ':' || rolcanlogin, ',' ORDER BY rolname) FROM pg_roles "
+                "WHERE rolname IN ('nhost_auth_admin', 'nhost_hasura')") == "nhost_auth_admin:false,nhost_hasura:false"
+    res = _as(auth_url, """
+        CREATE TABLE auth.probe_clients (id uuid DEFAULT gen_random_uuid() PRIMARY KEY, secret_hash text);
+        INSERT INTO auth.probe_clients (secret_hash) VALUES (crypt('s3cret', gen_salt('bf')));
+        CREATE FUNCTION auth.probe_create(secret text) RETURNS text LANGUAGE sql AS
+          $$ SELECT crypt(secret, gen_salt('bf')) $$;
+        GRANT ALL ON auth.probe_clients TO nhost_auth_admin;
+        GRANT SELECT, DELETE ON auth.probe_clients TO nhost_hasura;
+        GRANT EXECUTE ON FUNCTION auth.probe_create TO nhost_hasura;""")
+    try:
+        assert res.rc == 0, res.stderr
+        # Hasura gets the grants through nhost_hasura: it runs the function and deletes.
+        res = _as(hasura_url, "SELECT length(auth.probe_create('s3cret')); DELETE FROM auth.probe_clients RETURNING 1")
+        assert res.rc == 0 and res.stdout.split() == ["60", "1"], res.stderr
+    finally:
+        _as(auth_url, "DROP FUNCTION IF EXISTS auth.probe_create; DROP TABLE IF EXISTS auth.probe_clients")
 
 
 # Secrets never reach the output --------------------------------------------------

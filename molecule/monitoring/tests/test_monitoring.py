@@ -293,11 +293,17 @@ def test_replication_lag_metric(host, db, hvars):
         # A transaction replayed while streaming: the lag is 0 and the replay time is known.
         _psql(db, "SELECT txid_current()")
         assert _poll(lambda: standby_row() == ["1", "0"], timeout=20), standby_row()
+        # Pause replay, then write a commit that must reach the standby: it is
+        # received but not replayed, so the lag is the age of the last replayed commit.
         _psql(db, "SELECT pg_wal_replay_pause()", port=5433, host="/tmp")
         time.sleep(2)
         _psql(db, "SELECT txid_current()")
-        assert _poll(lambda: float(standby_row()[1]) >= 2, timeout=20), standby_row()
-        assert standby_row()[0] == "1"
+        behind = "SELECT pg_get_wal_replay_pause_state() = 'paused' AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()"
+        assert _poll(lambda: _psql(db, behind, port=5433, host="/tmp").strip() == "t", timeout=30), \
+            _psql(db, "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()",
+                  port=5433, host="/tmp")
+        row = standby_row()
+        assert row[0] == "1" and float(row[1]) >= 2, row
     finally:
         db.run(f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {standby} -m fast -w stop; rm -rf {standby} {standby}.log")
 

@@ -1,13 +1,18 @@
 """A stateful fake of Hasura GraphQL Engine v2's metadata API (POST /v1/metadata), for contract tests.
 
 What it mimics, from Hasura's documentation and error messages:
-- the admin secret in X-Hasura-Admin-Secret; 401 with code access-denied when it is missing or wrong;
+- the admin secret in X-Hasura-Admin-Secret; 401 with code access-denied when it is wrong, or missing while no
+  unauthorized role applies; with a JWT secret and an unauthorized role configured, a request without the secret
+  (and without a token) runs as that role, which the metadata API refuses: 400 access-denied "restricted access :
+  admin only" at $.args (server/src-lib/Hasura/App.hs, MetadataApiAuthorization);
 - export_metadata version 2: {resource_version, metadata} (metadata format version 3), in Hasura's export form:
   custom column names both as custom_column_names and column_config, default permission values left out;
 - replace_metadata version 2 with args {metadata, allow_inconsistent_metadata} and a top-level resource_version:
   409 {path, error, code: conflict} when it is stale; when the new metadata is inconsistent and inconsistency is not
-  allowed, 400 {path: $.args, error, code: unexpected, internal: [objects]} and nothing is stored; every accepted
-  write increments resource_version;
+  allowed, 400 {path: $.args, error, code: unexpected, internal: [objects]} and nothing is stored, where "internal"
+  is sent only with HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS (Hasura's default: true) or dev mode; the new metadata
+  is built (and found inconsistent) before the resource_version is compared, so an inconsistent write with a stale
+  version gets 400, not 409; every accepted write increments resource_version;
 - get_inconsistent_metadata: tables (and array relationship targets) that are not in the configured database, and
   permission columns that the database table does not have.
 
@@ -76,12 +81,37 @@ def auth_tables():
                     object_rels=[("provider", "provider_id"), ("user", "user_id")]),
         _auth_table("user_roles", "authUserRoles", {"created_at": "createdAt", "user_id": "userId"},
                     object_rels=[("roleByRole", "role"), ("user", "user_id")]),
+        _auth_table("user_security_keys", "authUserSecurityKeys",
+                    {"credential_id": "credentialId", "credential_public_key": "credentialPublicKey", "id": "id",
+                     "user_id": "userId"},
+                    object_rels=[("user", "user_id")]),
         _auth_table("users", "users",
                     {"avatar_url": "avatarUrl", "created_at": "createdAt", "default_role": "defaultRole",
                      "display_name": "displayName", "email_verified": "emailVerified", "last_seen": "lastSeen"},
                     object_rels=[("defaultRoleByRole", "default_role")],
                     array_rels=[("refreshTokens", "refresh_tokens", "user_id"), ("roles", "user_roles", "user_id"),
+                                ("securityKeys", "user_security_keys", "user_id"),
                                 ("userProviders", "user_providers", "user_id")]),
+        # the OAuth2 provider tables of migration 00020 (auth 0.46 and later)
+        _auth_table("oauth2_client_types", "authOauth2ClientTypes", {}, is_enum=True,
+                    array_rels=[("oauth2Clients", "oauth2_clients", "type")]),
+        _auth_table("oauth2_clients", "authOauth2Clients",
+                    {"client_id": "clientId", "client_name": "clientName", "created_at": "createdAt",
+                     "created_by": "createdBy", "redirect_uris": "redirectUris", "updated_at": "updatedAt"},
+                    array_rels=[("authRequests", "oauth2_auth_requests", "client_id"),
+                                ("refreshTokens", "oauth2_refresh_tokens", "client_id")]),
+        _auth_table("oauth2_auth_requests", "authOauth2AuthRequests",
+                    {"client_id": "clientId", "created_at": "createdAt", "expires_at": "expiresAt",
+                     "redirect_uri": "redirectUri", "user_id": "userId"},
+                    object_rels=[("client", "client_id"), ("user", "user_id")]),
+        _auth_table("oauth2_authorization_codes", "authOauth2AuthorizationCodes",
+                    {"auth_request_id": "authRequestId", "code_hash": "codeHash", "created_at": "createdAt",
+                     "expires_at": "expiresAt"},
+                    object_rels=[("authRequest", "auth_request_id")]),
+        _auth_table("oauth2_refresh_tokens", "authOauth2RefreshTokens",
+                    {"client_id": "clientId", "created_at": "createdAt", "expires_at": "expiresAt",
+                     "token_hash": "tokenHash", "user_id": "userId"},
+                    object_rels=[("client", "client_id"), ("user", "user_id")]),
     ]
 
 
@@ -141,8 +171,15 @@ def _ref(value):
 
 
 class FakeHasura:
-    def __init__(self, admin_secret="fake-admin-secret", db_tables=None, metadata=None):
+    def __init__(self, admin_secret="fake-admin-secret", db_tables=None, metadata=None, admin_internal_errors=True,
+                 dev_mode=False, jwt=False, unauthorized_role=None):
         self.admin_secret = admin_secret
+        # HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS, HASURA_GRAPHQL_DEV_MODE, HASURA_GRAPHQL_JWT_SECRET set,
+        # HASURA_GRAPHQL_UNAUTHORIZED_ROLE
+        self.admin_internal_errors = admin_internal_errors
+        self.dev_mode = dev_mode
+        self.jwt = jwt
+        self.unauthorized_role = unauthorized_role
         self.metadata = metadata or initial_metadata()
         self.resource_version = 1
         # {(schema, name): [columns] or None (any column)}; defaults to every tracked table existing
@@ -225,6 +262,8 @@ class FakeHasura:
     # the API
     def _call(self, headers, body):
         secret = headers.get("X-Hasura-Admin-Secret")
+        if secret is None and self.jwt and self.unauthorized_role and not headers.get("Authorization"):
+            return 400, {"path": "$.args", "error": "restricted access : admin only", "code": "access-denied"}
         if secret is None:
             return 401, {"path": "$", "error": "x-hasura-admin-secret/x-hasura-access-key required, but not found",
                          "code": "access-denied"}
@@ -267,13 +306,15 @@ class FakeHasura:
                                              "code": "parse-failed"}
         if self.before_replace:
             self.before_replace.pop(0)(self)
+        found = self.inconsistent_objects(metadata)
+        if found and not args.get("allow_inconsistent_metadata"):
+            answer = {"path": "$.args", "error": "cannot continue due to inconsistent metadata", "code": "unexpected"}
+            if self.admin_internal_errors or self.dev_mode:
+                answer["internal"] = found
+            return 400, answer
         if "resource_version" in body and body["resource_version"] != self.resource_version:
             return 409, {"path": "$", "error": "metadata resource version referenced (%s) did not match current "
                                                "version" % body["resource_version"], "code": "conflict"}
-        found = self.inconsistent_objects(metadata)
-        if found and not args.get("allow_inconsistent_metadata"):
-            return 400, {"path": "$.args", "error": "cannot continue due to inconsistent metadata",
-                         "code": "unexpected", "internal": found}
         self.metadata = copy.deepcopy(metadata)
         self.resource_version += 1
         if self.after_replace:

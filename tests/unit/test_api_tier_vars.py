@@ -1,0 +1,97 @@
+"""Variables of the auth role, rendered as Ansible renders them: the README
+example's endpoint, and email verification only where mail can be sent."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+ROOT = pathlib.Path(__file__).parents[2]
+AUTH = ROOT / "roles" / "auth"
+
+
+def _example_play():
+    text = (ROOT / "roles" / "hasura" / "README.md").read_text()
+    block = re.search(r"```yaml\n(- hosts: api.*?)```", text, re.S).group(1)
+    return yaml.safe_load(block)[0]
+
+
+def _render(expr, given):
+    """expr rendered with the auth role's defaults, vars and `given` (inventory) variables."""
+    variables = yaml.safe_load((AUTH / "defaults" / "main.yml").read_text())
+    variables.update(yaml.safe_load((AUTH / "vars" / "main.yml").read_text()))
+    variables.update(given)
+    # files Ansible loads are trusted templates; these are read here, so mark them
+    variables = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in variables.items()}
+    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(expr))
+
+
+def _preflight_condition(name):
+    tasks = yaml.safe_load((AUTH / "tasks" / "preflight.yml").read_text())
+    return next(t for t in tasks if t["name"] == name)["ansible.builtin.assert"]["that"]
+
+
+def test_readme_example_binds_hasura_where_auth_looks():
+    play = _example_play()
+    variables = dict(play["vars"], private_ip="10.0.0.5")
+    for entry in play["roles"]:
+        if entry["role"] == "selfbase.platform.auth":
+            variables.update(entry.get("vars", {}))
+    assert _render("{{ auth_hasura_endpoint }}", variables) == "http://10.0.0.5:8080"
+    assert _render("{{ _auth_email_verification }}", variables) is True
+
+
+@pytest.mark.parametrize("given,expected", [
+    ({}, "http://127.0.0.1:8080"),
+    ({"hasura_bind_address": "fd00::5", "hasura_port": 8081}, "http://[fd00::5]:8081"),
+])
+def test_endpoint_default_follows_the_hasura_variables(given, expected):
+    assert _render("{{ auth_hasura_endpoint }}", given) == expected
+
+
+@pytest.mark.parametrize("given,expected", [
+    ({}, False),
+    ({"auth_smtp_host": "smtp.example.com"}, True),
+    ({"auth_smtp_host": "smtp.example.com", "auth_email_verification_required": False}, False),
+    ({"auth_email_verification_required": True}, True),
+])
+def test_email_verification_is_required_where_mail_can_be_sent(given, expected):
+    assert _render("{{ _auth_email_verification }}", given) is expected
+
+
+@pytest.mark.parametrize("given,passes", [
+    ({}, True),
+    ({"auth_email_verification_required": True}, False),
+    ({"auth_email_verification_required": True, "auth_smtp_host": "smtp.example.com"}, True),
+])
+def test_preflight_refuses_verification_without_smtp(given, passes):
+    that = _preflight_condition("Check that verified emails can be sent")
+    assert all(_render("{{ %s }}" % cond, given) for cond in that) is passes
+
+
+def _export(users_relationships):
+    users = {"table": {"schema": "auth", "name": "users"}}
+    if users_relationships is not None:
+        users["array_relationships"] = [{"name": n, "using": {}} for n in users_relationships]
+    return {"json": {"resource_version": 3, "metadata": {"version": 3, "sources": [
+        {"name": "default", "kind": "postgres", "tables": [{"table": {"schema": "platform", "name": "tenants"}}, users]}]}}}
+
+
+@pytest.mark.parametrize("relationships,present", [
+    (None, False), ([], False), (["roles"], False), (["roles", "tenantMemberships"], True)])
+def test_auth_is_published_only_once_the_relationship_exists(relationships, present):
+    """auth's port is published only when the metadata export has the relationship on auth.users."""
+    assert _render("{{ _auth_relationship_present }}", {"__auth_metadata": _export(relationships)}) is present
+    tasks = yaml.safe_load((AUTH / "tasks" / "service.yml").read_text())
+    names = [t["name"] for t in tasks]
+    # the only published start before the relationship is created is the one that needs it present
+    run = tasks[names.index("Run the auth container")]
+    assert run["vars"]["__auth_published"] == "{{ ansible_check_mode or _auth_relationship_present }}"
+    block = tasks[names.index("Create the tenant relationship, then publish auth")]["block"]
+    assert [t["name"] for t in block][-2:] == ["Create the tenant relationship the claims read",
+                                               "Publish the auth container"]
