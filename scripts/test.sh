@@ -38,15 +38,31 @@ stage_build() {
   return $rc
 }
 stage_unit() { python -m pytest -v tests/unit; }
-stage_modules() { python -m pytest -v tests/modules; }
-stage_molecule() {
-  local rc=0 scenario
-  for scenario in molecule/*/molecule.yml; do
-    scenario=$(basename "$(dirname "$scenario")")
-    echo "== molecule test -s $scenario"
-    molecule test -s "$scenario" || rc=1
-  done
+# Two pytest workers, each with its own PostgreSQL server: the tests spend their
+# time in ansible-playbook processes, one per module call.
+stage_modules() { python -m pytest -v -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
+
+# One scenario with its own log; the line it prints goes to the stage log.
+molecule_scenario() {
+  local scenario=$1 start rc=0
+  start=$(date +%s)
+  molecule test -s "$scenario" >"$LOGS/molecule-$scenario.log" 2>&1 || rc=1
+  printf 'molecule %-10s %-6s %5ss  (log: build/logs/molecule-%s.log)\n' "$scenario" \
+    "$([ $rc -eq 0 ] && echo passed || echo failed)" "$(( $(date +%s) - start ))" "$scenario"
+  [ $rc -eq 0 ] || tail -n 80 "$LOGS/molecule-$scenario.log"
   return $rc
+}
+# Scenarios have their own hosts and networks, so they run side by side
+# (SELFBASE_MOLECULE_JOBS at a time, longest first): much of their time is
+# spent waiting on package installs, services and alert timers.
+stage_molecule() {
+  local longest=(nginx api common monitoring postgresql default) all=() s
+  for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
+  export -f molecule_scenario
+  export LOGS
+  { for s in "${longest[@]}"; do [[ " ${all[*]} " == *" $s "* ]] && echo "$s"; done
+    for s in "${all[@]}"; do [[ " ${longest[*]} " == *" $s "* ]] || echo "$s"; done; } \
+    | xargs -P "${SELFBASE_MOLECULE_JOBS:-2}" -I{} bash -c 'molecule_scenario "$1"' _ {}
 }
 
 passed=0 failed=0 report=()

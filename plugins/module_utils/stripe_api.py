@@ -3,7 +3,15 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Stripe access for the selfbase.platform modules: connection options and a
 small client over the official ``stripe`` library (pinned API version, retries,
-idempotency keys derived from the desired state, paginated lists)."""
+idempotency keys derived from the desired state, paginated lists).
+
+Idempotency keys. Stripe stores the first answer to a key for at least 24 hours,
+errors included (a 500 too), and replays it. A key here is derived from the path
+and the parameters, so a run retried after a crash resends the same key and gets
+the stored success instead of a duplicate, and a changed payload gets another
+key. When Stripe replays a stored error, the write is sent again under the next
+key of a chain derived from the first (key, then H(key), ...), so an old error
+does not block later runs and a crash-retry still finds the same keys."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -39,6 +47,10 @@ def stripe_argument_spec():
     )
 
 
+# Replayed errors skipped, one key of the chain each, before a write gives up.
+MAX_REPLAYED_ERRORS = 5
+
+
 def idempotency_key(*parts):
     """A stable Idempotency-Key for a write, derived from the desired state, so
     that a run retried after a crash sends the same key again."""
@@ -46,17 +58,31 @@ def idempotency_key(*parts):
     return 'selfbase-' + hashlib.sha256(blob.encode('utf-8')).hexdigest()[:48]
 
 
+def event_types():
+    """The event types a webhook endpoint can subscribe to at the pinned API version, from the typed parameters
+    of the installed ``stripe`` library (``*`` included); None when the library does not carry them."""
+    try:
+        from stripe.params import WebhookEndpointCreateParams
+        import typing
+        listed = typing.get_args(WebhookEndpointCreateParams.__annotations__['enabled_events'])[0]
+        return frozenset(typing.get_args(listed)) or None
+    except (ImportError, KeyError, IndexError, TypeError):
+        return None
+
+
 class StripeError(Exception):
     """A failed Stripe call: HTTP status (None when Stripe was not reached), error code and type, and the
     parameter Stripe blamed."""
 
-    def __init__(self, message, status=None, code=None, param=None, type=None):
+    def __init__(self, message, status=None, code=None, param=None, type=None, replayed=False):
         super(StripeError, self).__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.param = param
         self.type = type
+        # Stripe answered with an error stored under this idempotency key by an earlier request
+        self.replayed = replayed
 
     def __str__(self):
         head = 'Stripe error' if self.status is None else 'Stripe error %s' % self.status
@@ -70,8 +96,10 @@ def _convert(err, api_base):
         return StripeError('could not reach Stripe at %s: %s' % (api_base, (err.user_message or '').strip()))
     body = err.json_body if isinstance(err.json_body, dict) else {}
     info = body.get('error') if isinstance(body.get('error'), dict) else {}
+    headers = dict((str(k).lower(), str(v).lower()) for k, v in (err.headers or {}).items())
     return StripeError(info.get('message') or err.user_message or str(err), status=err.http_status,
-                       code=info.get('code') or err.code, param=info.get('param'), type=info.get('type'))
+                       code=info.get('code') or err.code, param=info.get('param'), type=info.get('type'),
+                       replayed=headers.get('idempotent-replayed') == 'true')
 
 
 def _http_client(timeout):
@@ -152,11 +180,24 @@ class StripeClient(object):
 
     def post(self, path, params, key=None):
         """A write. The Idempotency-Key is ``key`` or derived from path and params; the library resends the
-        same key on every retry, so a write that Stripe stored before an error is replayed, not repeated."""
+        same key on every retry, so a write that Stripe stored before an error is replayed, not repeated.
+        An error that Stripe replays from an earlier request moves the write on to the next key of the chain."""
         self._refuse_in_check_mode('POST', path)
         key = key or idempotency_key(path, params)
-        self.writes += 1
-        resp = self._call('post', path, params, key)
+        for _skipped in range(MAX_REPLAYED_ERRORS + 1):
+            self.writes += 1
+            try:
+                resp = self._call('post', path, params, key)
+                break
+            except StripeError as e:
+                if not e.replayed:
+                    raise
+                last = e
+                key = idempotency_key(key)
+        else:
+            raise StripeError('%d idempotency keys in a row replayed errors stored by earlier requests for %s; '
+                              'the last one: %s' % (MAX_REPLAYED_ERRORS + 1, path, last.message), last.status,
+                              last.code, last.param, last.type)
         data = resp.data
         if str(resp.headers.get('idempotent-replayed', '')).lower() == 'true':
             stale, fresh = self._stale(path, data)
@@ -186,7 +227,7 @@ class StripeClient(object):
             return bool(fresh.get('deleted')), fresh
         return fresh != data, fresh
 
-    def delete(self, path, key=None):
+    def delete(self, path, params=None, key=None):
         self._refuse_in_check_mode('DELETE', path)
         self.writes += 1
-        return self._call('delete', path, None, key).data
+        return self._call('delete', path, params, key).data

@@ -511,6 +511,31 @@ def plan_present(plan, stripe):
     return after
 
 
+def _prices_on_an_active_product(plan):
+    """Stripe creates prices only on an active product: an inactive plan that needs new prices gets them while
+    its product is active, and the product is archived after them."""
+    if plan.spec['active'] or not any(w['what'] == 'price' for w in plan.writes):
+        return
+    product_active = bool(plan.product and plan.product.get('active'))
+    for w in list(plan.writes):
+        if w['what'] == 'product':
+            w['params']['active'] = 'true'
+        elif w['what'] == 'product_update':
+            w['params'].pop('active', None)
+            if not product_active:
+                w['params']['active'] = 'true'
+            if not w['params']:
+                plan.writes.remove(w)
+    if plan.product is not None and not product_active and not any(w['what'] == 'product_update'
+                                                                  for w in plan.writes):
+        plan.writes.insert(0, dict(what='product_update', label='reactivate product %s for its new prices'
+                                   % plan.product_id, params={'active': 'true'}, before=dict(active=False)))
+    # the new prices are part of the key: archiving after other prices is another write
+    prices = sorted(w['params'].get('lookup_key') or '' for w in plan.writes if w['what'] == 'price')
+    plan.writes.append(dict(what='product_update', label='archive product %s after its new prices' % (
+        plan.product_id or plan.code), params={'active': 'false'}, before=dict(active=True, new_prices=prices)))
+
+
 def plan_absent(plan, stripe):
     db = plan.db
     if plan.product is not None:
@@ -676,6 +701,7 @@ def main():
         for spec in specs:
             plan = Plan(spec, db.get(spec['code']), stripe.products.get(spec['code']))
             plan.after = plan_present(plan, stripe) if spec['state'] == 'present' else plan_absent(plan, stripe)
+            _prices_on_an_active_product(plan)
             plans.append(plan)
 
         results, actions, changed = [], [], False

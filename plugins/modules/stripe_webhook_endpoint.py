@@ -27,8 +27,10 @@ options:
     required: true
   enabled_events:
     description:
-      - Event types sent to the endpoint, for example C(invoice.paid) or C(customer.subscription.*); C(*) alone
-        means every event. Compared as a set, so order and duplicates do not matter.
+      - Event types sent to the endpoint, for example C(invoice.paid) or C(customer.subscription.updated); C(*)
+        alone means every event. Stripe has no other wildcard (C(customer.subscription.*) is refused), so each type
+        is checked against the list of the installed C(stripe) library at the pinned API version. Compared as a
+        set, so order and duplicates do not matter.
       - Required when the endpoint is created.
     type: list
     elements: str
@@ -182,10 +184,10 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.parse import urlsplit
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
-    StripeClient, StripeError, stripe_argument_spec)
+    STRIPE_API_VERSION, StripeClient, StripeError, event_types, stripe_argument_spec)
 
 PATH = '/v1/webhook_endpoints'
-EVENT_RE = re.compile(r'^(\*|[a-z_]+(\.[a-z_]+)*\.(\*|[a-z_]+))$')
+EVENT_RE = re.compile(r'^(\*|[a-z_]+(\.[a-z_]+)+)$')
 EXISTS = 'Webhook endpoint exists; its signing secret is only returned by the run that creates it.'
 
 
@@ -206,9 +208,16 @@ def validate(p):
     if events is not None:
         if not events:
             return 'enabled_events: must list at least one event type (or "*")'
+        known = event_types()
         for i, event in enumerate(events):
-            if not isinstance(event, str) or not EVENT_RE.match(event):
-                return 'enabled_events[%d]: %r is not an event type such as invoice.paid or customer.*' % (i, event)
+            if isinstance(event, str) and event.endswith('.*') and len(event) > 2:
+                prefix = event[:-1]
+                matching = sorted(e for e in known or () if e.startswith(prefix))
+                return ('enabled_events[%d]: %r: Stripe has no prefix wildcards, only "*" (every event); list the '
+                        'types%s' % (i, event, (': ' + ', '.join(matching)) if matching else ''))
+            if not isinstance(event, str) or not EVENT_RE.match(event) or (known and event not in known):
+                return ('enabled_events[%d]: %r is not a Stripe event type at API version %s (for example '
+                        'invoice.paid)' % (i, event, STRIPE_API_VERSION))
         if '*' in events and len(set(events)) > 1:
             return 'enabled_events: "*" already means every event; list it alone'
     if p['description'] is not None and len(p['description']) > 5000:
@@ -241,6 +250,11 @@ def main():
                              api_calls=dict(reads=client.reads, writes=client.writes))
         current = found[0] if found else None
         before = view(current)
+        if current and p['state'] == 'present' and current.get('api_version') != STRIPE_API_VERSION:
+            module.warn('webhook endpoint %s sends events at API version %s, not the pinned %s, and Stripe cannot '
+                        'change that: delete it (state=absent) and create it again'
+                        % (current['id'], current.get('api_version') or "(the account's default)",
+                           STRIPE_API_VERSION))
 
         if p['state'] == 'absent':
             after = {}
@@ -266,7 +280,8 @@ def main():
 
             if changed and not module.check_mode:
                 if created:
-                    params = dict(url=p['url'], enabled_events=p['enabled_events'])
+                    # events arrive in the version the modules and the webhook receiver read
+                    params = dict(url=p['url'], enabled_events=p['enabled_events'], api_version=STRIPE_API_VERSION)
                     if after['description']:
                         params['description'] = after['description']
                     current = client.post(PATH, params)

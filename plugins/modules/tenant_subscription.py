@@ -15,8 +15,10 @@ description:
     its billing cycle and currency, and mirrors the subscription into C(platform.subscriptions) and the tenant.
   - The customer carries C(metadata.tenant_id). Its id is stored on the tenant (C(tenants.stripe_customer_id)). When
     no id is stored (a first run, or a run that stopped between the Stripe create and the database write), the
-    customer is searched by C(metadata.tenant_id) and created only when none is found, with an idempotency key
-    derived from the tenant id, so a retried run does not create a second customer.
+    customer is searched by C(metadata.tenant_id) (and listed by O(email), which unlike the search is immediately
+    consistent) and created only when none is found, with an idempotency key derived from the tenant id and the
+    customer's fields, so a retried run does not create a second customer and a changed name or email is not
+    refused as a reused key.
   - The subscription has one licensed item, the plan's price (C(platform.plan_prices), written by
     M(selfbase.platform.billing_plan)), plus one metered item per overage price of the plan in the same cycle and
     currency. A plan or cycle swap updates the existing licensed item (C(items[0][id]) with the new price), with
@@ -68,8 +70,23 @@ options:
     type: str
     choices: [charge_automatically, send_invoice]
   days_until_due:
-    description: Days a customer has to pay an invoice, with O(collection_method=send_invoice).
+    description:
+      - Days a customer has to pay an invoice. Only with O(collection_method=send_invoice) (given, or already the
+        subscription's), as Stripe requires.
     type: int
+  payment_behavior:
+    description:
+      - How Stripe creates a subscription whose first invoice must be paid now (no trial, C(charge_automatically),
+        a price above zero).
+      - V(error_if_incomplete) creates it only when the payment succeeds, so no unpaid subscription is left behind;
+        without a default payment method on the customer the run fails, saying so (check mode predicts that).
+      - V(allow_incomplete) (Stripe's own default) charges the default payment method and otherwise creates the
+        subscription C(incomplete); V(default_incomplete) always creates it C(incomplete), for the application to
+        confirm the first payment. An C(incomplete) subscription becomes C(incomplete_expired) after 23 hours if
+        unpaid; the module never creates a second subscription while one is C(incomplete).
+    type: str
+    choices: [error_if_incomplete, allow_incomplete, default_incomplete]
+    default: error_if_incomplete
   email:
     description: Billing e-mail of the Stripe customer. Compared only when set.
     type: str
@@ -77,8 +94,9 @@ options:
     description:
       - Mirror the subscription onto the tenant too, besides C(platform.subscriptions), in C(plan), C(billing_cycle),
         C(trial_ends_at) and C(status). The status follows the subscription (C(trialing) to C(trial), C(active) to
-        C(active), C(past_due) and C(unpaid) to C(past_due), C(canceled) to C(canceled)), but a tenant that is
-        C(suspended) or C(deleted) keeps that status, which is the operator's decision.
+        C(active); C(incomplete), C(past_due), C(unpaid) and C(paused), which all wait for a payment, to
+        C(past_due); C(canceled) and C(incomplete_expired) to C(canceled)), but a tenant that is C(suspended) or
+        C(deleted) keeps that status, which is the operator's decision.
     type: bool
     default: true
   state:
@@ -234,7 +252,9 @@ from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api impor
     StripeClient, StripeError, idempotency_key, stripe_argument_spec)
 
 # Stripe status -> tenant status; statuses not listed leave the tenant alone.
-TENANT_STATUS = dict(trialing='trial', active='active', past_due='past_due', unpaid='past_due', canceled='canceled')
+TENANT_STATUS = dict(trialing='trial', active='active', incomplete='past_due', past_due='past_due', unpaid='past_due',
+                     paused='past_due', canceled='canceled', incomplete_expired='canceled')
+ENDED = ('canceled', 'incomplete_expired')
 KEEP_TENANT_STATUS = ('suspended', 'deleted')
 MIRROR = ('stripe_customer_id', 'stripe_subscription_id', 'stripe_item_id', 'stripe_price_id', 'metered_items',
           'plan', 'billing_cycle', 'currency', 'status', 'current_period_start', 'current_period_end', 'trial_end',
@@ -288,7 +308,7 @@ def read_mirror(cur, tenant_id):
 
 
 def read_plan_prices(cur, plan, cycle):
-    prices = cur.execute('SELECT currency, stripe_price_id, active FROM platform.plan_prices '
+    prices = cur.execute('SELECT currency, stripe_price_id, active, unit_amount FROM platform.plan_prices '
                          'WHERE plan_code = %s AND billing_cycle = %s', (plan, cycle)).fetchall()
     metered = cur.execute('SELECT metric, currency, stripe_price_id FROM platform.plan_overage_prices '
                           'WHERE plan_code = %s AND billing_cycle = %s AND active', (plan, cycle)).fetchall()
@@ -322,8 +342,9 @@ def resolve(module, cur, tenant, mirror):
     if currency not in usable:
         raise BillingError('currency: plan %s has no active %s price in %s (it has: %s)'
                            % (plan_code, cycle, currency, ', '.join(sorted(usable))))
+    amount = dict((r['currency'], r['unit_amount']) for r in prices)[currency]
     return dict(plan=plan_code, plan_active=plan['active'], trial_days=plan['trial_days'], cycle=cycle,
-                currency=currency, price=usable[currency],
+                currency=currency, price=usable[currency], amount=amount,
                 metered=dict((r['metric'], r['stripe_price_id']) for r in metered
                              if r['currency'] == currency and r['stripe_price_id']))
 
@@ -340,6 +361,10 @@ def find_customer(module, client, tenant):
         module.warn('Stripe customer %s stored for tenant %s no longer exists; looking it up by metadata.tenant_id'
                     % (tenant['stripe_customer_id'], tenant['slug']))
     found = client.list('/v1/customers/search', {'query': "metadata['tenant_id']:'%s'" % tenant['id']})
+    if not found and module.params['email']:
+        # the search lags about a minute behind writes; a list by email does not
+        found = [c for c in client.list('/v1/customers', {'email': module.params['email']})
+                 if (c.get('metadata') or {}).get('tenant_id') == str(tenant['id'])]
     if len(found) > 1:
         module.warn('Stripe has %d customers with metadata.tenant_id=%s; using the oldest, %s'
                     % (len(found), tenant['id'], min(found, key=lambda c: c.get('created', 0))['id']))
@@ -347,7 +372,8 @@ def find_customer(module, client, tenant):
 
 
 def find_subscription(module, client, customer, mirror):
-    subs = client.list('/v1/subscriptions', {'customer': customer['id']})
+    # Stripe lists every status but canceled by default; an expired incomplete one is over too
+    subs = [s for s in client.list('/v1/subscriptions', {'customer': customer['id']}) if s['status'] not in ENDED]
     if not subs:
         return None
     stored = mirror and mirror['stripe_subscription_id']
@@ -390,6 +416,26 @@ def mirror_of(sub, customer_id, want, metric_by_price):
         canceled_at=_epoch(sub.get('canceled_at')))
 
 
+def new_status(p, params, customer, amount):
+    """The status Stripe gives a new subscription. Raises BillingError where Stripe would refuse it
+    (error_if_incomplete without a payment method)."""
+    if params.get('trial_period_days'):
+        return 'trialing'
+    if params.get('collection_method') == 'send_invoice' or not amount:
+        return 'active'
+    settings = (customer or {}).get('invoice_settings') or {}
+    pays = bool(settings.get('default_payment_method') or (customer or {}).get('default_source'))
+    if p['payment_behavior'] == 'default_incomplete' or (not pays and p['payment_behavior'] == 'allow_incomplete'):
+        return 'incomplete'
+    if not pays:
+        raise BillingError('payment_behavior: the first invoice of tenant %s must be paid now, but its Stripe customer '
+                           'has no default payment method, so Stripe would refuse the subscription '
+                           '(error_if_incomplete). Attach a payment method, give a trial (trial_days), use '
+                           'collection_method=send_invoice, or payment_behavior=allow_incomplete or '
+                           'default_incomplete' % p['tenant'])
+    return 'active'
+
+
 # Main -----------------------------------------------------------------------
 
 def main():
@@ -405,6 +451,8 @@ def main():
         cancel=dict(type='str', default='none', choices=['none', 'at_period_end', 'immediately']),
         collection_method=dict(type='str', choices=['charge_automatically', 'send_invoice']),
         days_until_due=dict(type='int'),
+        payment_behavior=dict(type='str', default='error_if_incomplete',
+                              choices=['error_if_incomplete', 'allow_incomplete', 'default_incomplete']),
         email=dict(type='str'),
         update_tenant=dict(type='bool', default=True),
         state=dict(type='str', default='present', choices=['present', 'absent']),
@@ -445,9 +493,26 @@ def main():
         client = StripeClient(module)
         customer = find_customer(module, client, tenant)
         sub = find_subscription(module, client, customer, mirror) if customer else None
-        if sub is not None and sub['status'] in ('canceled', 'incomplete_expired'):
+        if sub is not None and sub['status'] in ENDED:
             sub = None
+        ended = None
+        if sub is None and customer and mirror and mirror['stripe_subscription_id'] and mirror['status'] not in ENDED:
+            # Stripe ended it in between (dunning cancels, an incomplete one expires): mirror how it ended
+            try:
+                ended = client.get('/v1/subscriptions/%s' % mirror['stripe_subscription_id'])
+            except StripeError as e:
+                if e.status != 404:
+                    raise
         base, metered_items = _items(sub) if sub else (None, [])
+        if not cancel_now:
+            collection = p['collection_method'] or (sub or {}).get('collection_method') or 'charge_automatically'
+            if p['days_until_due'] is not None and collection != 'send_invoice':
+                raise BillingError('days_until_due: only applies with collection_method=send_invoice (the '
+                                   'subscription collects %s); Stripe refuses it otherwise' % collection)
+            if sub is not None and sub.get('currency') and sub['currency'] != want['currency']:
+                raise BillingError('currency: subscription %s of tenant %s is in %s, and Stripe cannot change the '
+                                   'currency of a subscription; cancel it (cancel=immediately) and subscribe again in '
+                                   '%s' % (sub['id'], slug, sub['currency'], want['currency']))
 
         # Plan the writes ----------------------------------------------------
         writes = []
@@ -484,9 +549,12 @@ def main():
                     params['collection_method'] = p['collection_method']
                 if p['days_until_due'] is not None:
                     params['days_until_due'] = p['days_until_due']
-                writes.append(dict(what='subscription', label='create subscription on %s%s' % (
-                    want['price'], ' with a %d-day trial' % days if 'trial_period_days' in params else ''),
-                    params=params, previous=mirror and mirror['stripe_subscription_id']))
+                params['payment_behavior'] = p['payment_behavior']
+                status = new_status(p, params, customer, want['amount'])
+                writes.append(dict(what='subscription', label='create subscription on %s%s%s' % (
+                    want['price'], ' with a %d-day trial' % days if 'trial_period_days' in params else '',
+                    '' if status in ('active', 'trialing') else ' (%s until paid)' % status),
+                    params=params, previous=mirror and mirror['stripe_subscription_id'], status=status))
             else:
                 params, items = {}, []
                 swap_or_new = base is None or base['price']['id'] != want['price']
@@ -534,6 +602,9 @@ def main():
                 after = mirror_of(sub, customer_id, want, metric_by_price)
             elif cancel_now:
                 after = mirror
+                if sub is None and ended is not None:
+                    after = mirror_of(ended, customer_id, dict(plan=mirror['plan'], cycle=mirror['billing_cycle']),
+                                      metric_by_price)
                 if sub is not None:
                     after = mirror_of(sub, customer_id, dict(plan=None, cycle=None), metric_by_price)
                     after.update(status='canceled')
@@ -547,7 +618,7 @@ def main():
                     params = [w for w in writes if w['what'] == 'subscription'][0]['params']
                     after.update(stripe_subscription_id=None, stripe_item_id=None, canceled_at=None, trial_end=None,
                                  current_period_start=None, current_period_end=None,
-                                 status='trialing' if 'trial_period_days' in params else 'active')
+                                 status=[w for w in writes if w['what'] == 'subscription'][0]['status'])
                 else:
                     old = mirror_of(sub, customer_id, want, metric_by_price)
                     after.update(dict((k, old[k]) for k in ('stripe_subscription_id', 'stripe_item_id', 'status',
@@ -559,7 +630,7 @@ def main():
             for w in writes:
                 if w['what'] == 'customer':
                     customer = client.post('/v1/customers', w['params'],
-                                           key=idempotency_key('customer', str(tenant['id'])))
+                                           key=idempotency_key('customer', str(tenant['id']), w['params']))
                     customer_id = customer['id']
                 elif w['what'] == 'customer_update':
                     client.post('/v1/customers/%s' % customer_id, w['params'], key=idempotency_key(
@@ -572,7 +643,9 @@ def main():
                     sub = client.post('/v1/subscriptions/%s' % sub['id'], w['params'], key=idempotency_key(
                         'subscription update', sub['id'], w['before'], w['params']))
                 elif w['what'] == 'cancel':
-                    sub = client.delete('/v1/subscriptions/%s' % w['id'], key=idempotency_key('cancel', w['id']))
+                    # invoice_now bills the metered usage not invoiced yet; prorate credits unused licensed time
+                    sub = client.delete('/v1/subscriptions/%s' % w['id'], dict(
+                        invoice_now=True, prorate=p['proration_behavior'] != 'none'))
             if sub is not None:
                 after = mirror_of(sub, customer_id, want or dict(plan=None, cycle=None), metric_by_price)
             else:

@@ -146,8 +146,8 @@ def test_key_from_environment_and_never_returned(stripe_fake, monkeypatch):
     assert res["failed"] is True and "api_key" in res["msg"], res
 
 
-@pytest.mark.parametrize("fault", [dict(status=429), dict(status=500), dict(drop=True),
-                                   dict(status=500, after_store=True)], ids=["429", "500", "drop", "500-after-store"])
+@pytest.mark.parametrize("fault", [dict(status=429), dict(drop=True), dict(status=500, after_store=True)],
+                         ids=["429", "drop", "500-after-store"])
 def test_faults_end_with_exactly_one_meter(stripe_fake, run, fault):
     stripe_fake.fail_next(method="POST", path_prefix=METERS, count=2, **fault)
     res = run(API)
@@ -159,6 +159,18 @@ def test_faults_end_with_exactly_one_meter(stripe_fake, run, fault):
     stripe_fake.reset_log()
     assert run(API)["changed"] is False
     assert stripe_fake.writes() == []
+
+
+def test_a_stored_500_fails_the_run_and_the_next_run_creates_one_meter(stripe_fake, run):
+    """Stripe stores a 500 under its key: that run fails; the next one finds no meter, gets the stored 500 for the
+    same key, and creates the meter under the next key of the chain."""
+    stripe_fake.fail_next(method="POST", path_prefix=METERS, status=500)
+    res = run(API)
+    assert res["failed"] is True and stripe_fake.objects("billing/meters") == []
+    res = run(API)
+    assert res["changed"] is True, res
+    assert len(stripe_fake.objects("billing/meters")) == 1
+    assert [(r.status, r.replayed) for r in stripe_fake.writes()] == [(500, False), (500, True), (200, False)]
 
 
 def test_finds_the_meter_across_pages(stripe_fake, run):

@@ -254,3 +254,38 @@ def test_plans_list_names_the_entry(bill, schema, stripe_fake):
     assert res["failed"] is True
     assert res["msg"].startswith("plans[1].prices[0].interval:"), res["msg"]
     assert stripe_fake.writes() == []
+
+
+def test_inactive_plan_gets_its_prices_before_its_product_is_archived(bill, schema, stripe_fake, meter):
+    """Stripe refuses a price on an inactive product (the fake too): a plan that is not offered (active: false)
+    but needs prices gets them while its product is active, then the product is archived."""
+    legacy = {"code": "legacy", "name": "Legacy", "active": False,
+              "prices": [{"interval": "month", "currency": "usd", "amount": 500}]}
+    res = bill("billing_plan", legacy)
+    assert res["changed"] is True, {k: res.get(k) for k in ("msg", "failed", "actions", "plans")}
+    [product] = stripe_fake.objects("products")
+    assert product["active"] is False and [p["product"] for p in stripe_fake.objects("prices")] == [product["id"]]
+    # a new price point later: reactivated for it, archived again
+    stripe_fake.reset_log()
+    more = dict(legacy, prices=legacy["prices"] + [{"interval": "year", "currency": "usd", "amount": 5000}])
+    res = bill("billing_plan", more)
+    assert res["changed"] is True, res
+    writes = [(w.path, w.params.get("active"), w.status) for w in stripe_fake.writes()]
+    assert writes == [("/v1/products/%s" % product["id"], "true", 200), ("/v1/prices", None, 200),
+                      ("/v1/products/%s" % product["id"], "false", 200)], writes
+    assert stripe_fake.get("products", product["id"])["active"] is False
+    stripe_fake.reset_log()
+    assert bill("billing_plan", more)["changed"] is False and stripe_fake.writes() == []
+
+
+def test_overage_on_an_inactive_meter_is_refused_before_any_write(bill, schema, stripe_fake, meter):
+    import stripe
+    stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url}).raw_request(
+        "post", "/v1/billing/meters/%s/deactivate" % meter)
+    stripe_fake.reset_log()
+    before = _snapshot(schema)
+    res = bill("billing_plan", {"code": "pro", "prices": [{"interval": "month", "currency": "usd", "amount": 100}],
+                                "quotas": [{"metric": "api_requests", "limit": 10, "mode": "overage",
+                                            "overage_unit_price": "0.01"}]})
+    assert res["failed"] is True and "no active Stripe billing meter" in res["msg"], res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(schema) == before

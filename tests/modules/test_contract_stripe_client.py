@@ -101,7 +101,6 @@ def test_pinned_version_auth_and_key_never_echoed(stripe_fake):
 @pytest.mark.parametrize("fault", [
     dict(status=429),
     dict(status=429, should_retry="true"),
-    dict(status=500),
     dict(status=503),
     dict(drop=True),
     dict(status=500, after_store=True),
@@ -117,6 +116,43 @@ def test_write_faults_end_with_one_object(stripe_fake, fault):
     assert len(posts) == 3 and len({r.idempotency_key for r in posts}) == 1  # same key on every retry
     assert posts[-1].status == 200 and posts[-1].replayed is fault.get("after_store", False)
     assert c.writes == 1
+
+
+def test_a_stored_500_fails_the_run_and_the_next_run_writes_under_the_next_key(stripe_fake):
+    """Stripe stores a 500 under its key and replays it for 24 hours: the run that got it fails (Stripe says not
+    to retry); a later run with the same desired state gets the replay, moves on to the next key of the chain, and
+    writes once."""
+    c = client(stripe_fake)
+    stripe_fake.fail_next(status=500, method="POST", path_prefix="/v1/products")
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/products", {"name": "Pro"})
+    assert err.value.status == 500 and not err.value.replayed and stripe_fake.objects("products") == []
+    assert len(stripe_fake.writes()) == 1  # Stripe-Should-Retry: false
+
+    later = client(stripe_fake)  # the next run
+    created = later.post("/v1/products", {"name": "Pro"})
+    posts = stripe_fake.writes("/v1/products")
+    assert [(r.status, r.replayed) for r in posts] == [(500, False), (500, True), (200, False)]
+    assert posts[0].idempotency_key == posts[1].idempotency_key != posts[2].idempotency_key
+    assert posts[2].idempotency_key == stripe_api.idempotency_key(posts[0].idempotency_key)
+    assert [p["id"] for p in stripe_fake.objects("products")] == [created["id"]]
+    # a crash-retry of that later run replays its success: still one product
+    assert client(stripe_fake).post("/v1/products", {"name": "Pro"})["id"] == created["id"]
+    assert len(stripe_fake.objects("products")) == 1
+
+
+def test_a_chain_of_stored_errors_ends(stripe_fake):
+    c = client(stripe_fake)
+    key = stripe_api.idempotency_key("/v1/products", {"name": "Pro"})
+    for _ in range(stripe_api.MAX_REPLAYED_ERRORS + 1):  # errors stored under every key of the chain
+        stripe_fake.fail_next(status=500, method="POST")
+        with pytest.raises(stripe_api.StripeError):
+            c.post("/v1/products", {"name": "Pro"}, key=key)
+        key = stripe_api.idempotency_key(key)
+    with pytest.raises(stripe_api.StripeError) as err:
+        client(stripe_fake).post("/v1/products", {"name": "Pro"})
+    assert "idempotency keys in a row replayed errors" in str(err.value)
+    assert stripe_fake.objects("products") == []
 
 
 def test_read_faults_are_retried(stripe_fake):
@@ -323,3 +359,92 @@ def test_fake_standalone_keeps_state_across_restarts(tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+# The fake is as strict as the pinned SDK's typed parameters ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,params,param,code", [
+    # a nested key the SDK does not have
+    ("/v1/customers", {"name": "A", "invoice_settings": {"default_payment_methd": "pm_1"}},
+     "invoice_settings[default_payment_methd]", "parameter_unknown"),
+    # an enum value the API version does not know
+    ("/v1/subscriptions", {"customer": "cus_x", "items": [{"price": "price_x"}], "payment_behavior": "sometimes"},
+     "payment_behavior", "parameter_invalid_enum"),
+    # a required key (SubscriptionCreateParams: customer)
+    ("/v1/subscriptions", {"items": [{"price": "price_x"}]}, "customer", "parameter_missing"),
+    # a required nested key (MeterCreateParams.default_aggregation.formula)
+    ("/v1/billing/meters", {"display_name": "A", "event_name": "a", "default_aggregation": {"formula": "avg"}},
+     "default_aggregation[formula]", "parameter_invalid_enum"),
+    # the wrong type
+    ("/v1/prices", {"currency": "usd", "unit_amount": "ten"}, "unit_amount", "parameter_invalid_integer"),
+    # an empty string where the parameter cannot be unset
+    ("/v1/products", {"name": ""}, "name", "parameter_invalid_empty"),
+    # an API version that does not exist
+    ("/v1/webhook_endpoints", {"url": "https://example.com/h", "enabled_events": ["*"], "api_version": "2099-01-01"},
+     "api_version", "parameter_invalid_enum"),
+])
+def test_fake_refuses_what_the_sdk_types_refuse(stripe_fake, path, params, param, code):
+    with pytest.raises(stripe_api.StripeError) as err:
+        client(stripe_fake).post(path, params)
+    assert (err.value.status, err.value.param, err.value.code) == (400, param, code), str(err.value)
+    assert all(r.replayed is False for r in stripe_fake.writes())
+    # validation errors are not stored under the key: the corrected request is not an idempotency error
+    assert stripe_fake.idem == {}
+
+
+def test_every_route_of_the_fake_has_its_sdk_params_class():
+    from fakes import stripe_sdk_params
+    probe = FakeStripe()
+    routes = {("POST", "/v1/products"), ("GET", "/v1/products"), ("GET", "/v1/products/x"),
+              ("POST", "/v1/products/x"), ("DELETE", "/v1/products/x"), ("POST", "/v1/prices"),
+              ("GET", "/v1/prices"), ("GET", "/v1/prices/x"), ("POST", "/v1/prices/x"), ("POST", "/v1/billing/meters"),
+              ("GET", "/v1/billing/meters"), ("GET", "/v1/billing/meters/x"), ("POST", "/v1/billing/meters/x"),
+              ("POST", "/v1/billing/meters/x/deactivate"), ("POST", "/v1/billing/meters/x/reactivate"),
+              ("POST", "/v1/customers"), ("GET", "/v1/customers"), ("GET", "/v1/customers/search"),
+              ("GET", "/v1/customers/x"), ("POST", "/v1/customers/x"), ("DELETE", "/v1/customers/x"),
+              ("POST", "/v1/subscriptions"), ("GET", "/v1/subscriptions"), ("GET", "/v1/subscriptions/x"),
+              ("POST", "/v1/subscriptions/x"), ("DELETE", "/v1/subscriptions/x"), ("POST", "/v1/webhook_endpoints"),
+              ("GET", "/v1/webhook_endpoints"), ("GET", "/v1/webhook_endpoints/x"),
+              ("POST", "/v1/webhook_endpoints/x"), ("DELETE", "/v1/webhook_endpoints/x")}
+    assert {r for r in routes if stripe_sdk_params.params_class(*r) is None} == set()
+    assert probe is not None
+    events = stripe_sdk_params.known_values(stripe_sdk_params.P.WebhookEndpointCreateParams, "enabled_events")
+    assert "*" in events and "invoice.paid" in events and "customer.subscription.*" not in events
+    assert stripe_api.event_types() == frozenset(events)
+
+
+def test_fake_refuses_prices_on_an_inactive_product_or_meter(stripe_fake):
+    c = client(stripe_fake)
+    prod = c.post("/v1/products", {"name": "Old", "active": False})
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/prices", {"product": prod["id"], "currency": "usd", "unit_amount": 100})
+    assert err.value.param == "product" and "inactive" in str(err.value)
+    live = c.post("/v1/products", {"name": "Live"})
+    mtr = meter(c)
+    c.post("/v1/billing/meters/%s/deactivate" % mtr["id"], {})
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/prices", {"product": live["id"], "currency": "usd", "unit_amount_decimal": "0.5",
+                              "recurring": {"interval": "month", "usage_type": "metered", "meter": mtr["id"]}})
+    assert err.value.param == "recurring[meter]" and "inactive" in str(err.value)
+
+
+def test_fake_lists_expired_incomplete_subscriptions_by_default(stripe_fake):
+    c = client(stripe_fake)
+    cus = c.post("/v1/customers", {"name": "A"})
+    prod = c.post("/v1/products", {"name": "P"})
+    price = c.post("/v1/prices", {"product": prod["id"], "currency": "usd", "unit_amount": 500,
+                                  "recurring": {"interval": "month"}})
+    sub = c.post("/v1/subscriptions", {"customer": cus["id"], "items": [{"price": price["id"]}]})
+    assert sub["status"] == "incomplete"  # allow_incomplete, Stripe's default, and no payment method
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/subscriptions", {"customer": cus["id"], "items": [{"price": price["id"]}],
+                                     "payment_behavior": "error_if_incomplete"})
+    assert err.value.status == 402
+    stripe_fake.advance(23 * 3600)
+    listed = c.list("/v1/subscriptions", {"customer": cus["id"]})
+    assert [(s["id"], s["status"]) for s in listed] == [(sub["id"], "incomplete_expired")]
+    with pytest.raises(stripe_api.StripeError) as err:  # days_until_due without send_invoice
+        c.post("/v1/subscriptions", {"customer": cus["id"], "items": [{"price": price["id"]}], "days_until_due": 3,
+                                     "trial_period_days": 3})
+    assert err.value.param == "days_until_due"

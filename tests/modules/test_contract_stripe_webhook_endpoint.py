@@ -124,6 +124,9 @@ def test_duplicate_urls(stripe_fake, run):
     ({"enabled_events": []}, "enabled_events"),
     ({"enabled_events": ["invoice paid"]}, "enabled_events[0]"),
     ({"enabled_events": ["invoice.paid", "*"]}, "enabled_events"),
+    # Stripe's only wildcard is "*": the documented-looking prefix form is refused, naming the real types
+    ({"enabled_events": ["invoice.paid", "customer.subscription.*"]}, "enabled_events[1]"),
+    ({"enabled_events": ["invoice.payed"]}, "enabled_events[0]"),
 ])
 def test_bad_input_fails_before_any_call(stripe_fake, run, args, field):
     res = run(dict(HOOK, **args))
@@ -137,8 +140,8 @@ def test_events_required_to_create(stripe_fake, run):
     assert stripe_fake.writes() == []
 
 
-@pytest.mark.parametrize("fault", [dict(status=429), dict(status=500), dict(drop=True),
-                                   dict(status=500, after_store=True)], ids=["429", "500", "drop", "500-after-store"])
+@pytest.mark.parametrize("fault", [dict(status=429), dict(drop=True), dict(status=500, after_store=True)],
+                         ids=["429", "drop", "500-after-store"])
 def test_faults_end_with_exactly_one_endpoint(stripe_fake, run, fault):
     stripe_fake.fail_next(method="POST", path_prefix=HOOKS, count=2, **fault)
     res = run(HOOK)
@@ -173,3 +176,38 @@ def test_documented_no_log_storage(stripe_fake, tmp_path):
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert secret not in proc.stdout + proc.stderr
     assert stripe_fake.api_key not in proc.stdout + proc.stderr
+
+
+def test_prefix_wildcard_names_the_event_types(stripe_fake, run):
+    res = run(dict(HOOK, enabled_events=["customer.subscription.*"]))
+    assert "no prefix wildcards" in res["msg"] and "customer.subscription.updated" in res["msg"], res
+    # and the fake, like Stripe, refuses it too when it is sent anyway
+    import stripe
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        client.raw_request("post", HOOKS, url=URL, enabled_events=["customer.subscription.*"])
+    assert err.value.param == "enabled_events[0]"
+
+
+def test_created_at_the_pinned_api_version(stripe_fake, run):
+    sys.path.insert(0, str(COLLECTIONS))
+    from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import STRIPE_API_VERSION
+    run(HOOK)
+    [create] = stripe_fake.writes()
+    assert create.params["api_version"] == STRIPE_API_VERSION
+    assert stripe_fake.objects("webhook_endpoints")[0]["api_version"] == STRIPE_API_VERSION
+    # an endpoint made elsewhere at the account's default version: the module says it must be recreated
+    with stripe_fake.lock:
+        stripe_fake.webhook_create({"url": "https://other.example.com/hook", "enabled_events": {"0": "*"}})
+    res = run({"url": "https://other.example.com/hook", "enabled_events": ["*"]})
+    assert res["changed"] is False and any("not the pinned" in w for w in res.get("warnings", [])), res
+
+
+def test_a_stored_500_fails_the_run_and_the_next_run_creates_one_endpoint(stripe_fake, run):
+    stripe_fake.fail_next(method="POST", path_prefix=HOOKS, status=500)
+    res = run(HOOK)
+    assert res["failed"] is True and "500" in res["msg"] and stripe_fake.objects("webhook_endpoints") == []
+    res = run(HOOK)
+    assert res["changed"] is True and res["secret"].startswith("whsec_"), res
+    assert len(stripe_fake.objects("webhook_endpoints")) == 1
+    assert [(r.status, r.replayed) for r in stripe_fake.writes()] == [(500, False), (500, True), (200, False)]

@@ -178,7 +178,8 @@ def test_cancel_at_period_end_then_resume_then_now(bill, world, stripe_fake):
     assert stripe_fake.writes() == []
     assert len(stripe_fake.objects("customers")) == 1
 
-    # subscribing again: a new subscription, without a second trial
+    # subscribing again: a new subscription, without a second trial, so paid now with the saved card
+    stripe_fake.attach_payment_method(stripe_fake.objects("customers")[0]["id"])
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["changed"] is True, res
     assert res["subscription"]["status"] == "active"
@@ -188,7 +189,8 @@ def test_cancel_at_period_end_then_resume_then_now(bill, world, stripe_fake):
 def test_crash_after_customer_create_finds_it_again(bill, world, stripe_fake):
     conn = world
     # the customer create is stored but answered with a 500 (the retry replays it); the subscription create
-    # then fails for good, so the run dies between the Stripe customer and the database write
+    # then gets a 500 that Stripe stores under its key, so the run dies between the Stripe customer and the
+    # database write
     stripe_fake.fail_next(status=500, after_store=True, method="POST", path_prefix="/v1/customers")
     stripe_fake.fail_next(status=500, count=10, method="POST", path_prefix="/v1/subscriptions")
     res = bill("tenant_subscription", {"tenant": "acme"})
@@ -200,7 +202,9 @@ def test_crash_after_customer_create_finds_it_again(bill, world, stripe_fake):
     stripe_fake.reset_log()
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["changed"] is True, res
-    assert [w.path for w in stripe_fake.writes()] == ["/v1/subscriptions"]
+    # the same key replays the stored 500, and the next key of the chain creates the subscription
+    assert [(w.path, w.status, w.replayed) for w in stripe_fake.writes()] == [
+        ("/v1/subscriptions", 500, True), ("/v1/subscriptions", 200, False)]
     assert len(stripe_fake.objects("customers")) == 1 and len(stripe_fake.objects("subscriptions")) == 1
     assert _tenant(conn)["stripe_customer_id"] == stripe_fake.objects("customers")[0]["id"]
 
@@ -231,3 +235,99 @@ def test_tenant_cycle_without_price(bill, world, stripe_fake):
     assert res["failed"] is True
     assert res["msg"].startswith("billing_cycle: plan euro has no active Stripe price for the year cycle"), res["msg"]
     assert stripe_fake.writes() == [] and _snapshot(world) == before
+
+
+# Payment states (the fake follows Stripe: no payment method and no trial means incomplete) ---------------------
+
+
+def _on_pro(conn):
+    conn.execute("UPDATE platform.tenants SET plan_code = 'pro' WHERE slug = 'acme'")  # pro has no trial
+
+
+def test_error_if_incomplete_without_payment_method_is_refused_before_any_write(bill, world, stripe_fake):
+    _on_pro(world)
+    before = _snapshot(world)
+    for check in (True, False):  # check mode predicts the refusal exactly
+        res = bill("tenant_subscription", {"tenant": "acme"}, check=check)
+        assert res["failed"] is True and res["msg"].startswith("payment_behavior:"), res["msg"]
+        assert "no default payment method" in res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(world) == before
+
+
+def test_allow_incomplete_creates_one_incomplete_subscription_until_it_expires(bill, world, stripe_fake):
+    conn = world
+    _on_pro(conn)
+    args = {"tenant": "acme", "payment_behavior": "allow_incomplete"}
+    predicted = bill("tenant_subscription", args, check=True, diff=True)
+    assert predicted["diff"]["after"]["status"] == "incomplete", predicted
+    res = bill("tenant_subscription", args)
+    assert res["changed"] is True and res["subscription"]["status"] == "incomplete", res
+    sub_id = res["subscription"]["stripe_subscription_id"]
+    assert stripe_fake.writes("/v1/subscriptions")[0].params["payment_behavior"] == "allow_incomplete"
+    assert (_mirror(conn)["status"], _tenant(conn)["status"]) == ("incomplete", "past_due")
+    # while it is incomplete, no run creates a second one
+    stripe_fake.reset_log()
+    assert bill("tenant_subscription", args)["changed"] is False
+    assert stripe_fake.writes() == [] and len(stripe_fake.objects("subscriptions")) == 1
+    # 23 hours unpaid: Stripe expires it; the mirror follows, and the next run subscribes again
+    stripe_fake.advance(23 * 3600)
+    assert stripe_fake.get("subscriptions", sub_id)["status"] == "incomplete_expired"
+    res = bill("tenant_subscription", args)
+    assert res["changed"] is True and res["subscription"]["stripe_subscription_id"] != sub_id
+    assert len(stripe_fake.objects("subscriptions")) == 2
+
+
+def test_with_a_payment_method_the_subscription_starts_active(bill, world, stripe_fake):
+    conn = world
+    _on_pro(conn)
+    res = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete"})
+    customer = res["subscription"]["stripe_customer_id"]
+    bill("tenant_subscription", {"tenant": "acme", "cancel": "immediately"})
+    stripe_fake.attach_payment_method(customer)
+    predicted = bill("tenant_subscription", {"tenant": "acme"}, check=True, diff=True)
+    assert predicted["diff"]["after"]["status"] == "active"
+    res = bill("tenant_subscription", {"tenant": "acme"})
+    assert res["subscription"]["status"] == "active" and _tenant(conn)["status"] == "active"
+
+
+@pytest.mark.parametrize("status,tenant_status", [
+    ("past_due", "past_due"), ("unpaid", "past_due"), ("paused", "past_due"), ("canceled", "canceled")])
+def test_dunning_states_reach_the_mirror_and_the_tenant(bill, world, stripe_fake, status, tenant_status):
+    conn = world
+    sub_id = bill("tenant_subscription", {"tenant": "acme"})["subscription"]["stripe_subscription_id"]
+    stripe_fake.set_status(sub_id, status)
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", {"tenant": "acme", "cancel": "none"} if status != "canceled" else
+               {"tenant": "acme", "state": "absent"})
+    assert res["changed"] is True, res
+    assert (_mirror(conn)["status"], _tenant(conn)["status"]) == (status, tenant_status)
+    assert stripe_fake.writes() == []
+
+
+def test_currency_of_a_subscription_is_never_switched(bill, world, stripe_fake):
+    conn = world
+    conn.execute("UPDATE platform.tenants SET plan_code = 'multi' WHERE slug = 'acme'")
+    bill("tenant_subscription", {"tenant": "acme", "currency": "usd", "collection_method": "send_invoice",
+                                 "days_until_due": 14})
+    before = _snapshot(conn)
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", {"tenant": "acme", "currency": "eur"})
+    assert res["failed"] is True and res["msg"].startswith("currency:") and "cannot change the currency" in res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(conn) == before and _mirror(conn)["currency"] == "usd"
+
+
+def test_days_until_due_needs_send_invoice(bill, world, stripe_fake):
+    before = _snapshot(world)
+    res = bill("tenant_subscription", {"tenant": "acme", "days_until_due": 30})
+    assert res["failed"] is True and res["msg"].startswith("days_until_due:"), res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(world) == before
+
+
+def test_immediate_cancel_bills_uninvoiced_usage(bill, world, stripe_fake):
+    sub_id = bill("tenant_subscription", {"tenant": "acme"})["subscription"]["stripe_subscription_id"]
+    stripe_fake.reset_log()
+    assert bill("tenant_subscription", {"tenant": "acme", "cancel": "immediately"})["changed"] is True
+    [cancel] = stripe_fake.writes()
+    assert (cancel.method, cancel.path) == ("DELETE", "/v1/subscriptions/%s" % sub_id)
+    assert (cancel.params["invoice_now"], cancel.params["prorate"]) == ("true", "true")
+    assert stripe_fake.db["subscriptions"][sub_id]["_final_invoice"] == {"invoice_now": True, "prorate": True}

@@ -5,12 +5,21 @@ It follows Stripe's documented behaviour where the modules depend on it:
 
 - form-encoded bodies with nested brackets (``a[b][0][c]=v``), GET/DELETE params in the query string;
 - ``Authorization: Bearer sk_...`` required (401 otherwise);
-- unknown parameters -> 400 ``invalid_request_error`` naming ``param``; immutable fields (a price's amount,
-  currency, recurrence) are simply not update parameters, so they are rejected the same way;
+- every request is first checked against the typed parameters of the pinned ``stripe`` SDK for its method
+  (``stripe_sdk_params.py``): unknown or missing keys at any depth, types, and enum values (event types of webhook
+  endpoints, API versions, payment behaviours...) -> 400 ``invalid_request_error`` naming ``param``; immutable
+  fields (a price's amount, currency, recurrence) are simply not update parameters, so they are rejected the same
+  way; the hand-written rules below add what the SDK cannot say (state, cross-field rules);
 - list envelope ``{object: list, data, has_more, url}``, newest first, ``limit``/``starting_after``/``ending_before``;
 - ``Idempotency-Key`` on POST: same key and same request -> the stored response is replayed
-  (``Idempotent-Replayed: true``); same key with other parameters -> 400 ``idempotency_error``;
-  only requests that executed are stored (validation errors are not);
+  (``Idempotent-Replayed: true``), a 500 included (an injected 500 is an execution that failed: it is stored,
+  with ``Stripe-Should-Retry: false``, and replayed like a success); same key with other parameters -> 400
+  ``idempotency_error``; requests that did not execute are not stored (validation errors, 429, 503, drops);
+- subscriptions follow the payment state: a trial starts ``trialing``; ``collection_method=send_invoice`` or a
+  default payment method (:meth:`FakeStripe.attach_payment_method`) starts ``active`` (``default_incomplete``:
+  ``incomplete``); without one, ``allow_incomplete`` (Stripe's default) and ``default_incomplete`` start
+  ``incomplete``, which becomes ``incomplete_expired`` 23 hours later (:meth:`FakeStripe.advance`), and
+  ``error_if_incomplete`` is refused with 402; dunning states come from :meth:`FakeStripe.set_status`;
 - fault injection (:meth:`FakeStripe.fail_next`) and a request log (:attr:`FakeStripe.requests`).
 
 Use from tests::
@@ -40,6 +49,11 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+try:
+    from fakes import stripe_sdk_params
+except ImportError:  # standalone (the demo): this file's directory is on sys.path
+    import stripe_sdk_params
 
 API_VERSION = "2026-10-28.endive"
 
@@ -110,7 +124,6 @@ SUB_CANCEL = dict(EXPAND, invoice_now="bool", prorate="bool")
 WEBHOOK_FIELDS = dict(EXPAND, url="str", enabled_events=["str"], description="str", metadata=META)
 WEBHOOK_CREATE = dict(WEBHOOK_FIELDS, api_version="str", connect="bool")
 WEBHOOK_UPDATE = dict(WEBHOOK_FIELDS, disabled="bool")
-EVENT_RE = re.compile(r"^(\*|[a-z_]+(\.[a-z_]+)*\.(\*|[a-z_]+))$")
 
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
           "subscription_items": "si", "webhook_endpoints": "we"}
@@ -275,6 +288,7 @@ class FakeStripe:
         self.db: dict[str, dict] = {k: {} for k in PREFIX}
         self.idem: dict[str, dict] = {}
         self.seq = 0
+        self.clock = 0  # seconds added to the wall clock (advance())
         self._server = None
         self._thread = None
         if state_file and os.path.exists(state_file):
@@ -323,6 +337,34 @@ class FakeStripe:
             self.faults.append(Fault(status, count, after_store, drop, delay, path_prefix, method and method.upper(),
                                      should_retry))
 
+    def now(self):
+        return int(time.time()) + self.clock
+
+    def advance(self, seconds):
+        """Let time pass: incomplete subscriptions older than 23 hours expire, as at Stripe."""
+        with self.lock:
+            self.clock += seconds
+            for sub in self.db["subscriptions"].values():
+                if sub["status"] == "incomplete" and self.now() - sub["created"] >= 23 * 3600:
+                    sub["status"] = "incomplete_expired"
+                    sub["ended_at"] = self.now()
+            self._save()
+
+    def attach_payment_method(self, customer_id):
+        """A card the customer saved in the application (Stripe.js): the customer's default payment method."""
+        with self.lock:
+            pm = "pm_" + "".join(random.choices(string.ascii_letters + string.digits, k=24))
+            self.db["customers"][customer_id]["invoice_settings"]["default_payment_method"] = pm
+            self._save()
+            return pm
+
+    def set_status(self, sub_id, status):
+        """What Stripe's billing does in the background: past_due after a failed renewal, unpaid or canceled
+        when retries run out, paused when a trial ends without a payment method."""
+        with self.lock:
+            self.db["subscriptions"][sub_id]["status"] = status
+            self._save()
+
     def reset_log(self):
         with self.lock:
             self.requests.clear()
@@ -350,6 +392,10 @@ class FakeStripe:
         return self._sub_view(obj) if obj.get("object") == "subscription" else self.out(obj)
 
     # --- internals
+    @staticmethod
+    def fingerprint(method, path, raw):
+        return hashlib.sha256(json.dumps([method, path, sorted(raw)]).encode()).hexdigest()
+
     def _take_fault(self, method, path):
         with self.lock:
             for f in self.faults:
@@ -371,7 +417,7 @@ class FakeStripe:
     def _new(self, kind, fields):
         self.seq += 1
         oid = "%s_%s" % (PREFIX[kind], "".join(random.choices(string.ascii_letters + string.digits, k=14)))
-        obj = {"id": oid, "object": OBJECT[kind], "created": int(time.time()), "livemode": False}
+        obj = {"id": oid, "object": OBJECT[kind], "created": self.now(), "livemode": False}
         obj.update(fields)
         obj["_seq"] = self.seq
         self.db[kind][oid] = obj
@@ -481,7 +527,7 @@ class FakeStripe:
                   "images": p.get("images", []), "marketing_features": p.get("marketing_features", []),
                   "metadata": self._metadata({}, p.get("metadata")), "name": p["name"], "package_dimensions": None,
                   "shippable": p.get("shippable"), "statement_descriptor": p.get("statement_descriptor"),
-                  "tax_code": p.get("tax_code"), "unit_label": p.get("unit_label"), "updated": int(time.time()),
+                  "tax_code": p.get("tax_code"), "unit_label": p.get("unit_label"), "updated": self.now(),
                   "url": p.get("url")}
         obj = self._new("products", fields)
         if p.get("id"):
@@ -509,7 +555,7 @@ class FakeStripe:
                           "unset a parameter; however 'name' cannot be unset.")
             elif k != "expand":
                 obj[k] = v if v != "" else None
-        obj["updated"] = int(time.time())
+        obj["updated"] = self.now()
         return obj
 
     def product_delete(self, p, oid):
@@ -570,7 +616,9 @@ class FakeStripe:
                 if not recurring.get("meter"):
                     raise bad("recurring[meter]", "Metered prices must be backed by a meter: recurring[meter] is "
                               "required when recurring[usage_type] is metered.")
-                self._find("billing/meters", recurring["meter"], "recurring[meter]")
+                if self._find("billing/meters", recurring["meter"], "recurring[meter]")["status"] != "active":
+                    raise bad("recurring[meter]", "The meter `%s` is inactive; prices can only be created on active "
+                              "meters." % recurring["meter"])
             elif recurring.get("meter"):
                 raise bad("recurring[meter]", "recurring[meter] can only be set when recurring[usage_type] is "
                           "metered.")
@@ -578,7 +626,11 @@ class FakeStripe:
                          "meter": recurring.get("meter"), "trial_period_days": recurring.get("trial_period_days"),
                          "usage_type": usage}
         if p.get("product"):
-            product = self._find("products", p["product"], "product")["id"]
+            product = self._find("products", p["product"], "product")
+            if not product["active"]:
+                raise bad("product", "The product `%s` is inactive; prices can only be created on active products."
+                          % product["id"])
+            product = product["id"]
         else:
             pd = p["product_data"]
             self._require({"product_data[name]": pd.get("name")}, "product_data[name]")
@@ -643,7 +695,7 @@ class FakeStripe:
         if cm and not (cm.get("event_payload_key") and cm.get("type")):
             raise bad("customer_mapping[event_payload_key]", "customer_mapping needs event_payload_key and type.",
                       code="parameter_missing")
-        now = int(time.time())
+        now = self.now()
         return self._new("billing/meters", {
             "customer_mapping": {"event_payload_key": cm.get("event_payload_key", "stripe_customer_id"),
                                  "type": "by_id"},
@@ -664,7 +716,7 @@ class FakeStripe:
             if not p["display_name"]:
                 raise bad("display_name", "display_name cannot be empty.")
             obj["display_name"] = p["display_name"]
-            obj["updated"] = int(time.time())
+            obj["updated"] = self.now()
         return obj
 
     def meter_status(self, p, oid, action):
@@ -673,7 +725,7 @@ class FakeStripe:
         want = "inactive" if action == "deactivate" else "active"
         if obj["status"] == want:
             raise bad(None, "This meter is already %s." % want)
-        now = int(time.time())
+        now = self.now()
         obj["status"], obj["updated"] = want, now
         obj["status_transitions"] = {"deactivated_at": now if want == "inactive" else None}
         return obj
@@ -804,7 +856,7 @@ class FakeStripe:
             raise bad("items", "All prices on a subscription must have the same currency.")
         if len({pr["id"] for pr in prices}) < len(prices):
             raise bad("items", "Cannot add multiple subscription items with the same price.")
-        now = int(time.time())
+        now = self.now()
         trial_end = None
         if p.get("trial_period_days"):
             if p["trial_period_days"] < 0 or p["trial_period_days"] > 730:
@@ -812,19 +864,47 @@ class FakeStripe:
             trial_end = now + p["trial_period_days"] * 86400
         elif p.get("trial_end"):
             trial_end = p["trial_end"]
+        collection = p.get("collection_method", "charge_automatically")
+        self._check_days_until_due(p, collection)
+        behavior = p.get("payment_behavior", "allow_incomplete")
+        if behavior == "pending_if_incomplete":
+            raise bad("payment_behavior", "payment_behavior=pending_if_incomplete can only be used when updating a "
+                      "subscription.")
+        pays = bool(p.get("default_payment_method") or customer["invoice_settings"]["default_payment_method"]
+                    or customer.get("default_source"))
+        due = sum(pr["unit_amount"] or 0 for pr in prices if pr["recurring"]["usage_type"] == "licensed") > 0
+        if trial_end:
+            status = "trialing"
+        elif collection == "send_invoice" or not due:
+            status = "active"
+        elif behavior == "default_incomplete" or not pays:
+            if behavior == "error_if_incomplete":
+                raise ApiError(402, "This customer has no attached payment source or default payment method. "
+                               "Please consider adding a default payment method.", code="resource_missing",
+                               type_="invalid_request_error")
+            status = "incomplete"
+        else:
+            status = "active"
         sub = self._new("subscriptions", {
             "automatic_tax": {"enabled": False, "liability": None}, "billing_cycle_anchor": trial_end or now,
             "cancel_at": None, "cancel_at_period_end": p.get("cancel_at_period_end", False), "canceled_at": None,
-            "collection_method": p.get("collection_method", "charge_automatically"), "currency": prices[0]["currency"],
+            "collection_method": collection, "currency": prices[0]["currency"],
             "customer": customer["id"], "days_until_due": p.get("days_until_due"),
             "default_payment_method": p.get("default_payment_method"), "description": p.get("description"),
             "ended_at": None, "latest_invoice": None, "metadata": self._metadata({}, p.get("metadata")),
-            "pending_update": None, "start_date": now, "status": "trialing" if trial_end else "active",
+            "pending_update": None, "start_date": now, "status": status,
             "trial_end": trial_end, "trial_start": now if trial_end else None, "_items": []})
         for item, price in zip(p["items"], prices):
             end = trial_end or self._period_end(now, price["recurring"])
             sub["_items"].append(self._item(sub["id"], price, item.get("quantity"), item.get("metadata"), now, end)["id"])
         return self._sub_view(sub)
+
+    @staticmethod
+    def _check_days_until_due(p, collection):
+        if p.get("days_until_due") is not None and collection != "send_invoice":
+            raise bad("days_until_due", "days_until_due can only be set when collection_method is send_invoice.")
+        if collection == "send_invoice" and p.get("days_until_due") is None and "collection_method" in p:
+            raise bad("days_until_due", "Missing required param: days_until_due.", code="parameter_missing")
 
     def sub_get(self, p, oid):
         coerce(EXPAND, p)
@@ -833,8 +913,15 @@ class FakeStripe:
     def sub_update(self, p, oid):
         p = coerce(SUB_UPDATE, p)
         sub = self._find("subscriptions", oid)
-        if sub["status"] == "canceled" and set(p) - {"metadata", "expand"}:
+        if sub["status"] in ("canceled", "incomplete_expired") and set(p) - {"metadata", "expand"}:
             raise bad(None, "A canceled subscription can only update its cancellation_details and metadata.")
+        collection = p.get("collection_method", sub["collection_method"])
+        if p.get("days_until_due") is not None and collection != "send_invoice":
+            raise bad("days_until_due", "days_until_due can only be set when collection_method is send_invoice.")
+        if collection == "send_invoice" and p.get("days_until_due", sub["days_until_due"]) is None:
+            raise bad("days_until_due", "Missing required param: days_until_due.", code="parameter_missing")
+        if collection != "send_invoice" and "collection_method" in p:
+            sub["days_until_due"] = None
         items = list(sub["_items"])
         for i, item in enumerate(p.get("items") or []):
             name = "items[%d]" % i
@@ -855,7 +942,7 @@ class FakeStripe:
                     raise bad(name + "[price]", "Missing required param: %s[price]." % name, code="parameter_missing")
                 price = self._recurring_price(item["price"], name + "[price]")
                 first = self.db["subscription_items"][items[0]] if items else None
-                start = first["current_period_start"] if first else int(time.time())
+                start = first["current_period_start"] if first else self.now()
                 end = first["current_period_end"] if first else self._period_end(start, price["recurring"])
                 items.append(self._item(oid, price, item.get("quantity"), item.get("metadata"), start, end)["id"])
         if not items:
@@ -863,15 +950,16 @@ class FakeStripe:
         prices = [self.db["subscription_items"][i]["price"] for i in items]
         if len({pr["id"] for pr in prices}) < len(prices):
             raise bad("items", "Cannot add multiple subscription items with the same price.")
-        if len({pr["currency"] for pr in prices}) > 1:
-            raise bad("items", "All prices on a subscription must have the same currency.")
+        if len({pr["currency"] for pr in prices}) > 1 or prices[0]["currency"] != sub["currency"]:
+            raise bad("items", "The currency of a subscription cannot be changed: its prices must be in %s."
+                      % sub["currency"])
         sub["_items"] = items
         for k in ("cancel_at_period_end", "description", "default_payment_method", "collection_method",
                   "days_until_due"):
             if k in p:
                 sub[k] = p[k] if p[k] != "" else None
         if p.get("trial_end") == "now" and sub["status"] == "trialing":
-            now = int(time.time())
+            now = self.now()
             sub["trial_end"], sub["status"] = now, "active"
             for i in items:
                 si = self.db["subscription_items"][i]
@@ -883,15 +971,17 @@ class FakeStripe:
         return self._sub_view(sub)
 
     def _cancel(self, sub):
-        now = int(time.time())
+        now = self.now()
         sub.update(status="canceled", canceled_at=now, ended_at=now)
 
     def sub_cancel(self, p, oid):
-        coerce(SUB_CANCEL, p)
+        p = coerce(SUB_CANCEL, p)
         sub = self._find("subscriptions", oid)
         if sub["status"] == "canceled":
             raise ApiError(404, "No such subscription: '%s'" % oid, param="id", code="resource_missing")
         self._cancel(sub)
+        # what the final invoice would hold: metered usage is billed only with invoice_now
+        sub["_final_invoice"] = {"invoice_now": p.get("invoice_now", False), "prorate": p.get("prorate", False)}
         return self._sub_view(sub)
 
     def sub_list(self, p):
@@ -899,8 +989,8 @@ class FakeStripe:
         status = p.get("status")
 
         def pred(o):
-            if status is None:
-                ok = o["status"] not in ("canceled", "incomplete_expired")
+            if status is None:  # every status but canceled, as Stripe lists by default
+                ok = o["status"] != "canceled"
             elif status == "ended":
                 ok = o["status"] in ("canceled", "incomplete_expired")
             else:
@@ -916,9 +1006,6 @@ class FakeStripe:
             u = urllib.parse.urlsplit(p["url"] or "")
             if u.scheme not in ("http", "https") or not u.netloc:
                 raise bad("url", "Invalid URL: %s" % p["url"])
-        for i, event in enumerate(p.get("enabled_events") or []):
-            if not EVENT_RE.match(event):
-                raise bad("enabled_events[%d]" % i, "Invalid enabled_events[%d]: %s is not a valid event" % (i, event))
         if "enabled_events" in p and not p["enabled_events"]:
             raise bad("enabled_events", "enabled_events cannot be empty.")
 
@@ -1030,6 +1117,15 @@ class _Handler(BaseHTTPRequestHandler):
             err = ApiError(fault.status, "Injected fault", type_="rate_limit_error" if fault.status == 429 else
                            "api_error", code="rate_limit" if fault.status == 429 else None)
             entry.status = fault.status
+            if fault.status == 500 and key:
+                # the request executed and failed: Stripe stores the 500 under the key and replays it
+                headers.setdefault("Stripe-Should-Retry", "false")
+                with fake.lock:
+                    if key in fake.idem:
+                        return self._execute(method, path, raw, key, entry)
+                    fake.idem[key] = {"fingerprint": fake.fingerprint(method, path, raw), "status": 500,
+                                      "body": err.body(), "headers": {"Stripe-Should-Retry": "false"}}
+                    fake._save()
             return self._reply(fault.status, err.body(), headers)
         status, resp, headers = self._execute(method, path, raw, key, entry)
         entry.status = status
@@ -1053,7 +1149,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').")
             return 401, err.body(), {}
         with fake.lock:
-            fingerprint = hashlib.sha256(json.dumps([method, path, sorted(raw)]).encode()).hexdigest()
+            fingerprint = fake.fingerprint(method, path, raw)
             if key and key in fake.idem:
                 stored = fake.idem[key]
                 if stored["fingerprint"] != fingerprint:
@@ -1062,9 +1158,17 @@ class _Handler(BaseHTTPRequestHandler):
                                    "different request." % key, type_="idempotency_error")
                     return 400, err.body(), {}
                 entry.replayed = True
-                return stored["status"], stored["body"], {"Idempotent-Replayed": "true", "Idempotency-Key": key}
+                return stored["status"], stored["body"], dict(stored.get("headers") or {}, **{
+                    "Idempotent-Replayed": "true", "Idempotency-Key": key})
             try:
-                result = fake.handle(method, path, parse_form(raw))
+                form = parse_form(raw)
+                sdk = stripe_sdk_params.params_class(method, path)
+                if sdk is not None:
+                    try:
+                        stripe_sdk_params.validate(sdk, form)
+                    except stripe_sdk_params.ParamError as e:
+                        raise bad(e.param, e.message, code=e.code)
+                result = fake.handle(method, path, form)
                 if isinstance(result, dict) and result.get("object") == "webhook_endpoint" and "_secret" in result:
                     result = fake._webhook_view(result, create=method == "POST" and path == "/v1/webhook_endpoints")
                 elif isinstance(result, dict):
