@@ -62,7 +62,7 @@ stage_molecule() {
   export LOGS
   { for s in "${longest[@]}"; do [[ " ${all[*]} " == *" $s "* ]] && echo "$s"; done
     for s in "${all[@]}"; do [[ " ${longest[*]} " == *" $s "* ]] || echo "$s"; done; } \
-    | xargs -P "${SELFBASE_MOLECULE_JOBS:-2}" -I{} bash -c 'molecule_scenario "$1"' _ {}
+    | xargs -P "${SELFBASE_MOLECULE_JOBS:-2}" -I{} bash -c "molecule_scenario {}"
 }
 
 passed=0 failed=0 report=()

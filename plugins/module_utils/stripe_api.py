@@ -184,6 +184,7 @@ class StripeClient(object):
         An error that Stripe replays from an earlier request moves the write on to the next key of the chain."""
         self._refuse_in_check_mode('POST', path)
         key = key or idempotency_key(path, params)
+        last = None
         for _skipped in range(MAX_REPLAYED_ERRORS + 1):
             self.writes += 1
             try:

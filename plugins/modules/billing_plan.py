@@ -526,8 +526,8 @@ def _prices_on_an_active_product(plan):
                 w['params']['active'] = 'true'
             if not w['params']:
                 plan.writes.remove(w)
-    if plan.product is not None and not product_active and not any(w['what'] == 'product_update'
-                                                                  for w in plan.writes):
+    updates = [w for w in plan.writes if w['what'] == 'product_update']
+    if plan.product is not None and not product_active and not updates:
         plan.writes.insert(0, dict(what='product_update', label='reactivate product %s for its new prices'
                                    % plan.product_id, params={'active': 'true'}, before=dict(active=False)))
     # the new prices are part of the key: archiving after other prices is another write

@@ -144,7 +144,7 @@ def test_a_stored_500_fails_the_run_and_the_next_run_writes_under_the_next_key(s
 def test_a_chain_of_stored_errors_ends(stripe_fake):
     c = client(stripe_fake)
     key = stripe_api.idempotency_key("/v1/products", {"name": "Pro"})
-    for _ in range(stripe_api.MAX_REPLAYED_ERRORS + 1):  # errors stored under every key of the chain
+    for _link in range(stripe_api.MAX_REPLAYED_ERRORS + 1):  # errors stored under every key of the chain
         stripe_fake.fail_next(status=500, method="POST")
         with pytest.raises(stripe_api.StripeError):
             c.post("/v1/products", {"name": "Pro"}, key=key)
