@@ -33,24 +33,11 @@ ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_hosts.yml
 ansible-playbook -i "$INV" "${VAULT[@]}" site.yml "$@"
 
 # Hasura and nhost/auth run as real containers when their pinned images are on
-# this machine or can be pulled (SELFBASE_DEMO_API_CONTAINERS=off skips them,
-# as CI does). Without them the API tier is rendered and checked, not started.
+# this machine or can be pulled (scripts/demo-api.sh); otherwise the API tier is
+# rendered and checked, not started.
+. "$ROOT/scripts/demo-api.sh"
 API_HOST=selfbase-dev-api
-api_images() {
-  python -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print("%s:%s" % (d[sys.argv[2] + "_image"], d[sys.argv[2] + "_version"]))' \
-    "roles/$1/defaults/main.yml" "$1"
-}
-API_CONTAINERS=false
-if [ "${SELFBASE_DEMO_API_CONTAINERS:-auto}" != off ] && [ "${CI:-}" != true ]; then
-  API_CONTAINERS=true
-  for image in $(api_images hasura) $(api_images auth); do
-    if ! docker image inspect "$image" >/dev/null 2>&1 && ! timeout 300 docker pull -q "$image" >/dev/null 2>&1; then
-      echo "[demo] $image is not here and cannot be pulled: Hasura and auth stay off"
-      API_CONTAINERS=false
-      break
-    fi
-  done
-fi
+API_CONTAINERS=$(api_containers_available)
 if [ "$API_CONTAINERS" = true ]; then
   # the api host runs its own Docker engine (installed by site.yml): hand it the images
   for image in $(api_images hasura) $(api_images auth); do
