@@ -70,6 +70,11 @@ def event_types():
         return None
 
 
+def api_calls(client):
+    """StripeClient.counts(), or none made when the client was not created yet."""
+    return client.counts() if client is not None else dict(reads=0, writes=0)
+
+
 class StripeError(Exception):
     """A failed Stripe call: HTTP status (None when Stripe was not reached), error code and type, and the
     parameter Stripe blamed."""
@@ -154,6 +159,10 @@ class StripeClient(object):
             return self._client.raw_request(method, path, **kwargs)
         except stripe.StripeError as e:
             raise _convert(e, self.api_base)
+
+    def counts(self):
+        """The module's api_calls result: Stripe reads and writes made so far."""
+        return dict(reads=self.reads, writes=self.writes)
 
     def get(self, path, params=None):
         self.reads += 1

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: billing_meter
 short_description: Manage a Stripe billing meter for a metered metric
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Creates, renames, deactivates and reactivates one Stripe Billing Meter (C(/v1/billing/meters)), the object that
     usage-based prices bill on since legacy usage records were removed (API version C(2025-03-31.basil)).
@@ -218,7 +218,7 @@ def main():
                     module.fail_json(
                         msg='%s: meter %s (%s) has %s %r, and Stripe cannot change it; use another event_name for '
                             'a new meter' % (field, before['id'], p['event_name'], field, before[field]),
-                        meter=before, api_calls=dict(reads=client.reads, writes=client.writes))
+                        meter=before, api_calls=client.counts())
             after = dict(before, status='active')
             if p['display_name'] is not None:
                 after['display_name'] = p['display_name']
@@ -241,9 +241,9 @@ def main():
             after = view(current)
     except StripeError as e:
         module.fail_json(msg='Stripe meter %s: %s' % (p['event_name'], e),
-                         api_calls=dict(reads=client.reads, writes=client.writes))
+                         api_calls=client.counts())
 
-    result = dict(changed=changed, meter=after, api_calls=dict(reads=client.reads, writes=client.writes))
+    result = dict(changed=changed, meter=after, api_calls=client.counts())
     if module._diff:
         result['diff'] = dict(before=before, after=after)
     module.exit_json(**result)

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: billing_plan
 short_description: Manage a billing plan in the platform database and in Stripe
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Makes one plan (or a list of plans, O(plans)) match in the platform database (C(platform.plans), C(plan_prices),
     C(plan_quotas), C(plan_overage_prices)) and in Stripe.
@@ -271,7 +271,7 @@ from ansible_collections.selfbase.platform.plugins.module_utils.billing import (
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, audit, connect, control_lock, json_safe, jsonb, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
-    StripeClient, StripeError, idempotency_key, stripe_argument_spec)
+    api_calls, StripeClient, StripeError, idempotency_key, stripe_argument_spec)
 
 LOCK_KEY = 'billing_plan'
 LOOKUP_BATCH = 10          # Stripe's limit of lookup_keys per list request
@@ -658,7 +658,7 @@ def main():
     conn = connect(module)
     client = None
     try:
-        require_schema(module, conn, dict(changed=True, plans=[], actions=[], api_calls=dict(reads=0, writes=0)))
+        require_schema(module, conn, dict(changed=True, plans=[], actions=[], api_calls=api_calls(None)))
         if conn.execute("SELECT to_regclass('platform.plan_overage_prices') IS NULL AS old").fetchone()['old']:
             module.fail_json(msg='The platform schema predates billing (migration 0002): run '
                                  'selfbase.platform.platform_schema first.')
@@ -730,28 +730,24 @@ def main():
                 diff['before'].append(plan.before)
                 diff['after'].append(after)
     except BillingError as e:
-        module.fail_json(msg=str(e), api_calls=_counts(client))
+        module.fail_json(msg=str(e), api_calls=api_calls(client))
     except StripeError as e:
         module.fail_json(msg='Stripe refused a request%s: %s%s' % (
             ' (param %s)' % e.param if e.param else '', e.message,
             '; nothing was written to the database, run again to finish' if not module.check_mode else ''),
-            api_calls=_counts(client))
+            api_calls=api_calls(client))
     except DatabaseError as e:
         conn.rollback()
         module.fail_json(msg='The database refused the change, nothing was written there: %s' % str(e).strip(),
-                         api_calls=_counts(client))
+                         api_calls=api_calls(client))
     finally:
         conn.close()
 
-    result = dict(changed=changed, plans=results, actions=actions, api_calls=_counts(client))
+    result = dict(changed=changed, plans=results, actions=actions, api_calls=api_calls(client))
     if module._diff:
         result['diff'] = diff if len(plans) > 1 else dict(before=diff['before'][0] if diff['before'] else results[0],
                                                           after=results[0])
     module.exit_json(**result)
-
-
-def _counts(client):
-    return dict(reads=client.reads if client else 0, writes=client.writes if client else 0)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,7 @@ options:
       - Seconds to wait for another run's migration lock before failing.
     type: int
     default: 60
-    version_added: 1.1.0
+    version_added: 0.1.0
   target_version:
     description:
       - Apply migrations up to and including this version. Default is the newest.

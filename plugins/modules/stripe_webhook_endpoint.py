@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: stripe_webhook_endpoint
 short_description: Manage a Stripe webhook endpoint
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Creates, updates and deletes one Stripe webhook endpoint (C(/v1/webhook_endpoints)), identified by its O(url).
     One paginated list call finds it; endpoints are not fetched one by one.
@@ -247,7 +247,7 @@ def main():
         if p['state'] == 'present' and len(found) > 1:
             module.fail_json(msg='url: %d webhook endpoints have this URL (%s); delete the extra ones first'
                              % (len(found), ', '.join(w['id'] for w in found)),
-                             api_calls=dict(reads=client.reads, writes=client.writes))
+                             api_calls=client.counts())
         current = found[0] if found else None
         before = view(current)
         if current and p['state'] == 'present' and current.get('api_version') != STRIPE_API_VERSION:
@@ -266,7 +266,7 @@ def main():
         else:
             if not before and p['enabled_events'] is None:
                 module.fail_json(msg='enabled_events: required to create the webhook endpoint for %s' % p['url'],
-                                 api_calls=dict(reads=client.reads, writes=client.writes))
+                                 api_calls=client.counts())
             after = dict(before) if before else dict(id=None, url=p['url'], description=None, status='enabled')
             if p['enabled_events'] is not None:
                 after['enabled_events'] = sorted(set(p['enabled_events']))
@@ -303,10 +303,10 @@ def main():
         if secret:  # created, then a later call failed: the secret could never be shown again
             extra = dict(secret=secret, created=True)
         module.fail_json(msg='Stripe webhook endpoint %s: %s' % (p['url'], e),
-                         api_calls=dict(reads=client.reads, writes=client.writes), **extra)
+                         api_calls=client.counts(), **extra)
 
     result = dict(changed=changed, created=created, webhook_endpoint=after, msg=msg,
-                  api_calls=dict(reads=client.reads, writes=client.writes))
+                  api_calls=client.counts())
     if secret:
         result['secret'] = secret
     if module._diff:

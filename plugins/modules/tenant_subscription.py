@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: tenant_subscription
 short_description: Manage a tenant's Stripe customer and subscription
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Makes sure a tenant of the platform database has a Stripe customer and one subscription on its plan's price for
     its billing cycle and currency, and mirrors the subscription into C(platform.subscriptions) and the tenant.
@@ -249,7 +249,7 @@ from ansible_collections.selfbase.platform.plugins.module_utils.billing import (
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, audit, connect, jsonb, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
-    StripeClient, StripeError, idempotency_key, stripe_argument_spec)
+    api_calls, StripeClient, StripeError, idempotency_key, stripe_argument_spec)
 
 # Stripe status -> tenant status; statuses not listed leave the tenant alone.
 TENANT_STATUS = dict(trialing='trial', active='active', incomplete='past_due', past_due='past_due', unpaid='past_due',
@@ -468,7 +468,7 @@ def main():
     actions = []
     try:
         require_schema(module, conn, dict(changed=True, subscription={}, actions=[],
-                                          api_calls=dict(reads=0, writes=0)))
+                                          api_calls=api_calls(None)))
         if conn.execute("SELECT to_regclass('platform.plan_overage_prices') IS NULL AS old").fetchone()['old']:
             module.fail_json(msg='The platform schema predates billing (migration 0002): run '
                                  'selfbase.platform.platform_schema first.')
@@ -702,27 +702,23 @@ def main():
             conn.commit()
         conn.rollback()
     except BillingError as e:
-        module.fail_json(msg=str(e), actions=actions, api_calls=_counts(client))
+        module.fail_json(msg=str(e), actions=actions, api_calls=api_calls(client))
     except StripeError as e:
         module.fail_json(msg='Stripe refused a request%s: %s%s' % (
             ' (param %s)' % e.param if e.param else '', e.message,
             '; the database was not written, run again to finish' if not module.check_mode else ''),
-            actions=actions, api_calls=_counts(client))
+            actions=actions, api_calls=api_calls(client))
     except DatabaseError as e:
         conn.rollback()
         module.fail_json(msg='The database refused the change, nothing was written there: %s' % str(e).strip(),
-                         actions=actions, api_calls=_counts(client))
+                         actions=actions, api_calls=api_calls(client))
     finally:
         conn.close()
 
-    result = dict(changed=changed, subscription=after_public, actions=actions, api_calls=_counts(client))
+    result = dict(changed=changed, subscription=after_public, actions=actions, api_calls=api_calls(client))
     if module._diff:
         result['diff'] = dict(before=before_public, after=after_public)
     module.exit_json(**result)
-
-
-def _counts(client):
-    return dict(reads=client.reads if client else 0, writes=client.writes if client else 0)
 
 
 if __name__ == '__main__':

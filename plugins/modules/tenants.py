@@ -33,13 +33,13 @@ options:
         same bytes reads that copy. A JSON file is read directly, and is the fastest on a fresh controller.
       - Mutually exclusive with O(tenants).
     type: path
-    version_added: 1.1.0
+    version_added: 0.1.0
   tenants_json:
     description:
       - Internal, set by the action plugin from O(tenants_file); leave it unset. The tenants as one JSON text (a list,
         or a mapping with key C(tenants)), which Ansible passes without walking or copying every entry.
     type: str
-    version_added: 1.1.0
+    version_added: 0.1.0
   tenants:
     description:
       - The tenants to reconcile. Each entry is compared on the options it sets only.

@@ -3,6 +3,9 @@ itself, so that a new migration that breaks one fails here before any database r
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import pathlib
 import re
 
@@ -48,3 +51,39 @@ def test_no_advisory_locks_after_0002(path):
 
 def test_public_loses_temp():
     assert any("REVOKE TEMPORARY ON DATABASE" in p.read_text() for p in MIGRATIONS)
+
+
+# Released migrations are frozen: every test database is new, so an edit to a shipped migration would pass every
+# other test while databases already at that version never run the edited SQL.
+
+RELEASED = json.loads((pathlib.Path(__file__).parent / "released_migrations.json").read_text())
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_released_migrations_are_unchanged():
+    current = {m.VERSION: {"name": m.NAME, "sha256": hashlib.sha256(m.SQL.encode("utf-8")).hexdigest()}
+               for m in map(_load, MIGRATIONS)}
+    changed = sorted(v for v, entry in RELEASED.items() if current.get(v) != entry)
+    assert changed == [], "released migrations were edited or removed: %s; add a new migration instead" % changed
+
+
+def test_versions_are_contiguous_and_match_their_file_names():
+    modules = [_load(p) for p in MIGRATIONS]
+    assert [m.VERSION for m in modules] == ["%04d" % i for i in range(1, len(modules) + 1)]
+    assert [p.name for p in MIGRATIONS] == ["v%s_%s.py" % (m.VERSION, m.NAME) for m in modules]
+    listed = re.search(r"import \((.*?)\)", (MIGRATIONS[0].parent / "__init__.py").read_text(), re.S).group(1)
+    assert [n.strip() for n in listed.split(",") if n.strip()] == [p.stem for p in MIGRATIONS]
+
+
+def test_the_freeze_catches_an_edit(tmp_path):
+    """The check above fails on a shipped migration with one character changed."""
+    edited = tmp_path / MIGRATIONS[0].name
+    edited.write_text(MIGRATIONS[0].read_text().replace("CREATE TABLE", "CREATE  TABLE", 1))
+    m = _load(edited)
+    assert hashlib.sha256(m.SQL.encode("utf-8")).hexdigest() != RELEASED[m.VERSION]["sha256"]
