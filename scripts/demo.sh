@@ -47,4 +47,4 @@ if [ "$API_CONTAINERS" = true ]; then
   ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/api.yml -e hasura_container_enabled=true \
     -e auth_container_enabled=true "$@"
 fi
-ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_extras.yml -e selfbase_dev_api_containers=$API_CONTAINERS
+ansible-playbook -i "$INV" "${VAULT[@]}" playbooks/dev_extras.yml -e "selfbase_dev_api_containers=$API_CONTAINERS"

@@ -56,13 +56,13 @@ molecule_scenario() {
 # (SELFBASE_MOLECULE_JOBS at a time, longest first): much of their time is
 # spent waiting on package installs, services and alert timers.
 stage_molecule() {
-  local longest=(nginx api common monitoring postgresql default) all=() s
+  local longest=(monitoring default api postgresql common nginx) all=() s
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
   export -f molecule_scenario
   export LOGS
   { for s in "${longest[@]}"; do [[ " ${all[*]} " == *" $s "* ]] && echo "$s"; done
     for s in "${all[@]}"; do [[ " ${longest[*]} " == *" $s "* ]] || echo "$s"; done; } \
-    | xargs -P "${SELFBASE_MOLECULE_JOBS:-2}" -I{} bash -c "molecule_scenario {}"
+    | xargs -P "${SELFBASE_MOLECULE_JOBS:-3}" -I{} bash -c "molecule_scenario {}"
 }
 
 passed=0 failed=0 report=()
@@ -78,6 +78,8 @@ for stage in "${STAGES[@]}"; do
   # pytest's own count where the stage has one
   counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
   report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$(( $(date +%s) - start ))" "$counts")")
+  # and each scenario's own time
+  [ "$stage" != molecule ] || while IFS= read -r line; do report+=("  $line"); done < <(grep '^molecule ' "$LOGS/$stage.log")
 done
 
 echo

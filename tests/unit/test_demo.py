@@ -73,4 +73,4 @@ def test_smoke_check_waits_for_the_first_scrape_and_says_what_ran():
     assert "Hasura and auth: running as containers" in shown and "Hasura and auth: NOT started" in shown
     demo = (ROOT / "scripts" / "demo.sh").read_text()
     assert "API_CONTAINERS=$(api_containers_available)" in demo
-    assert "-e selfbase_dev_api_containers=$API_CONTAINERS" in demo
+    assert "-e \"selfbase_dev_api_containers=$API_CONTAINERS\"" in demo
