@@ -35,6 +35,9 @@ options:
         header from Stripe overrides the decision.
       - Writes are retried with the same C(Idempotency-Key), derived from the desired state, so a write that Stripe
         stored before the error is not made twice; a re-run after a crash sends the same key again.
+      - Stripe stores the first answer to a key for 24 hours, errors included, and replays it. When it replays a
+        stored error, the write is sent again under the next key of a chain derived from the first, so a 500 of an
+        earlier run does not block this one.
     type: int
     default: 3
 notes:
