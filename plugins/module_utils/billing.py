@@ -12,6 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from ansible.module_utils.common.validation import check_type_bool, check_type_int
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
     MODES, PERIODS, QuotaError, check_choice, parse_limit)
 
@@ -36,7 +37,7 @@ MAX_DECIMAL_PLACES = 12             # of unit_amount_decimal, in minor units
 PRORATION_BEHAVIORS = ('create_prorations', 'none', 'always_invoice')
 
 
-class BillingError(ValueError):
+class BillingError(InputError):
     """Invalid input; the message names the field and the rule."""
 
 

@@ -10,6 +10,8 @@ __metaclass__ = type
 import re
 from decimal import Decimal, InvalidOperation
 
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
+
 PERIODS = ('hour', 'day', 'month', 'none')
 MODES = ('hard', 'soft', 'overage')
 
@@ -21,7 +23,7 @@ _QUANTITY = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$')
 UNLIMITED = ('unlimited', 'none', 'null', '')
 
 
-class QuotaError(ValueError):
+class QuotaError(InputError):
     """Invalid input; the message names the field and the rule."""
 
 

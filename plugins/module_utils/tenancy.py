@@ -26,6 +26,7 @@ from ansible.module_utils.common.validation import (
     check_type_bool, check_type_dict, check_type_int, check_type_list, check_type_raw, check_type_str)
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import control_lock, json_safe
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
     MODES, PERIODS, QuotaError, check_choice, parse_limit, parse_price)
 
@@ -47,7 +48,7 @@ MAX_PRICE = Decimal(10) ** 10           # numeric(20, 10)
 PRICE_QUANTUM = Decimal(1).scaleb(-10)
 
 
-class TenancyError(ValueError):
+class TenancyError(InputError):
     """Invalid input; the message names the field and the rule."""
 
 

@@ -319,6 +319,7 @@ import copy
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura import (
     HasuraClient, HasuraConflict, HasuraError, hasura_argument_spec)
 
@@ -334,10 +335,6 @@ PERMISSION_REQUIRED = {'select': ('columns', 'filter'), 'insert': ('check',), 'u
                        'delete': ('filter',)}
 # values Hasura treats as absent and leaves out of its export
 PERMISSION_DEFAULTS = {'allow_aggregations': False, 'backend_only': False, 'computed_fields': [], 'set': {}}
-
-
-class InputError(Exception):
-    pass
 
 
 def table_ref(value, field):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
+import sys
 from decimal import Decimal
 
 import pytest
 
-_PATH = pathlib.Path(__file__).parents[2] / "plugins/module_utils/quotas.py"
-_spec = importlib.util.spec_from_file_location("quotas", _PATH)
-quotas = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(quotas)
+sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / ".cache" / "collections"))
+from ansible_collections.selfbase.platform.plugins.module_utils import quotas  # noqa: E402
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError  # noqa: E402
 
 
 @pytest.mark.parametrize("value, unit, expected", [
@@ -57,3 +56,8 @@ def test_check_choice():
     assert quotas.check_choice("soft", quotas.MODES, "mode") == "soft"
     with pytest.raises(quotas.QuotaError, match="mode: must be one of hard, soft, overage; got 'hardest'"):
         quotas.check_choice("hardest", quotas.MODES, "mode")
+
+
+def test_input_errors_share_one_base_class():
+    from ansible_collections.selfbase.platform.plugins.module_utils import billing, tenancy
+    assert all(issubclass(cls, InputError) for cls in (quotas.QuotaError, billing.BillingError, tenancy.TenancyError))
