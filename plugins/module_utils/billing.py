@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from ansible.module_utils.common.validation import check_type_bool, check_type_int
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
-    MODES, PERIODS, QuotaError, check_choice, parse_limit)
+    MODES, PERIODS, QuotaError, check_choice, parse_limit, parse_price)
 
 # Stripe's presentment currencies (ISO 4217, lower case).
 CURRENCIES = frozenset((
@@ -243,7 +243,10 @@ def _normalise_quotas(value, field, metrics, currencies):
                                                         '%s.overage_unit_price' % where
                                                         + ('.' + currency if isinstance(price, dict) else ''))
             # the database keeps one number: the price in the first currency of the plan
-            db_price = _decimal(given[currencies[0]], where + '.overage_unit_price')
+            try:
+                db_price = parse_price(given[currencies[0]], where + '.overage_unit_price')
+            except QuotaError as e:
+                raise BillingError(str(e))
         elif price is not None:
             raise BillingError('%s.overage_unit_price: only valid with mode overage; got mode %s' % (where, mode))
         else:

@@ -12,6 +12,7 @@ import json
 from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.urls import fetch_url
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import ServiceError
 
 
 def hasura_argument_spec():
@@ -24,7 +25,7 @@ def hasura_argument_spec():
     )
 
 
-class HasuraError(Exception):
+class HasuraError(ServiceError):
     """An answer of the metadata API that is not a success, or no answer at all."""
 
     def __init__(self, msg, status=None, code=None, internal=None):

@@ -67,20 +67,32 @@ def connect(module, autocommit=False):
         module.fail_json(msg='Could not connect to PostgreSQL: %s' % str(e).strip())
 
 
-def require_schema(module, conn, check_mode_result=None):
-    """Fail clearly when the platform schema has not been applied yet.
+def schema_version(conn):
+    """The newest migration recorded in the ledger, or None before the first one (or without read access)."""
+    row = conn.execute("SELECT pg_catalog.has_schema_privilege('selfbase_meta', 'USAGE') AS readable "
+                       "WHERE pg_catalog.to_regnamespace('selfbase_meta') IS NOT NULL").fetchone()
+    if not row or not row['readable']:
+        return None
+    return conn.execute('SELECT max(version) AS v FROM selfbase_meta.schema_migrations').fetchone()['v']
+
+
+def require_schema(module, conn, min_version='0001', check_mode_result=None):
+    """Fail clearly unless the migration ledger records min_version or a newer migration.
 
     In check mode on a fresh database, platform_schema's own check run wrote
     nothing, so the schema is missing here too: exit with check_mode_result
     (the caller's prediction) instead of failing, when the caller gives one."""
-    row = conn.execute("SELECT to_regclass('platform.tenants') IS NOT NULL AS ok").fetchone()
-    if not row['ok']:
-        if module.check_mode and check_mode_result is not None:
-            module.warn('The platform schema is not installed yet; check mode predicts the changes '
-                        'of a run after selfbase.platform.platform_schema.')
-            module.exit_json(**check_mode_result)
-        module.fail_json(msg='The platform schema is not installed in database %s: run '
-                             'selfbase.platform.platform_schema first.' % module.params['login_db'])
+    current = schema_version(conn)
+    if current is not None and current >= min_version:
+        return current
+    if current is None and module.check_mode and check_mode_result is not None:
+        module.warn('The platform schema is not installed yet; check mode predicts the changes '
+                    'of a run after selfbase.platform.platform_schema.')
+        module.exit_json(**check_mode_result)
+    module.fail_json(msg='The platform schema in database %s is at version %s, this module needs %s or newer: run '
+                         'selfbase.platform.platform_schema first (the login needs selfbase_admin or '
+                         'selfbase_monitor to read the migration ledger).'
+                         % (module.params['login_db'], current or 'none', min_version))
 
 
 def control_lock(cur, name, timeout=LOCK_TIMEOUT):

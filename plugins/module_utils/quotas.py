@@ -21,6 +21,10 @@ _BYTE_UNITS = {'B': 1, 'kB': 10 ** 3, 'KB': 10 ** 3, 'MB': 10 ** 6, 'GB': 10 ** 
                'KiB': 2 ** 10, 'MiB': 2 ** 20, 'GiB': 2 ** 30, 'TiB': 2 ** 40, 'PiB': 2 ** 50}
 _QUANTITY = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$')
 UNLIMITED = ('unlimited', 'none', 'null', '')
+# What the quota columns store: limit_value bigint, overage_unit_price numeric(20, 10).
+MAX_LIMIT = 2 ** 63 - 1
+MAX_PRICE = Decimal(10) ** 10           # exclusive
+PRICE_QUANTUM = Decimal('1E-10')
 
 
 class QuotaError(InputError):
@@ -65,6 +69,8 @@ def parse_limit(value, field, metric_unit='count'):
     result = number * factor
     if result != result.to_integral_value():
         raise QuotaError('%s: %r is not a whole number of units' % (field, value))
+    if result > MAX_LIMIT:
+        raise QuotaError('%s: %r is larger than the largest storable limit, %d' % (field, value, MAX_LIMIT))
     return int(result)
 
 
@@ -80,7 +86,14 @@ def parse_price(value, field):
         raise QuotaError('%s: must be a non-negative number; got %r' % (field, value))
     if not price.is_finite() or price < 0:
         raise QuotaError('%s: must be a non-negative number; got %r' % (field, value))
+    if price >= MAX_PRICE or price != price.quantize(PRICE_QUANTUM):
+        raise QuotaError('%s: must be below %d with at most 10 decimal places; got %r' % (field, MAX_PRICE, value))
     return price
+
+
+def decimal_text(value):
+    """A number as plain decimal text without trailing zeros ('0.001', '12'), or None."""
+    return None if value is None else format(Decimal(value).normalize(), 'f')
 
 
 def check_choice(value, choices, field):

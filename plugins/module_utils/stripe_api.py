@@ -21,6 +21,7 @@ import json
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import ServiceError
 
 try:
     import stripe
@@ -75,7 +76,7 @@ def api_calls(client):
     return client.counts() if client is not None else dict(reads=0, writes=0)
 
 
-class StripeError(Exception):
+class StripeError(ServiceError):
     """A failed Stripe call: HTTP status (None when Stripe was not reached), error code and type, and the
     parameter Stripe blamed."""
 

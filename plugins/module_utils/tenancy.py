@@ -20,15 +20,13 @@ import json
 import re
 import uuid
 from datetime import timedelta
-from decimal import Decimal
-
 from ansible.module_utils.common.validation import (
     check_type_bool, check_type_dict, check_type_int, check_type_list, check_type_raw, check_type_str)
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import control_lock, json_safe
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
-    MODES, PERIODS, QuotaError, check_choice, parse_limit, parse_price)
+    MODES, PERIODS, QuotaError, check_choice, decimal_text, parse_limit, parse_price)
 
 SLUG_RE = re.compile(r'[a-z0-9][a-z0-9-]{1,62}')
 # the CHECK constraint of platform.tenant_domains.domain
@@ -43,9 +41,6 @@ PUBLIC_FIELDS = ('id', 'slug', 'name', 'status', 'plan', 'billing_cycle', 'trial
                  'features', 'domains', 'created_at', 'updated_at', 'deleted_at')
 COUNT_KINDS = ('created', 'updated', 'suspended', 'deleted', 'purged', 'unchanged')
 LOCK_KEY = 'tenants'
-MAX_LIMIT = 2 ** 63 - 1                 # bigint
-MAX_PRICE = Decimal(10) ** 10           # numeric(20, 10)
-PRICE_QUANTUM = Decimal(1).scaleb(-10)
 
 
 class TenancyError(InputError):
@@ -190,11 +185,6 @@ def _normalise_quotas(value, field, metrics):
             price = parse_price(item.get('overage_price'), where + '.overage_price')
         except QuotaError as e:
             raise TenancyError(str(e))
-        if limit is not None and limit > MAX_LIMIT:
-            raise TenancyError('%s.limit: %r is larger than the largest limit, %d' % (where, item['limit'], MAX_LIMIT))
-        if price is not None and (price >= MAX_PRICE or price != price.quantize(PRICE_QUANTUM)):
-            raise TenancyError('%s.overage_price: must be below 10000000000 with at most 10 decimal places; got %r'
-                               % (where, item['overage_price']))
         result[metric] = dict(limit=limit, period=period, mode=mode, overage_price=price)
     return result
 
@@ -306,10 +296,6 @@ def read_state(cur, slugs=None, domains=(), quotas=False):
     return dict(tenants=tenants, owners=owners)
 
 
-def _price_text(price):
-    return None if price is None else format(price.normalize(), 'f')
-
-
 def _public(state, with_quotas=False):
     if state is None:
         return {}
@@ -318,7 +304,7 @@ def _public(state, with_quotas=False):
                       for d, v in sorted(state['domains'].items(), key=lambda i: (not i[1]['primary'], i[0]))]
     if with_quotas:
         out['quotas'] = [dict(metric=m, limit=q['limit'], period=q['period'], mode=q['mode'],
-                              overage_price=_price_text(q['overage_price']))
+                              overage_price=decimal_text(q['overage_price']))
                          for m, q in sorted(state['quotas'].items())]
     return out
 
@@ -519,7 +505,7 @@ def _quota_public(metric, q):
     if q is None:
         return None
     return dict(metric=metric, limit=q['limit'], period=q['period'], mode=q['mode'],
-                overage_price=_price_text(q['overage_price']))
+                overage_price=decimal_text(q['overage_price']))
 
 
 def _bulk(cur, table, rows, statements):

@@ -236,7 +236,7 @@ def main():
 
     conn = connect(module)
     try:
-        require_schema(module, conn, dict(changed=module.params['status'] != 'absent'))
+        require_schema(module, conn, '0003', dict(changed=module.params['status'] != 'absent'))
         cur = conn.cursor()
         if not module.check_mode:
             lock(cur)

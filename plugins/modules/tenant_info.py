@@ -223,7 +223,7 @@ def main():
     status = p['status'] if p['status'] is not None else [s for s in STATUSES if s != 'deleted']
 
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, dict(changed=False, tenants=[], count=0))
+    require_schema(module, conn, '0001', dict(changed=False, tenants=[], count=0))
     try:
         rows = conn.execute(build_query(p['include_usage']),
                             dict(status=status, slugs=p['slugs'], plans=p['plan'])).fetchall()

@@ -251,7 +251,7 @@ def main():
         module.fail_json(msg=str(e))
 
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, dict(changed=module.params['state'] == 'present'))
+    require_schema(module, conn, '0003', dict(changed=module.params['state'] == 'present'))
 
     tenant = conn.execute('SELECT id, status, plan_code FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
     if tenant is None:

@@ -282,7 +282,7 @@ def main():
     invocation = dict(module_args=dict((k, v) for k, v in p.items() if k not in ('tenants', 'tenants_json')))
     conn = connect(module)
     try:
-        require_schema(module, conn, dict(changed=any(
+        require_schema(module, conn, '0003', dict(changed=any(
             t.get('status') != 'absent' for t in module.params['tenants'] or [] if isinstance(t, dict))))
         cur = conn.cursor()
         if not module.check_mode:

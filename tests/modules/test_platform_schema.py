@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 
-MIGRATION_VERSIONS = ["0001", "0002", "0003"]
+MIGRATION_VERSIONS = ["0001", "0002", "0003", "0004"]
 
 
 def _applied(conn):
