@@ -149,6 +149,7 @@ api_calls:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import fail
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
     StripeClient, StripeError, stripe_argument_spec)
 
@@ -240,8 +241,7 @@ def main():
                     current = client.post(path, dict(display_name=after['display_name']))
             after = view(current)
     except StripeError as e:
-        module.fail_json(msg='Stripe meter %s: %s' % (p['event_name'], e),
-                         api_calls=client.counts())
+        fail(module, e, subject='Stripe meter %s' % p['event_name'], api_calls=client.counts())
 
     result = dict(changed=changed, meter=after, api_calls=client.counts())
     if module._diff:

@@ -183,6 +183,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.parse import urlsplit
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import fail
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
     STRIPE_API_VERSION, StripeClient, StripeError, event_types, stripe_argument_spec)
 
@@ -225,6 +226,29 @@ def validate(p):
     return None
 
 
+def write(client, p, before, after, kept):
+    """Create or update the endpoint; a new endpoint's signing secret goes into kept."""
+    if not before:
+        # events arrive in the version the modules and the webhook receiver read
+        params = dict(url=p['url'], enabled_events=p['enabled_events'], api_version=STRIPE_API_VERSION)
+        if after['description']:
+            params['description'] = after['description']
+        current = client.post(PATH, params)
+        if current.get('secret'):
+            kept['secret'] = current['secret']
+        if after['status'] == 'disabled':  # not a create parameter
+            current = client.post('%s/%s' % (PATH, current['id']), dict(disabled=True))
+        return current
+    params = {}
+    if after['enabled_events'] != before['enabled_events']:
+        params['enabled_events'] = p['enabled_events']
+    if after['description'] != before['description']:
+        params['description'] = after['description'] or ''
+    if after['status'] != before['status']:
+        params['disabled'] = after['status'] == 'disabled'
+    return client.post('%s/%s' % (PATH, before['id']), params)
+
+
 def main():
     argument_spec = stripe_argument_spec()
     argument_spec.update(
@@ -241,7 +265,7 @@ def main():
         module.fail_json(msg=error)
 
     client = StripeClient(module)
-    created, secret, msg = False, None, None
+    created, kept, msg = False, {}, None
     try:
         found = [w for w in client.list(PATH) if w['url'] == p['url']]
         if p['state'] == 'present' and len(found) > 1:
@@ -279,36 +303,15 @@ def main():
             msg = 'Webhook endpoint created.' if created else EXISTS
 
             if changed and not module.check_mode:
-                if created:
-                    # events arrive in the version the modules and the webhook receiver read
-                    params = dict(url=p['url'], enabled_events=p['enabled_events'], api_version=STRIPE_API_VERSION)
-                    if after['description']:
-                        params['description'] = after['description']
-                    current = client.post(PATH, params)
-                    secret = current.get('secret')
-                    if after['status'] == 'disabled':  # not a create parameter
-                        current = client.post('%s/%s' % (PATH, current['id']), dict(disabled=True))
-                else:
-                    params = {}
-                    if after['enabled_events'] != before['enabled_events']:
-                        params['enabled_events'] = p['enabled_events']
-                    if after['description'] != before['description']:
-                        params['description'] = after['description'] or ''
-                    if after['status'] != before['status']:
-                        params['disabled'] = after['status'] == 'disabled'
-                    current = client.post('%s/%s' % (PATH, before['id']), params)
-                after = view(current)
+                after = view(write(client, p, before, after, kept))
     except StripeError as e:
-        extra = {}
-        if secret:  # created, then a later call failed: the secret could never be shown again
-            extra = dict(secret=secret, created=True)
-        module.fail_json(msg='Stripe webhook endpoint %s: %s' % (p['url'], e),
-                         api_calls=client.counts(), **extra)
+        # created, then a later call failed: the secret could never be shown again
+        fail(module, e, subject='Stripe webhook endpoint %s' % p['url'], api_calls=client.counts(),
+             **(dict(kept, created=True) if kept else {}))
 
     result = dict(changed=changed, created=created, webhook_endpoint=after, msg=msg,
                   api_calls=client.counts())
-    if secret:
-        result['secret'] = secret
+    result.update(kept)
     if module._diff:
         result['diff'] = dict(before=before, after=after)
     module.exit_json(**result)

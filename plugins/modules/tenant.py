@@ -222,10 +222,11 @@ tenant:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, fail
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, connect, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.tenancy import (
-    TenancyError, apply, db_now, diff_item, lock, normalise, plan_changes, public_state, read_catalog, read_state,
+    apply, db_now, diff_item, lock, normalise, plan_changes, public_state, read_catalog, read_state,
     tenant_options)
 
 
@@ -253,12 +254,8 @@ def main():
             conn.commit()
             after = public_state(read_state(cur, slugs=[spec['slug']])['tenants'].get(spec['slug']))
         conn.rollback()
-    except TenancyError as e:
-        module.fail_json(msg=str(e))
-    except DatabaseError as e:
-        conn.rollback()
-        module.fail_json(msg='Tenant %s: the database refused the change, nothing was written: %s'
-                             % (module.params['slug'], str(e).strip()))
+    except (InputError, DatabaseError) as e:
+        fail(module, e, conn)
     finally:
         conn.close()
 

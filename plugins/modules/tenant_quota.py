@@ -179,54 +179,12 @@ tenant_id:
   sample: 0b6f3f7e-2a7d-4c55-9a7e-6c1f4a9d2b11
 '''
 
-from decimal import Decimal
-
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, fail
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, audit, connect, control_lock, postgres_argument_spec, require_schema)
-from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
-    MODES, PERIODS, QuotaError, parse_limit, parse_price)
-
-BIGINT_MAX = 2 ** 63 - 1
-PRICE_STEP = Decimal('1E-10')      # numeric(20, 10)
-PRICE_MAX = Decimal(10) ** 10      # exclusive
-FIELDS = ('limit', 'period', 'mode', 'overage_price')
-
-
-def price_text(value):
-    """A Decimal price as a plain decimal string without trailing zeros ('0.001', '12')."""
-    if value is None:
-        return None
-    return '{0:f}'.format(Decimal(value).normalize())
-
-
-def check_price(value):
-    price = parse_price(value, 'overage_price')
-    if price is None:
-        return None
-    if price >= PRICE_MAX:
-        raise QuotaError('overage_price: must be less than %s; got %r' % (PRICE_MAX, value))
-    if price.quantize(PRICE_STEP) != price:
-        raise QuotaError('overage_price: at most 10 decimal places; got %r' % (value,))
-    return price
-
-
-def row_to_quota(row):
-    """A quota row (tenant_quotas, plan_quotas or effective_quotas) as normalised values."""
-    if row is None:
-        return None
-    return dict(limit=row['limit_value'], period=row['period'], mode=row['mode'],
-                overage_price=None if row['overage_unit_price'] is None else Decimal(row['overage_unit_price']))
-
-
-def public(quota, **extra):
-    """A normalised quota as returned to the user and written to the audit log."""
-    if quota is None:
-        return None
-    out = dict(extra)
-    out.update(limit=quota['limit'], period=quota['period'], mode=quota['mode'],
-               overage_price=price_text(quota['overage_price']))
-    return out
+    DatabaseError, connect, postgres_argument_spec)
+from ansible_collections.selfbase.platform.plugins.module_utils.quotas import MODES, PERIODS
+from ansible_collections.selfbase.platform.plugins.module_utils.tenant_quotas import run
 
 
 def main():
@@ -241,104 +199,13 @@ def main():
         state=dict(type='str', default='present', choices=['present', 'absent']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    p = module.params
-    slug, metric, state = p['tenant'], p['metric'], p['state']
-
-    # Validate what needs no database first.
-    try:
-        price = check_price(p['overage_price']) if p['overage_price'] is not None else None
-    except QuotaError as e:
-        module.fail_json(msg=str(e))
-
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, '0003', dict(changed=module.params['state'] == 'present'))
-
-    tenant = conn.execute('SELECT id, status, plan_code FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
-    if tenant is None:
-        module.fail_json(msg='tenant: no tenant with slug %r' % slug)
-    if tenant['status'] == 'deleted':
-        module.fail_json(msg='tenant: tenant %r is deleted; restore it with selfbase.platform.tenant first' % slug)
-    tenant_id = tenant['id']
-
-    metrics = dict((r['name'], r['unit']) for r in conn.execute('SELECT name, unit FROM platform.metrics ORDER BY name'))
-    if metric not in metrics:
-        module.fail_json(msg='metric: unknown metric %r; known metrics: %s' % (metric, ', '.join(sorted(metrics))))
-
     try:
-        limit = parse_limit(p['limit'], 'limit', metrics[metric])
-    except QuotaError as e:
-        module.fail_json(msg=str(e))
-    if limit is not None and limit > BIGINT_MAX:
-        module.fail_json(msg='limit: %r is larger than the largest storable limit, %d' % (p['limit'], BIGINT_MAX))
-
-    key = '%s/%s' % (slug, metric)
-    try:
-        with conn.transaction():
-            if not module.check_mode:  # serialise runs until the transaction ends
-                control_lock(conn.cursor(), 'tenant_quota')
-            before = row_to_quota(conn.execute(
-                'SELECT limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas '
-                'WHERE tenant_id = %s AND metric = %s', (tenant_id, metric)).fetchone())
-            plan = row_to_quota(conn.execute(
-                'SELECT limit_value, period, mode, overage_unit_price FROM platform.plan_quotas '
-                'WHERE plan_code = %s AND metric = %s', (tenant['plan_code'], metric)).fetchone())
-
-            if state == 'absent':
-                after = None
-            else:
-                # A new override starts from the plan's quota; an existing one from itself.
-                after = dict(before or plan or dict(limit=None, period='month', mode='hard', overage_price=None))
-                if p['limit'] is not None:
-                    after['limit'] = limit
-                for field in ('period', 'mode'):
-                    if p[field] is not None:
-                        after[field] = p[field]
-                if p['overage_price'] is not None:
-                    after['overage_price'] = price
-
-            changed = before != after
-            if changed and not module.check_mode:
-                if after is None:
-                    conn.execute('DELETE FROM platform.tenant_quotas WHERE tenant_id = %s AND metric = %s',
-                                 (tenant_id, metric))
-                else:
-                    conn.execute(
-                        'INSERT INTO platform.tenant_quotas AS q '
-                        '(tenant_id, metric, limit_value, period, mode, overage_unit_price) '
-                        'VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, metric) DO UPDATE SET '
-                        'limit_value = EXCLUDED.limit_value, period = EXCLUDED.period, mode = EXCLUDED.mode, '
-                        'overage_unit_price = EXCLUDED.overage_unit_price',
-                        (tenant_id, metric, after['limit'], after['period'], after['mode'], after['overage_price']))
-                action = 'create' if before is None else ('delete' if after is None else 'update')
-                with conn.cursor() as cur:
-                    audit(cur, 'tenant_quota', key, action, public(before, tenant=slug, metric=metric),
-                          public(after, tenant=slug, metric=metric), tenant_id=tenant_id)
-    except DatabaseError as e:
-        module.fail_json(msg='Could not update the quota %s: %s' % (key, str(e).strip()))
-
-    if module.check_mode:
-        # Predict what a real run leaves in force.
-        effective = after if after is not None else plan
-        source = 'tenant' if after is not None else 'plan'
-    else:
-        after = row_to_quota(conn.execute(
-            'SELECT limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas '
-            'WHERE tenant_id = %s AND metric = %s', (tenant_id, metric)).fetchone())
-        effective = row_to_quota(conn.execute(
-            'SELECT limit_value, period, mode, overage_unit_price FROM platform.effective_quotas(%s) '
-            'WHERE metric = %s', (tenant_id, metric)).fetchone())
-        source = 'tenant' if after is not None else 'plan'
-    conn.close()
-
-    result = dict(
-        changed=changed,
-        tenant_id=str(tenant_id),
-        quota=public(after, tenant=slug, metric=metric),
-        effective=public(effective, metric=metric, source=source),
-    )
-    if module._diff:
-        result['diff'] = dict(before=public(before, tenant=slug, metric=metric) or {},
-                              after=public(after, tenant=slug, metric=metric) or {})
+        result = run(module, conn)
+    except (InputError, DatabaseError) as e:
+        fail(module, e, conn)
+    finally:
+        conn.close()
     module.exit_json(**result)
 
 

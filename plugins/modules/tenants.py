@@ -241,10 +241,11 @@ changed_slugs:
 import json
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, fail
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, connect, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.tenancy import (
-    ENTRY_OPTIONS, TenancyError, apply, check_unique, coerce, db_now, diff_item, lock, normalise, plan_changes,
+    ENTRY_OPTIONS, apply, check_unique, coerce, db_now, diff_item, lock, normalise, plan_changes,
     read_catalog, read_state, summarise)
 
 
@@ -299,12 +300,8 @@ def main():
             apply(cur, changed)
             conn.commit()
         conn.rollback()
-    except TenancyError as e:
-        module.fail_json(msg=str(e), invocation=invocation)
-    except DatabaseError as e:
-        conn.rollback()
-        module.fail_json(msg='The database refused the changes; the transaction was rolled back and nothing was '
-                             'written: %s' % str(e).strip(), invocation=invocation)
+    except (InputError, DatabaseError) as e:
+        fail(module, e, conn, invocation=invocation)
     finally:
         conn.close()
 

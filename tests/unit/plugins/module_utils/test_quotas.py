@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
 from decimal import Decimal
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / ".cache" / "collections"))
-from ansible_collections.selfbase.platform.plugins.module_utils import quotas  # noqa: E402
-from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError  # noqa: E402
+from ansible_collections.selfbase.platform.plugins.module_utils import quotas
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 
 
 @pytest.mark.parametrize("value, unit, expected", [

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / ".cache" / "collections"))
-from ansible_collections.selfbase.platform.plugins.module_utils import billing  # noqa: E402
+from ansible_collections.selfbase.platform.plugins.module_utils import billing
 
 METRICS = {"api_requests": "requests", "storage_bytes": "bytes", "members": "count"}
 

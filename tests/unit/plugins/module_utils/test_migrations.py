@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-MIGRATIONS = sorted((pathlib.Path(__file__).parents[2] / "plugins/module_utils/migrations").glob("v[0-9]*.py"))
+MIGRATIONS = sorted((pathlib.Path(__file__).parents[4] / "plugins/module_utils/migrations").glob("v[0-9]*.py"))
 PINNED = "SET search_path = pg_catalog, platform, pg_temp"
 FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION (platform\.\w+)\s*\(.*?\n\$\$;", re.S)
 
