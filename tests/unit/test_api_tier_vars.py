@@ -91,7 +91,7 @@ def test_auth_is_published_only_once_the_relationship_exists(relationships, pres
     names = [t["name"] for t in tasks]
     # the only published start before the relationship is created is the one that needs it present
     run = tasks[names.index("Run the auth container")]
-    assert run["vars"]["__auth_published"] == "{{ ansible_check_mode or _auth_relationship_present }}"
+    assert run["vars"]["container_service_published"] == "{{ ansible_check_mode or _auth_relationship_present }}"
     block = tasks[names.index("Create the tenant relationship, then publish auth")]["block"]
     assert [t["name"] for t in block][-2:] == ["Create the tenant relationship the claims read",
                                                "Publish the auth container"]

@@ -178,7 +178,7 @@ def test_env_validator_refuses_a_bad_file(role, name):
     key = json.loads(re.search(r"^HASURA_GRAPHQL_JWT_SECRET=(.*)$", env, re.M).group(1))["key"]
     broken = env.replace(key, "short")
     APP.check_output("umask 077; printf '%%s' %s > /tmp/broken.env", broken)
-    res = APP.run(f"python3 /usr/local/libexec/selfbase/{role}_validate_env.py /tmp/broken.env --jwt HASURA_GRAPHQL_JWT_SECRET")
+    res = APP.run("python3 /usr/local/libexec/selfbase/selfbase_validate_env.py /tmp/broken.env --jwt HASURA_GRAPHQL_JWT_SECRET")
     APP.run("rm -f /tmp/broken.env")
     assert res.rc == 1
     assert "HASURA_GRAPHQL_JWT_SECRET: the key must have at least 32 characters" in res.stderr
