@@ -63,3 +63,32 @@ def test_other_entry_points_agree_with_main(role):
             assert option in main, (name, option)
             assert value.get("default") == main[option].get("default"), (name, option)
             assert value.get("type", "str") == main[option].get("type", "str"), (name, option)
+
+
+@pytest.mark.parametrize("role, variable, entry", [
+    ("postgresql", "postgresql_users", {"name": "app", "pasword": "x"}),
+    ("postgresql", "postgresql_databases", {"name": "appdb", "ownr": "app"}),
+    ("postgresql", "postgresql_extensions", {"name": "citext", "database": "appdb"}),
+    ("postgresql", "postgresql_hba_rules", {"contype": "hostssl", "user": "app"}),
+    ("nginx", "nginx_tenants", {"slug": "acme", "domain": "acme.example"}),
+    ("hasura", "hasura_metadata_tables", {"name": "projects", "tenant_colum": "tenant_id"}),
+    ("monitoring", "monitoring_alertmanager_receivers", {"name": "ops", "webhook_url": ["http://x"]}),
+])
+def test_a_typo_in_a_list_entry_fails_argument_validation(role, variable, entry):
+    """Ansible validates a role's variables against meta/argument_specs.yml when the role starts."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    spec = _load(pathlib.Path(__file__).parents[2] / "roles" / role / "meta" / "argument_specs.yml")
+    options = spec["argument_specs"]["main"]["options"]
+    result = ArgumentSpecValidator({variable: options[variable]}).validate({variable: [entry]})
+    typo = sorted(set(entry) - set(options[variable]["options"]))
+    assert typo and typo[0] in " ".join(result.error_messages), result.error_messages
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_defaults_pass_their_own_argument_spec(role):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    defaults = _load(role / "defaults" / "main.yml")
+    options = _options(role)
+    literal = {k: v for k, v in defaults.items() if "{{" not in str(v)}
+    result = ArgumentSpecValidator(options).validate(literal)
+    assert result.error_messages == []
