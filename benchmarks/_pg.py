@@ -1,8 +1,8 @@
 """Shared helpers for the benchmarks: a throwaway PostgreSQL server, the
 platform schema and a data set, pgbench runs, and machine details.
 
-The server is started like the one of tests/modules/conftest.py: initdb as
-the postgres user in a temporary directory, a unix socket only, a free port.
+The server is the module tests' one (tests/pgserver.py), with the settings
+below and pgbench.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import pathlib
 import platform
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -23,12 +22,13 @@ import tempfile
 import time
 
 import psycopg
-from psycopg.rows import dict_row
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils" / "migrations"))
+sys.path.insert(0, str(ROOT / "tests"))
 import v0001_tenancy_core  # noqa: E402  pylint: disable=wrong-import-position
+import pgserver  # noqa: E402  pylint: disable=wrong-import-position
 
 # Settings of the throwaway server. Durability is off: the benchmarks measure
 # reads; the data set is rebuilt on every run. shared_buffers holds the whole
@@ -54,59 +54,21 @@ def log(msg):
 
 
 def bindir():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), key=lambda p: int(p.split("/")[4]))
-    if not found:
+    found = pgserver.bindir()
+    if not found or not os.path.exists(os.path.join(found, "pgbench")):
         sys.exit("no PostgreSQL server binaries with pgbench: run scripts/testbed.sh "
                  "(it installs Debian's postgresql, whose server package ships pgbench)")
-    return os.path.dirname(found[-1])
+    return found
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(pgserver.PostgresServer):
+    """The tests' throwaway server, with SERVER_SETTINGS and pgbench; use as a context manager."""
 
-
-def _as_postgres(cmd, **kwargs):
-    """initdb/postgres refuse to run as root; run them as the postgres user then."""
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
-
-
-class Server:
-    """A throwaway server; use as a context manager. `settings` replace SERVER_SETTINGS."""
+    default_db = "bench"
 
     def __init__(self, settings=None):
-        self.settings = dict(SERVER_SETTINGS if settings is None else settings)
-        self.bin = bindir()
-        self.base = tempfile.mkdtemp(prefix="selfbase-bench-")
-        os.chmod(self.base, 0o755)
-        self.datadir = os.path.join(self.base, "data")
-        self.host = os.path.join(self.base, "sock")
-        os.mkdir(self.host)
-        if os.geteuid() == 0:
-            shutil.chown(self.base, "postgres")
-            shutil.chown(self.host, "postgres")
-        self.port = _free_port()
-
-    def __enter__(self):
-        _as_postgres([f"{self.bin}/initdb", "-D", self.datadir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                      "--locale=C.UTF-8"])
-        opts = f"-p {self.port} -k {self.host} -c listen_addresses=''"
-        for key, value in self.settings.items():
-            opts += f" -c {key}={value}"
-        _as_postgres([f"{self.bin}/pg_ctl", "-D", self.datadir, "-w", "-l", os.path.join(self.base, "log"),
-                      "-o", opts, "start"])
-        return self
-
-    def __exit__(self, *exc):
-        _as_postgres([f"{self.bin}/pg_ctl", "-D", self.datadir, "-m", "immediate", "stop"])
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def connect(self, dbname="bench", user="postgres", autocommit=True):
-        return psycopg.connect(host=self.host, port=self.port, user=user, dbname=dbname, autocommit=autocommit,
-                               row_factory=dict_row)
+        bindir()
+        super().__init__(SERVER_SETTINGS if settings is None else settings, prefix="selfbase-bench-")
 
     def pgbench(self, script_text, user, clients, seconds, name, dbname="bench", extra=()):
         """Run pgbench with a custom script; return its summary and per-transaction latencies (ms)."""
@@ -120,7 +82,7 @@ class Server:
                "--log", f"--log-prefix={workdir}/txlog", "-f", script] + list(extra) + [dbname]
         # pgbench writes its logs in workdir, which postgres can write to; run it as postgres so that
         # the command line printed in the results works as is for that user too.
-        proc = _as_postgres(cmd, cwd=workdir)
+        proc = pgserver.as_postgres(cmd, cwd=workdir)
         out = proc.stdout
         latencies = []
         for path in glob.glob(f"{workdir}/txlog*"):
@@ -321,3 +283,27 @@ def table(rows, headers):
 
 def median(values):
     return statistics.median(values)
+
+
+COLLECTIONS = ROOT / ".cache" / "collections"
+
+
+def run_task(workdir, task, check=False, extra_vars=None):
+    """Run one task through ansible-playbook on this machine; return (seconds, the task's result)."""
+    path = os.path.join(workdir, "play.yml")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}], fh)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           path] + ["--check"] * check
+    for key, value in (extra_vars or {}).items():
+        cmd += ["-e", f"{key}={value}"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.monotonic() - started
+    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    if result.get("failed") or proc.returncode:
+        sys.exit(f"playbook failed: {json.dumps(result)[:3000]}\n{proc.stderr[-2000:]}")
+    return elapsed, result

@@ -15,10 +15,8 @@ import collections
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 import _pg
 
@@ -28,7 +26,6 @@ from fakes.stripe_fake import FakeStripe  # noqa: E402  pylint: disable=wrong-im
 PLANS = int(os.environ.get("BENCH_PLANS", 50))
 INTERVALS = ("month", "year")
 CURRENCIES = ("usd", "eur")
-COLLECTIONS = _pg.ROOT / ".cache" / "collections"
 
 
 def price_book(changed=None):
@@ -52,22 +49,8 @@ class Bench:
                          api_key=fake.api_key, api_base=fake.url)
 
     def play(self, task, check=False):
-        path = os.path.join(self.workdir, "play.yml")
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}], fh)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-                   ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                   ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
-        cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-               path] + ["--check"] * check
         self.fake.reset_log()
-        started = time.monotonic()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        elapsed = time.monotonic() - started
-        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-        if result.get("failed") or proc.returncode:
-            sys.exit(f"playbook failed: {json.dumps(result)[:3000]}\n{proc.stderr[-2000:]}")
-        return elapsed, result
+        return _pg.run_task(self.workdir, task, check=check)
 
     def counts(self):
         """Reads and writes from the fake's log, by method and path (ids folded)."""

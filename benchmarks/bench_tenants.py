@@ -35,7 +35,7 @@ LOOP_N = int(os.environ.get("BENCH_LOOP_TENANTS", 200))
 CHANGED_SHARE = 0.01
 # Writes are measured here, so the server keeps its default durability.
 DURABLE = {"shared_buffers": "512MB", "max_wal_size": "4GB", "jit": "off"}
-COLLECTIONS = _pg.ROOT / ".cache" / "collections"
+COLLECTIONS = _pg.COLLECTIONS
 
 # One tenant per task: upsert the tenant, its domain and its two overrides.
 LOOP_SQL = """
@@ -70,23 +70,7 @@ class Playbooks:
         self.login = dict(login_host=server.host, login_port=server.port, login_user="postgres", login_db="bench")
 
     def run(self, task, extra_vars=None, check=False):
-        path = os.path.join(self.workdir, "play.yml")
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}], fh)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-                   ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                   ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
-        cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-               path] + ["--check"] * check
-        for key, value in (extra_vars or {}).items():
-            cmd += ["-e", f"{key}={value}"]
-        started = time.monotonic()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        elapsed = time.monotonic() - started
-        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-        if result.get("failed") or proc.returncode:
-            sys.exit(f"playbook failed: {json.dumps(result)[:2000]}\n{proc.stderr[-2000:]}")
-        return elapsed, result
+        return _pg.run_task(self.workdir, task, check=check, extra_vars=extra_vars)
 
     def inventory(self, tenants, via):
         """An inventory like inventories/<env>: the tenants in data/tenants.yml ("file"), or in

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from ansible.module_utils.common.validation import check_type_bool, check_type_int
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
-    MODES, PERIODS, QuotaError, check_choice, parse_limit, parse_price)
+    QuotaError, parse_price, quota_entry)
 
 # Stripe's presentment currencies (ISO 4217, lower case).
 CURRENCIES = frozenset((
@@ -177,15 +177,19 @@ def plan_options(code_required=True):
     )
 
 
+def _check_item(item, where, options):
+    if not isinstance(item, dict):
+        raise BillingError('%s: must be a dict with %s' % (where, ', '.join(options)))
+    unknown = sorted(set(item) - set(options))
+    if unknown:
+        raise BillingError('%s: unsupported key(s) %s; use %s' % (where, ', '.join(unknown), ', '.join(options)))
+
+
 def _normalise_prices(value, field):
     prices = {}
     for i, item in enumerate(value or ()):
         where = '%s[%d]' % (field, i)
-        if not isinstance(item, dict):
-            raise BillingError('%s: must be a dict with interval, currency, amount or amount_decimal' % where)
-        unknown = sorted(set(item) - set(PRICE_OPTIONS))
-        if unknown:
-            raise BillingError('%s: unsupported key(s) %s; use %s' % (where, ', '.join(unknown), ', '.join(PRICE_OPTIONS)))
+        _check_item(item, where, PRICE_OPTIONS)
         interval = item.get('interval')
         if interval not in INTERVALS:
             raise BillingError('%s.interval: must be one of month, year; got %r' % (where, interval))
@@ -201,23 +205,9 @@ def _normalise_quotas(value, field, metrics, currencies):
     quotas = {}
     for i, item in enumerate(value or ()):
         where = '%s[%d]' % (field, i)
-        if not isinstance(item, dict):
-            raise BillingError('%s: must be a dict with metric, limit, period, mode, overage_unit_price' % where)
-        unknown = sorted(set(item) - set(QUOTA_OPTIONS))
-        if unknown:
-            raise BillingError('%s: unsupported key(s) %s; use %s' % (where, ', '.join(unknown), ', '.join(QUOTA_OPTIONS)))
-        metric = item.get('metric')
-        if metric not in metrics:
-            raise BillingError('%s.metric: unknown metric %r; known metrics: %s'
-                               % (where, metric, ', '.join(sorted(metrics)) or '(none)'))
-        if metric in quotas:
-            raise BillingError('%s.metric: metric %s is listed twice' % (where, metric))
-        if item.get('limit') is None:
-            raise BillingError('%s.limit: required; use "unlimited" for no limit' % where)
+        _check_item(item, where, QUOTA_OPTIONS)
         try:
-            limit = parse_limit(item['limit'], where + '.limit', metrics[metric])
-            period = check_choice(item.get('period') or 'month', PERIODS, where + '.period')
-            mode = check_choice(item.get('mode') or 'hard', MODES, where + '.mode')
+            metric, limit, period, mode = quota_entry(item, where, metrics, quotas)
         except QuotaError as e:
             raise BillingError(str(e))
         price = item.get('overage_unit_price')

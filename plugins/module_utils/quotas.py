@@ -96,6 +96,24 @@ def decimal_text(value):
     return None if value is None else format(Decimal(value).normalize(), 'f')
 
 
+def quota_entry(item, where, metrics, seen):
+    """metric, limit, period and mode of one quota entry of a list (a plan's or a tenant's); seen holds the
+    metrics of the entries before it. Raises QuotaError naming the field."""
+    metric = item.get('metric')
+    if not metric:
+        raise QuotaError('%s.metric: required' % where)
+    if metric not in metrics:
+        raise QuotaError('%s.metric: unknown metric %r; known metrics: %s'
+                         % (where, metric, ', '.join(sorted(metrics)) or '(none)'))
+    if metric in seen:
+        raise QuotaError('%s.metric: metric %s is listed twice' % (where, metric))
+    if item.get('limit') is None:
+        raise QuotaError('%s.limit: required; use "unlimited" for no limit' % where)
+    return (metric, parse_limit(item['limit'], where + '.limit', metrics[metric]),
+            check_choice(item.get('period') or 'month', PERIODS, where + '.period'),
+            check_choice(item.get('mode') or 'hard', MODES, where + '.mode'))
+
+
 def check_choice(value, choices, field):
     if value is not None and value not in choices:
         raise QuotaError('%s: must be one of %s; got %r' % (field, ', '.join(choices), value))

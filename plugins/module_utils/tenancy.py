@@ -26,7 +26,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import control_lock, json_safe
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import (
-    MODES, PERIODS, QuotaError, check_choice, decimal_text, parse_limit, parse_price)
+    QuotaError, decimal_text, parse_price, quota_entry)
 
 SLUG_RE = re.compile(r'[a-z0-9][a-z0-9-]{1,62}')
 # the CHECK constraint of platform.tenant_domains.domain
@@ -169,19 +169,8 @@ def _normalise_quotas(value, field, metrics):
     for i, item in enumerate(value):
         where = '%s[%d]' % (field, i)
         item = coerce(item, ENTRY_OPTIONS['quotas']['options'], where)
-        metric = item.get('metric')
-        if not metric:
-            raise TenancyError('%s.metric: required' % where)
-        if metric not in metrics:
-            raise TenancyError('%s.metric: unknown metric %r; known metrics: %s' % (where, metric, _known(metrics)))
-        if metric in result:
-            raise TenancyError('%s.metric: metric %s is listed twice' % (where, metric))
-        if item.get('limit') is None:
-            raise TenancyError('%s.limit: required; use "unlimited" for no limit' % where)
         try:
-            limit = parse_limit(item['limit'], where + '.limit', metrics[metric])
-            period = check_choice(item.get('period') or 'month', PERIODS, where + '.period')
-            mode = check_choice(item.get('mode') or 'hard', MODES, where + '.mode')
+            metric, limit, period, mode = quota_entry(item, where, metrics, result)
             price = parse_price(item.get('overage_price'), where + '.overage_price')
         except QuotaError as e:
             raise TenancyError(str(e))

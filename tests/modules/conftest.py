@@ -3,86 +3,31 @@ to run the collection's modules through ansible-playbook against it."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from fakes.stripe_fake import FakeStripe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COLLECTIONS = ROOT / ".cache" / "collections"
-
-
-def _bindir():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        pytest.fail("no PostgreSQL server binaries: run scripts/testbed.sh (it installs Debian's postgresql)")
-    return os.path.dirname(found[-1])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(cmd, **kwargs):
-    """initdb/postgres refuse to run as root; run them as the postgres user then."""
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
-
-
-class Server:
-    def __init__(self, sockdir, port):
-        self.host = sockdir
-        self.port = port
-        self.user = "postgres"
-
-    def conninfo(self, dbname="postgres", **extra):
-        params = dict(host=self.host, port=self.port, user=self.user, dbname=dbname)
-        params.update(extra)
-        return " ".join(f"{k}={v}" for k, v in params.items())
-
-    def connect(self, dbname="postgres", autocommit=True, **extra):
-        return psycopg.connect(self.conninfo(dbname, **extra), autocommit=autocommit, row_factory=dict_row)
-
-    def login(self, dbname):
-        """Module login options for this server."""
-        return dict(login_host=self.host, login_port=self.port, login_user=self.user, login_db=dbname)
+sys.path.insert(0, str(ROOT / "tests"))
+from pgserver import PostgresServer  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
 def pg_server():
-    bindir = _bindir()
-    base = tempfile.mkdtemp(prefix="selfbase-pg-")
-    os.chmod(base, 0o755)
-    datadir, sockdir = os.path.join(base, "data"), os.path.join(base, "sock")
-    os.mkdir(sockdir)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(sockdir, "postgres")
-    port = _free_port()
-    _as_postgres([f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                  "--locale=C.UTF-8"])
-    _as_postgres([f"{bindir}/pg_ctl", "-D", datadir, "-w", "-l", os.path.join(base, "log"), "-o",
-                  f"-p {port} -k {sockdir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                  f"-c full_page_writes=off", "start"])
     try:
-        yield Server(sockdir, port)
-    finally:
-        _as_postgres([f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"])
-        shutil.rmtree(base, ignore_errors=True)
+        server = PostgresServer()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    with server:
+        yield server
 
 
 @pytest.fixture(scope="session")
