@@ -100,3 +100,21 @@ def test_check_mode_on_a_fresh_database_predicts_instead_of_failing(run, conn):
     assert res["failed"] is True
     assert "run selfbase.platform.platform_schema first" in res["msg"]
     assert conn.execute("SELECT to_regnamespace('platform') AS s").fetchone()["s"] is None
+
+
+def test_modules_check_the_schema_version_in_the_ledger(run, conn):
+    """require_schema reads the migration ledger: a schema older than a module needs is named with both versions,
+    and the control-plane login (selfbase_admin, not superuser) can read the ledger from 0004 on."""
+    run("platform_schema", {"target_version": "0002"})
+    res = run("tenant", {"slug": "acme"})
+    assert res["failed"] is True and "is at version 0002, this module needs 0003 or newer" in res["msg"], res
+    run("platform_schema", {})
+    conn.execute("CREATE ROLE ledger_control LOGIN IN ROLE selfbase_admin")
+    conn.execute("CREATE ROLE ledger_nobody LOGIN")
+    try:
+        assert run("tenant_info", {"login_user": "ledger_control"}).get("failed") is not True
+        res = run("tenant_info", {"login_user": "ledger_nobody"})
+        assert res["failed"] is True and "at version none" in res["msg"] and "selfbase_admin" in res["msg"], res
+    finally:
+        conn.execute("DROP OWNED BY ledger_control, ledger_nobody")
+        conn.execute("DROP ROLE ledger_control, ledger_nobody")

@@ -593,3 +593,28 @@ def test_record_usage_and_check_quota_for_another_tenant(tenants, logins, who):
         assert "is not visible to this session" in str(error(c, sql, (B,)))
     else:
         assert "permission denied for" in str(error(c, sql, (B,)))
+
+
+# Migration 0004: the ledger is readable by the control plane and monitoring only, and by nobody writable.
+
+@pytest.mark.parametrize("who", ["app", "hasura", "auth"])
+def test_tenant_facing_logins_cannot_read_the_migration_ledger(tenants, logins, who):
+    assert error(logins(who), "SELECT version FROM selfbase_meta.schema_migrations").sqlstate == "42501"
+
+
+@pytest.mark.parametrize("who", ["control", "monitor"])
+def test_the_ledger_is_read_only_and_the_migration_lock_out_of_reach(tenants, logins, who):
+    c = logins(who)
+    assert c.execute("SELECT max(version) AS v FROM selfbase_meta.schema_migrations").fetchone()["v"] >= "0004"
+    for sql in ("INSERT INTO selfbase_meta.schema_migrations (version, name, checksum) VALUES ('9999', 'x', 'x')",
+                "UPDATE selfbase_meta.schema_migrations SET checksum = 'x'",
+                "DELETE FROM selfbase_meta.schema_migrations",
+                "SELECT name FROM selfbase_meta.migration_lock FOR UPDATE"):
+        assert error(c, sql).sqlstate == "42501", sql
+
+
+def test_without_the_narrow_grant_the_app_would_read_the_ledger(tenants, logins):
+    """Counterpart: granted to PUBLIC instead of the two roles, the ledger is open to the application too."""
+    tenants.execute("GRANT USAGE ON SCHEMA selfbase_meta TO PUBLIC")
+    tenants.execute("GRANT SELECT ON selfbase_meta.schema_migrations TO PUBLIC")
+    assert logins("app").execute("SELECT count(*) AS n FROM selfbase_meta.schema_migrations").fetchone()["n"] >= 4

@@ -1,4 +1,4 @@
-"""Static rules for the shipped migrations (ARCHITECTURE's database security rules), read from the SQL
+"""Static rules for the shipped migrations (the database security rules of the README), read from the SQL
 itself, so that a new migration that breaks one fails here before any database runs it."""
 
 from __future__ import annotations
