@@ -13,21 +13,16 @@ import subprocess
 import sys
 
 import pytest
-import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import INVENTORY, docker_host as _host  # noqa: E402  pylint: disable=wrong-import-position
+
 EPHEMERAL = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SECRETS = EPHEMERAL / "secrets"
 SMTP_PASSWORD = "molecule-Smtp-Pw-5c2e"
 DOCKER_HOSTS = {"api-db": "20.10", "api-app": "26."}
-
-
-def _host(name):
-    # The Molecule hosts are Docker containers: docker exec is much faster than
-    # one ansible run per command.
-    return testinfra.get_host(f"docker://{name}")
 
 
 APP = _host("api-app")

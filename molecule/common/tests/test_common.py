@@ -10,13 +10,15 @@ chrony needs CAP_SYS_TIME), so time sync is checked as package, configuration an
 enabled unit, plus the condition that keeps it from starting.
 """
 
-import os
+import pathlib
 import subprocess
+import sys
 
 import pytest
-import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
+
 ADDR = {"db": "172.30.94.11", "api": "172.30.94.12", "proxy": "172.30.94.13"}
 # Listeners started for the probes: host -> TCP ports.
 LISTENERS = {"db": [22, 5432, 18080], "api": [4000], "proxy": [80]}
@@ -37,10 +39,6 @@ except ConnectionRefusedError:
 except OSError:
     print("timeout")
 """
-
-
-def _host(name):
-    return testinfra.get_host(f"ansible://common-{name}?ansible_inventory={INVENTORY}")
 
 
 HOSTS = {name: _host(name) for name in ADDR}

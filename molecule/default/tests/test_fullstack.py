@@ -13,17 +13,14 @@ import tempfile
 
 import ansible_runner
 import pytest
-import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import INVENTORY, ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
+
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SITE = ROOT / "playbooks" / "site.yml"
 ADDR = {"db": "172.30.93.11", "api": "172.30.93.12", "proxy": "172.30.93.13", "mon": "172.30.93.14"}
 HOSTS = ["default-db", "default-api", "default-proxy", "default-mon"]
-
-
-def _host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 def _env():

@@ -7,17 +7,19 @@ import os
 import pathlib
 import re
 import shlex
+import sys
 import time
 import warnings
 from urllib.parse import quote
 
 import pytest
-import testinfra
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
 
 testinfra_hosts = ["monitoring"]
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROM = "172.30.96.12:9090"
 ADDRESSES = {"mon-db": "172.30.96.11", "mon-prom": "172.30.96.12", "mon-proxy": "172.30.96.13"}
 EXPECTED_TARGETS = {
@@ -44,10 +46,6 @@ EXPECTED_ALERTS = {
 }
 TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
-
-
-def _host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,20 @@
 """Verify the nginx role on real systemd hosts, with requests from a client host over the network."""
 
 import json
-import os
+import pathlib
 import shlex
+import sys
 
 import pytest
-import testinfra
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
 
 testinfra_hosts = ["proxy"]
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROXY_ADDRS = {"nginx-proxy-bookworm": "172.30.97.11", "nginx-proxy-trixie": "172.30.97.12"}
 BASE = "selfbase.test"
 BLOCKED = ["/v1/metadata", "/v2/query", "/v1/config", "/console", "/v1/version"]
-
-
-def _host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +127,7 @@ def test_admin_paths_open_to_admin_networks_and_graphql_public(host, client, ca)
 
 WS_CLIENT = r'''
 import base64, os, socket, ssl, sys
+
 name, addr, ca = sys.argv[1:4]
 key = base64.b64encode(os.urandom(16)).decode()
 ctx = ssl.create_default_context(cafile=ca)

@@ -2,21 +2,19 @@
 
 import os
 import pathlib
+import sys
 
 import pytest
-import testinfra
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
 
 testinfra_hosts = ["db"]
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 MIGRATIONS_DIR = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "plugins" / "module_utils" / "migrations"
 CLIENT_ADDR = "172.30.99.10"
 DB_ADDRS = {"pg-bookworm": "172.30.99.11", "pg-trixie": "172.30.99.12"}
 EXPECTED_MAJOR = {"pg-bookworm": "15", "pg-trixie": "17"}
-
-
-def _host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 @pytest.fixture(scope="module")
