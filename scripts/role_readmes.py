@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write the variables section of every role's README from its meta/argument_specs.yml.
 
 The section sits between two marker comments; the text around it is the role's own. A role without a

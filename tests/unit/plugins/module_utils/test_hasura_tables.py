@@ -25,8 +25,8 @@ def params(*tables, state="present"):
 def test_tenant_roles_get_a_tenant_filter_and_a_preset_on_insert():
     entry = ht.wanted_tables(params(table()))["platform.projects"]
     condition = {"tenant_id": {"_eq": VAR}}
-    assert entry["select_permissions"] == [dict(role="user", permission=dict(columns=["id", "name", "tenant_id"],
-                                                                              filter=condition))]
+    select = dict(columns=["id", "name", "tenant_id"], filter=condition)
+    assert entry["select_permissions"] == [dict(role="user", permission=select)]
     insert = entry["insert_permissions"][0]["permission"]
     assert insert == dict(columns=["id", "name"], check=condition, set={"tenant_id": VAR})
     assert entry["delete_permissions"] == [dict(role="user", permission=dict(filter=condition))]
@@ -72,8 +72,8 @@ def test_the_canonical_form_ignores_what_hasura_drops_or_reorders():
 
 def test_merge_touches_only_the_owned_tables():
     other = dict(table=dict(schema="public", name="notes"), select_permissions=[dict(role="x", permission={})])
-    metadata = dict(version=3, sources=[dict(name="default", tables=[other, dict(table=dict(schema="platform",
-                                                                                           name="projects"))])])
+    projects = dict(table=dict(schema="platform", name="projects"))
+    metadata = dict(version=3, sources=[dict(name="default", tables=[other, projects])])
     wanted = ht.wanted_tables(params(table()))
     merged = ht.merge(metadata, "default", dict(wanted), "present")
     assert merged["sources"][0]["tables"][0] == other
