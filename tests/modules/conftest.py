@@ -73,29 +73,30 @@ class Runner:
     def __call__(self, module, args, check=False, diff=False, login=True):
         task_args = dict(self.server.login(self.dbname)) if login else {}
         task_args.update(args)
-        play = [{"hosts": "localhost", "gather_facts": False,
-                 "tasks": [{"name": "under test", f"selfbase.platform.{module}": task_args,
-                            "register": "r", "ignore_errors": True}]}]
-        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
-            json.dump(play, fh)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                   ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                   ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-        cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-               fh.name]
-        if check:
-            cmd.append("--check")
-        if diff:
-            cmd.append("--diff")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        finally:
-            os.unlink(fh.name)
-        try:
-            out = json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}")
-        return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        play = {"hosts": "localhost", "gather_facts": False,
+                "tasks": [{"name": "under test", f"selfbase.platform.{module}": task_args,
+                           "register": "r", "ignore_errors": True}]}
+        return run_play(play, check=check, diff=diff)[0]
+
+
+def run_play(play, check=False, diff=False):
+    """Run one play through ansible-playbook on localhost; returns the result of each task, in order."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
+        json.dump([play], fh)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           fh.name] + ["--check"] * check + ["--diff"] * diff
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    finally:
+        os.unlink(fh.name)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}")
+    return [t["hosts"]["localhost"] for t in out["plays"][0]["tasks"]]
 
 
 @pytest.fixture()
