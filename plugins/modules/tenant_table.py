@@ -13,8 +13,8 @@ version_added: 0.1.0
 description:
   - Makes one application table (or each of O(tables), in one transaction) hold the rows of many tenants safely.
   - B(The tenant column.) A C(uuid) column (O(tenant_column)) that is C(NOT NULL), defaults to
-    C(platform.current_tenant_id()) (the session's tenant), references C(platform.tenants) with O(on_delete), and
-    leads an index (followed by O(index_columns)).
+    the session's tenant (function C(platform.current_tenant_id)), references C(platform.tenants) with O(on_delete),
+    and leads an index (followed by O(index_columns)).
   - B(Backfill.) When the column is added to a table that has rows, or has rows without a tenant, O(backfill_tenant)
     names the tenant they belong to; without it the module refuses before any write.
   - B(Row-level security), enabled and forced (the table's owner is filtered too). The policies it owns are named
