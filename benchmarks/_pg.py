@@ -307,3 +307,49 @@ def run_task(workdir, task, check=False, extra_vars=None):
     if result.get("failed") or proc.returncode:
         sys.exit(f"playbook failed: {json.dumps(result)[:3000]}\n{proc.stderr[-2000:]}")
     return elapsed, result
+
+
+# Server-side timing: one block per (role, statement) pair, run in batches of one transaction per statement, for
+# a tenant set in app.tenant_id; each round runs every pair, each pair first in turn (the machine's speed drifts).
+_BLOCK = """
+      {kw} m = {m} THEN
+        SET ROLE {role};
+        t0 := clock_timestamp();
+        FOR i IN 1..{batch} LOOP
+          n := (r * {batch} + i) % {tenants} + 1;
+          tid := set_config('app.tenant_id', md5(n::text), false);
+          {statement}
+          COMMIT;
+        END LOOP;
+        spent[m] := spent[m] + (clock_timestamp() - t0);"""
+_LOOP = """
+DO $bench$
+DECLARE
+  t0 timestamptz;
+  spent interval[] := array_fill('0'::interval, ARRAY[{pairs}]);
+  n int;
+  m int;
+  tid uuid;
+BEGIN
+  FOR r IN 1..{rounds} LOOP
+    FOR k IN 0..{last} LOOP
+      m := (r + k) % {pairs} + 1;
+      {blocks}
+      END IF;
+      RESET ROLE;
+    END LOOP;
+  END LOOP;
+  RAISE NOTICE 'us %', (SELECT string_agg((extract(epoch FROM s) * 1e6 / ({rounds} * {batch}))::text, ' ')
+                          FROM unnest(spent) s);
+END
+$bench$"""
+
+
+def timed_batches(conn, pairs, rounds, batch, tenants):
+    """Mean microseconds per statement of each (role, plpgsql statement) pair; `tid` holds the tenant's id."""
+    notices = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+    blocks = "".join(_BLOCK.format(kw="IF" if m == 1 else "ELSIF", m=m, role=role, batch=batch, tenants=tenants,
+                                   statement=statement) for m, (role, statement) in enumerate(pairs, 1))
+    conn.execute(_LOOP.format(pairs=len(pairs), last=len(pairs) - 1, rounds=rounds, batch=batch, blocks=blocks))
+    return [float(v) for v in notices[-1].split()[1:]]

@@ -76,46 +76,12 @@ def verify_and_explain(server):
     return plans
 
 
-# One transaction per query (COMMIT in the loop), roles switched between batches.
-LOOP = """
-DO $bench$
-DECLARE
-  t0 timestamptz;
-  spent interval[] := ARRAY['0', '0', '0']::interval[];
-  roles text[] := ARRAY['bench_app', 'postgres', 'bench_bypass'];
-  n int;
-  tid uuid;
-BEGIN
-  FOR r IN 1..{rounds} LOOP
-    FOR m IN 1..3 LOOP
-      EXECUTE format('SET ROLE %I', roles[m]);
-      t0 := clock_timestamp();
-      FOR i IN 1..{batch} LOOP
-        n := (r * {batch} + i) % {tenants} + 1;
-        tid := set_config('app.tenant_id', md5(n::text), false);
-        {query}
-        COMMIT;
-      END LOOP;
-      spent[m] := spent[m] + (clock_timestamp() - t0);
-    END LOOP;
-  END LOOP;
-  EXECUTE 'RESET ROLE';
-  RAISE NOTICE 'us % % %', extract(epoch FROM spent[1]) * 1e6 / ({rounds} * {batch}),
-    extract(epoch FROM spent[2]) * 1e6 / ({rounds} * {batch}), extract(epoch FROM spent[3]) * 1e6 / ({rounds} * {batch});
-END
-$bench$"""
-
-
 def server_side(server, rounds=20, batch=500):
     """Mean time (us) of each query per mode, minus the same loop without the query."""
     with server.connect() as conn:
-        notices = []
-        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
-
         def timed(query):
-            notices.clear()
-            conn.execute(LOOP.format(rounds=rounds, batch=batch, tenants=_pg.TENANTS, query=query))
-            return dict(zip(MODES, (float(v) for v in notices[-1].split()[1:])))
+            return dict(zip(MODES, _pg.timed_batches(conn, [(role, query) for role in MODES.values()], rounds, batch,
+                                                     _pg.TENANTS)))
 
         empty = timed("")
         out = {}

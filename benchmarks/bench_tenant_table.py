@@ -50,40 +50,6 @@ QUERIES = {
 PER_ROW = ("CREATE POLICY selfbase_tenant ON public.orders_per_row TO selfbase_app, selfbase_graphql "
            "USING (tenant_id = platform.current_tenant_id()) WITH CHECK (tenant_id = platform.current_tenant_id())")
 
-# One block per (role, table) pair; each round runs every pair, each pair first in turn.
-BLOCK = """
-      {kw} m = {m} THEN
-        SET ROLE {role};
-        t0 := clock_timestamp();
-        FOR i IN 1..{batch} LOOP
-          n := (r * {batch} + i) % {tenants} + 1;
-          tid := set_config('app.tenant_id', md5(n::text), false);
-          {query}
-          COMMIT;
-        END LOOP;
-        spent[m] := spent[m] + (clock_timestamp() - t0);"""
-LOOP = """
-DO $bench$
-DECLARE
-  t0 timestamptz;
-  spent interval[] := array_fill('0'::interval, ARRAY[{pairs}]);
-  n int;
-  m int;
-  tid uuid;
-BEGIN
-  FOR r IN 1..{rounds} LOOP
-    FOR k IN 0..{last} LOOP
-      m := (r + k) % {pairs} + 1;
-      {blocks}
-      END IF;
-      RESET ROLE;
-    END LOOP;
-  END LOOP;
-  RAISE NOTICE 'us %', (SELECT string_agg((extract(epoch FROM s) * 1e6 / ({rounds} * {batch}))::text, ' ')
-                          FROM unnest(spent) s);
-END
-$bench$"""
-
 
 def load(server):
     t0 = time.monotonic()
@@ -153,17 +119,9 @@ def timed(server, rounds, batch):
     """Mean time (us) of each query per policy and role, minus the same loop without the query."""
     pairs = [(policy, mode, role) for policy in POLICIES for mode, role in zip(MODES, ROLES)]
     with server.connect() as conn:
-        notices = []
-        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
-
         def loop(query):
-            blocks = "".join(BLOCK.format(kw="IF" if m == 1 else "ELSIF", m=m, role=role, batch=batch, tenants=TENANTS,
-                                          query=query.replace("public.orders", "public." + POLICIES[policy]))
-                             for m, (policy, _mode, role) in enumerate(pairs, 1))
-            notices.clear()
-            conn.execute(LOOP.format(pairs=len(pairs), last=len(pairs) - 1, rounds=rounds, batch=batch,
-                                     blocks=blocks))
-            return [float(v) for v in notices[-1].split()[1:]]
+            return _pg.timed_batches(conn, [(role, query.replace("public.orders", "public." + POLICIES[policy]))
+                                            for policy, _mode, role in pairs], rounds, batch, TENANTS)
 
         empty = loop("")
         out = dict((policy, {}) for policy in POLICIES)

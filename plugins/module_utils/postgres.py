@@ -11,6 +11,7 @@ import json
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, ServiceError, fail
 
 try:
     import psycopg
@@ -65,6 +66,19 @@ def connect(module, autocommit=False):
                                **dict((k, v) for k, v in kwargs.items() if v not in (None, '')))
     except psycopg.Error as e:
         module.fail_json(msg='Could not connect to PostgreSQL: %s' % str(e).strip())
+
+
+def run_module(module, run, autocommit=False, failure=None):
+    """Connect, exit with the result of run(conn); an input, service or database error ends the run through
+    errors.fail (the transaction rolled back), with the extra result keys failure() gives."""
+    conn = connect(module, autocommit=autocommit)
+    try:
+        result = run(conn)
+    except (InputError, ServiceError, DatabaseError) as e:
+        fail(module, e, conn, **(failure() if failure else {}))
+    finally:
+        conn.close()
+    module.exit_json(**result)
 
 
 def schema_version(conn):

@@ -421,8 +421,9 @@ def write_db(cur, tenant, new_tenant, mirror, after):
 class SubscriptionRun(object):
     """One run of the module; ``actions`` lists the planned Stripe writes, also when the run fails."""
 
-    def __init__(self, module, conn, client):
-        self.module, self.conn, self.client = module, conn, client
+    def __init__(self, module, client):
+        self.module, self.client = module, client
+        self.conn = None
         self.p = module.params
         self.actions = []
 
@@ -440,7 +441,8 @@ class SubscriptionRun(object):
                     raise
         return customer, sub, ended
 
-    def run(self):
+    def run(self, conn):
+        self.conn = conn
         p, module = self.p, self.module
         require_schema(module, self.conn, '0003', dict(changed=True, subscription={}, actions=[],
                                                        api_calls=self.client.counts()))

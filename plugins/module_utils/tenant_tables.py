@@ -331,13 +331,6 @@ def check(cur, t, roles):
 
 # The run ----------------------------------------------------------------------
 
-def specs_of(module):
-    p = module.params
-    if p['tables'] is not None:
-        return [('tables[%d].' % i, spec) for i, spec in enumerate(p['tables'])]
-    return [('', dict((k, p[k]) for k in TABLE_OPTIONS))]
-
-
 def run(module, conn):
     """Plan every table, and apply the plan unless in check mode; returns the module's result."""
     require_schema(module, conn, '0003', dict(changed=True, tables=[], actions=[]))
@@ -347,7 +340,7 @@ def run(module, conn):
                 "pg_catalog.set_config('row_security', 'off', true)", (LOCK_TIMEOUT,))
     roles = set(r['rolname'] for r in cur.execute('SELECT rolname FROM pg_catalog.pg_roles'))
     tables, seen = [], set()
-    for field, spec in specs_of(module):
+    for field, spec in (('tables[%d].' % i, spec) for i, spec in enumerate(module.params['tables'])):
         if spec['schema'] in RESERVED_SCHEMAS or spec['schema'].startswith('pg_'):
             raise InputError('%sschema: %s is not an application schema; the platform schema is isolated by its '
                              'own migrations' % (field, spec['schema']))

@@ -264,10 +264,8 @@ api_calls:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import plan_options
-from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, ServiceError, fail
 from ansible_collections.selfbase.platform.plugins.module_utils.plans import run
-from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, connect, postgres_argument_spec)
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import postgres_argument_spec, run_module
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import StripeClient, stripe_argument_spec
 
 
@@ -278,15 +276,8 @@ def main():
     argument_spec['plans'] = dict(type='list', elements='dict')
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[('code', 'plans')], required_one_of=[('code', 'plans')])
-    conn = connect(module)
     client = StripeClient(module)
-    try:
-        result = run(module, conn, client)
-    except (InputError, ServiceError, DatabaseError) as e:
-        fail(module, e, conn, api_calls=client.counts())
-    finally:
-        conn.close()
-    module.exit_json(**result)
+    run_module(module, lambda conn: run(module, conn, client), failure=lambda: dict(api_calls=client.counts()))
 
 
 if __name__ == '__main__':

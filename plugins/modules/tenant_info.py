@@ -86,39 +86,18 @@ count:
   type: int
   sample: 1
 tenants:
-  description: The tenants that match, ordered by slug.
+  description:
+    - The tenants that match, ordered by slug.
+    - Each with C(id), C(slug), C(name), C(status), C(plan), C(billing_cycle) and C(trial_ends_at) as in
+      RV(selfbase.platform.tenant#module:tenant), and the keys below.
   returned: always
   type: list
   elements: dict
+  sample:
+    - {"id": "0b6f3f7e-2a7d-4c55-9a7e-6c1f4a9d2b11", "slug": "acme", "name": "Acme Corp", "status": "active",
+       "plan": "pro", "billing_cycle": "month", "trial_ends_at": null, "created_at": "2025-01-31 09:12:44.120391+00:00",
+       "domains": [{"domain": "acme.example.com", "primary": true, "verified": true}], "quota_status": "ok"}
   contains:
-    id:
-      description: UUID of the tenant.
-      type: str
-      sample: 0b6f3f7e-2a7d-4c55-9a7e-6c1f4a9d2b11
-    slug:
-      description: Slug of the tenant.
-      type: str
-      sample: acme
-    name:
-      description: Display name.
-      type: str
-      sample: Acme Corp
-    status:
-      description: One of V(trial), V(active), V(past_due), V(suspended), V(canceled), V(deleted).
-      type: str
-      sample: active
-    plan:
-      description: Plan code, or null.
-      type: str
-      sample: pro
-    billing_cycle:
-      description: V(month) or V(year).
-      type: str
-      sample: month
-    trial_ends_at:
-      description: End of the trial, or null.
-      type: str
-      sample: null
     created_at:
       description: Creation time.
       type: str

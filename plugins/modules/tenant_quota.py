@@ -145,29 +145,10 @@ effective:
   description:
     - The quota in force for the metric after this run, from the override or from the plan; null when
       neither has one (the metric is unlimited).
+    - The keys of RV(quota) but C(tenant), and RV(effective.source).
   returned: always
   type: dict
   contains:
-    metric:
-      description: Name of the metric.
-      type: str
-      sample: storage_bytes
-    limit:
-      description: The limit, or null for unlimited.
-      type: int
-      sample: 1000000000000
-    period:
-      description: V(hour), V(day), V(month) or V(none).
-      type: str
-      sample: month
-    mode:
-      description: V(hard), V(soft) or V(overage).
-      type: str
-      sample: hard
-    overage_price:
-      description: Price of one unit past the limit, as a decimal string, or null.
-      type: str
-      sample: "0.0002"
     source:
       description: V(tenant) when the override is in force, V(plan) when the plan's quota is.
       type: str
@@ -180,9 +161,7 @@ tenant_id:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, fail
-from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, connect, postgres_argument_spec)
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import postgres_argument_spec, run_module
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import MODES, PERIODS
 from ansible_collections.selfbase.platform.plugins.module_utils.tenant_quotas import run
 
@@ -199,14 +178,7 @@ def main():
         state=dict(type='str', default='present', choices=['present', 'absent']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    conn = connect(module, autocommit=True)
-    try:
-        result = run(module, conn)
-    except (InputError, DatabaseError) as e:
-        fail(module, e, conn)
-    finally:
-        conn.close()
-    module.exit_json(**result)
+    run_module(module, lambda conn: run(module, conn), autocommit=True)
 
 
 if __name__ == '__main__':

@@ -242,9 +242,7 @@ api_calls:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import INTERVALS, PRORATION_BEHAVIORS
-from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, ServiceError, fail
-from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    DatabaseError, connect, postgres_argument_spec)
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import postgres_argument_spec, run_module
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import StripeClient, stripe_argument_spec
 from ansible_collections.selfbase.platform.plugins.module_utils.subscriptions import SubscriptionRun
 
@@ -270,15 +268,8 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[('collection_method', 'send_invoice', ('days_until_due',))])
-    conn = connect(module)
-    run = SubscriptionRun(module, conn, StripeClient(module))
-    try:
-        result = run.run()
-    except (InputError, ServiceError, DatabaseError) as e:
-        fail(module, e, conn, actions=run.actions, api_calls=run.client.counts())
-    finally:
-        conn.close()
-    module.exit_json(**result)
+    run = SubscriptionRun(module, StripeClient(module))
+    run_module(module, run.run, failure=lambda: dict(actions=run.actions, api_calls=run.client.counts()))
 
 
 if __name__ == '__main__':

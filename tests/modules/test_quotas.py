@@ -14,6 +14,21 @@ import pytest
 QUOTA_EXCEEDED = "SB001"
 
 
+def assert_refused(session, metric, quantity, key):
+    """record_usage refuses the event over a hard limit (SQLSTATE SB001)."""
+    with pytest.raises(psycopg.Error) as err:
+        session.record(metric, quantity, key)
+    assert err.value.sqlstate == QUOTA_EXCEEDED
+    return err.value
+
+
+def acme_on_plan(schema, plan, app, *quota, **options):
+    """A plan quota (plan_quota's arguments), tenant acme on the plan, and its application session."""
+    plan_quota(schema, *quota, **options)
+    t = plan("acme")
+    return t, app(t)
+
+
 @pytest.fixture()
 def app_user(schema):
     name = f"selfbase_app_{uuid.uuid4().hex[:8]}"
@@ -116,9 +131,7 @@ def members(conn, tenant):
 
 
 def test_hard_members_limit_blocks_the_insert_past_it(schema, plan, app):
-    plan_quota(schema, "members", 3, period="none")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "members", 3, period="none")
     for _n in range(3):
         s.add_member()
     with pytest.raises(psycopg.Error) as err:
@@ -230,16 +243,12 @@ def test_rolled_back_insert_frees_the_slot_for_the_waiter(schema, plan, app):
 
 
 def test_hard_event_limit_refuses_and_records_nothing(schema, plan, app):
-    plan_quota(schema, "api_requests", 10)
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "api_requests", 10)
     r = s.record("api_requests", 8, "k1")
     assert (r["recorded"], r["status"], r["overage"]) == (True, "warning", 0)
     before = usage(schema, t, "api_requests")
-    with pytest.raises(psycopg.Error) as err:
-        s.record("api_requests", 3, "k2")
-    assert err.value.sqlstate == QUOTA_EXCEEDED
-    assert str(err.value).startswith(
+    err = assert_refused(s, "api_requests", 3, "k2")
+    assert str(err).startswith(
         f"quota exceeded: tenant {t} has used 8 of 10 api_requests this period; 3 more refused (hard limit)")
     assert usage(schema, t, "api_requests") == before == {"events": 1, "quantity": 8, "rollup_quantity": 8,
                                                           "rollup_events": 1}
@@ -250,16 +259,12 @@ def test_hard_event_limit_refuses_and_records_nothing(schema, plan, app):
     assert r["recorded"] is True
     st = s.status("api_requests")
     assert (st["used"], st["limit_value"], st["percent"], st["status"]) == (10, 10, 100, "warning")
-    with pytest.raises(psycopg.Error) as err:
-        s.record("api_requests", 1, "k3")
-    assert err.value.sqlstate == QUOTA_EXCEEDED
+    assert_refused(s, "api_requests", 1, "k3")
     assert usage(schema, t, "api_requests")["quantity"] == 10
 
 
 def test_soft_limit_warns_then_reports_exceeded(schema, plan, app):
-    plan_quota(schema, "api_requests", 10, mode="soft")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "api_requests", 10, mode="soft")
     s.record("api_requests", 7, "k1")
     assert s.status("api_requests")["status"] == "ok"
     assert s.check("api_requests", 0)["status"] == "ok"
@@ -280,9 +285,7 @@ def test_soft_limit_warns_then_reports_exceeded(schema, plan, app):
 
 
 def test_overage_records_the_excess_with_its_price(schema, plan, app):
-    plan_quota(schema, "bandwidth_bytes", 10, mode="overage", price="0.25")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "bandwidth_bytes", 10, mode="overage", price="0.25")
     r1 = s.record("bandwidth_bytes", 8, "k1")
     assert r1["overage"] == 0
     r2 = s.record("bandwidth_bytes", 5, "k2")
@@ -304,9 +307,7 @@ def test_overage_records_the_excess_with_its_price(schema, plan, app):
 
 def test_repeated_idempotency_key_counts_once(schema, plan, app):
     plan_quota(schema, "api_requests", 10)
-    plan_quota(schema, "bandwidth_bytes", 5, mode="overage", price="1")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "bandwidth_bytes", 5, mode="overage", price="1")
     first = s.record("api_requests", 6, "req-1")
     before = usage(schema, t, "api_requests")
     again = s.record("api_requests", 6, "req-1")
@@ -337,9 +338,7 @@ def test_tenant_override_wins_over_the_plan(schema, plan, app):
     """, (stricter, looser, unlimited))
     s = app(stricter)
     s.record("api_requests", 5, "k1")
-    with pytest.raises(psycopg.Error) as err:
-        s.record("api_requests", 1, "k2")
-    assert err.value.sqlstate == QUOTA_EXCEEDED
+    assert_refused(s, "api_requests", 1, "k2")
     assert s.check("api_requests")["limit_value"] == 5
 
     s = app(looser)
@@ -362,9 +361,7 @@ def test_tenant_override_wins_over_the_plan(schema, plan, app):
 
 
 def test_null_limit_is_unlimited(schema, plan, app):
-    plan_quota(schema, "api_requests", None)
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "api_requests", None)
     r = s.record("api_requests", 10 ** 12, "k1")
     assert (r["recorded"], r["status"], r["overage"]) == (True, "ok", 0)
     c = s.check("api_requests", 10 ** 12)
@@ -378,32 +375,24 @@ def test_null_limit_is_unlimited(schema, plan, app):
 
 
 def test_month_period_ignores_last_month(schema, plan, app):
-    plan_quota(schema, "api_requests", 10)
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "api_requests", 10)
     last_month = schema.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
                                 "- interval '1 minute' AS at").fetchone()["at"]
     seed_event(schema, t, "api_requests", 9, "old", last_month)
     assert s.check("api_requests")["used"] == 0
     assert s.record("api_requests", 10, "new")["recorded"] is True  # the old 9 do not count
     assert s.check("api_requests")["used"] == 10
-    with pytest.raises(psycopg.Error) as err:
-        s.record("api_requests", 1, "more")
-    assert err.value.sqlstate == QUOTA_EXCEEDED
+    assert_refused(s, "api_requests", 1, "more")
     assert usage(schema, t, "api_requests")["rollup_quantity"] == 19
 
 
 def test_hour_period_counts_only_this_hour(schema, plan, app):
-    plan_quota(schema, "api_requests", 10, period="hour")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "api_requests", 10, period="hour")
     last_hour = schema.execute("SELECT date_trunc('hour', now()) - interval '1 second' AS at").fetchone()["at"]
     seed_event(schema, t, "api_requests", 9, "old", last_hour)
     assert s.check("api_requests")["used"] == 0
     assert s.record("api_requests", 10, "new")["recorded"] is True
-    with pytest.raises(psycopg.Error) as err:
-        s.record("api_requests", 1, "more")
-    assert err.value.sqlstate == QUOTA_EXCEEDED
+    assert_refused(s, "api_requests", 1, "more")
     assert s.status("api_requests")["used"] == 10
 
 
@@ -412,9 +401,7 @@ def test_periods_are_utc_whatever_the_session_timezone(schema, plan, app, timezo
     """Rollups are UTC days; the day and month windows must be UTC too. Between them, UTC-12 and
     UTC+14 are on another date than UTC at any time of day."""
     plan_quota(schema, "api_requests", 10, period="day")
-    plan_quota(schema, "bandwidth_bytes", 10, period="hour")
-    t = plan("acme")
-    s = app(t)
+    t, s = acme_on_plan(schema, plan, app, "bandwidth_bytes", 10, period="hour")
     s.conn.execute(f"SET TimeZone = '{timezone}'")
     yesterday = schema.execute("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
                                "- interval '1 second' AS at").fetchone()["at"]
