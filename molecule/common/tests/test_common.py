@@ -41,7 +41,7 @@ except OSError:
 """
 
 
-HOSTS = {name: _host(name) for name in ADDR}
+HOSTS = {name: _host(f"common-{name}") for name in ADDR}
 
 
 def probe(src, dst, port, proto="tcp"):
