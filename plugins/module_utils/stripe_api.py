@@ -71,11 +71,6 @@ def event_types():
         return None
 
 
-def api_calls(client):
-    """StripeClient.counts(), or none made when the client was not created yet."""
-    return client.counts() if client is not None else dict(reads=0, writes=0)
-
-
 class StripeError(ServiceError):
     """A failed Stripe call: HTTP status (None when Stripe was not reached), error code and type, and the
     parameter Stripe blamed."""

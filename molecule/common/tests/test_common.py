@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
 
 ADDR = {"db": "172.30.94.11", "api": "172.30.94.12", "proxy": "172.30.94.13"}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=wrong-import-position
 
 testinfra_hosts = ["proxy"]

@@ -1,7 +1,7 @@
 """What the scenarios' testinfra tests share: the hosts of the scenario, by name.
 
 A test file imports it with
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 """
 
 import os
