@@ -100,9 +100,10 @@ link_collection() {
 }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
-# postgresql: server binaries for tests; shellcheck: for ansible-test sanity.
+# postgresql: server binaries for tests; pgbackrest: for benchmarks/bench_backup.py;
+# shellcheck: for ansible-test sanity.
 command -v dockerd >/dev/null || apt_install docker.io
-apt_install debootstrap postgresql rsync shellcheck
+apt_install debootstrap postgresql pgbackrest rsync shellcheck
 start_dockerd
 make_venv
 link_collection
