@@ -100,8 +100,8 @@ link_collection() {
 }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
-# postgresql: server binaries for tests; pgbackrest: for benchmarks/bench_backup.py;
-# shellcheck: for ansible-test sanity.
+# Packages: postgresql (server binaries for tests), pgbackrest (benchmarks/bench_backup.py),
+# and the shell linter for ansible-test sanity.
 command -v dockerd >/dev/null || apt_install docker.io
 apt_install debootstrap postgresql pgbackrest rsync shellcheck
 start_dockerd

@@ -54,7 +54,7 @@ def phases(db):
 
 @pytest.fixture(scope="module")
 def hosts():
-    return {name: docker_host(name) for name in list(PAIRS) + [r for r, _ in PAIRS.values()]}
+    return {name: docker_host(name) for name in list(PAIRS) + [pair[0] for pair in PAIRS.values()]}
 
 
 @pytest.mark.parametrize("name", DBS)
@@ -87,7 +87,7 @@ def test_timers_are_scheduled(hosts, name):
     for job in ("full", "diff", "verify"):
         timer = repo.service(f"selfbase-backup-{job}@{STANZA}.timer")
         assert timer.is_enabled and timer.is_running, job
-    assert not repo.file(f"/etc/systemd/system/selfbase-backup-drill@.timer").exists
+    assert not repo.file("/etc/systemd/system/selfbase-backup-drill@.timer").exists
 
 
 def test_restore_over_a_live_cluster_needs_confirmation(hosts):
