@@ -123,3 +123,18 @@ def test_bad_input_names_the_field(run, schema, tmp_path):
     bad.write_text('{"format": "something else"}')
     res = run("tenant_export", {"tenant": "acme", "path": str(bad), "state": "imported"})
     assert res.get("failed") is True and res["msg"].startswith("path:") and "not a tenant export" in res["msg"], res
+
+
+def test_a_login_that_row_level_security_filters_is_refused(run, source, pg_server, db, tmp_path):
+    """Row-level security filters what any other login reads (here the application's role sees no
+    order at all): an export would be silently incomplete, so non-superusers are refused."""
+    source.execute("CREATE ROLE exporter LOGIN IN ROLE selfbase_app")
+    try:
+        with pg_server.connect(db, user="exporter") as conn:
+            assert conn.execute("SELECT count(*) AS n FROM public.orders").fetchone()["n"] == 0   # what it would see
+        args = dict(pg_server.login(db), login_user="exporter", tenant="acme", path=str(tmp_path / "a.json"))
+        res = run("tenant_export", args, login=False)
+        assert res.get("failed") is True and res["msg"].startswith("login_user: tenant_export needs a superuser"), res
+        assert not (tmp_path / "a.json").exists()
+    finally:
+        source.execute("DROP ROLE exporter")
