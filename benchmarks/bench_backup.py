@@ -17,6 +17,7 @@ Usage: python benchmarks/bench_backup.py [--scale 70] [--archive-timeout 60]
 """
 
 import argparse
+import json
 import os
 import shutil
 import threading
@@ -76,7 +77,9 @@ pg1-socket-path={server.host}
             conn.execute(f"ALTER SYSTEM SET archive_command = '{self.pgbr_cmd} archive-push %p'")
             conn.execute(f"ALTER SYSTEM SET archive_timeout = {self.archive_timeout}")
             conn.execute("ALTER SYSTEM SET wal_level = replica")
-        as_pg([f"{self.s.bin}/pg_ctl", "-D", self.s.datadir, "-w", "-m", "fast", "restart"])
+        # -l: the postmaster must not inherit this process's pipes
+        as_pg([f"{self.s.bin}/pg_ctl", "-D", self.s.datadir, "-w", "-m", "fast", "-l",
+               os.path.join(self.base, "log"), "restart"])
         self.pgbackrest("stanza-create")
         self.pgbackrest("check")
 
@@ -85,7 +88,7 @@ pg1-socket-path={server.host}
         os.makedirs(target_dir, mode=0o700)
         shutil.chown(target_dir, "postgres")
         self.pgbackrest("restore", f"--pg1-path={target_dir}", "--type=default",
-                        f"--recovery-option=restore_command={self.pgbr_cmd} archive-get %f \"%p\"")
+                        f"--recovery-option=restore_command={self.pgbr_cmd} --pg1-path={target_dir} --no-archive-async archive-get %f \"%p\"")
         opts = f"-p {port} -k {self.s.host} -c listen_addresses='' -c archive_mode=off"
         as_pg([f"{self.s.bin}/pg_ctl", "-D", target_dir, "-w", "-t", "3600", "-l", f"{target_dir}.log",
                "-o", opts, "start"])
@@ -152,20 +155,30 @@ def main():
         assert int(b.sql(port2, "SELECT count(*) FROM pgbench_accounts", db="bench")) == rows
         b.stop(restored)
         shutil.rmtree(restored)
-        as_pg([f"{server.bin}/pg_ctl", "-D", server.datadir, "-w", "-l", os.path.join(server.base, "log"), "start"])
+        opts = f"-p {server.port} -k {server.host} -c listen_addresses=''"
+        opts += "".join(f" -c {key}={value}" for key, value in server.settings.items())
+        as_pg([f"{server.bin}/pg_ctl", "-D", server.datadir, "-w", "-l", os.path.join(server.base, "log"),
+               "-o", opts, "start"])
 
         _pg.log(f"RPO: a writer for {args.rpo_seconds} s, then the server is killed and its data deleted")
         stop, commits = threading.Event(), []
         t = threading.Thread(target=writer, args=(server, stop, commits))
         t.start()
         time.sleep(args.rpo_seconds)
+        # what had been archived when the loss came (the evidence behind the RPO)
+        archiver = b.sql(server.port, "SELECT json_build_object('archived_count', archived_count, 'last_archived_wal', "
+                         "last_archived_wal, 'failed_count', failed_count, 'current_wal', "
+                         "pg_walfile_name(pg_current_wal_lsn())) FROM pg_stat_archiver")
+        _pg.log(f"archiver before the loss: {archiver}")
         as_pg([f"{server.bin}/pg_ctl", "-D", server.datadir, "-m", "immediate", "stop"])
         stop.set()
         t.join()
         shutil.rmtree(server.datadir)
         restored = os.path.join(server.base, "restored-2")
         b.restore_and_open(restored, port2)
-        last = int(b.sql(port2, "SELECT coalesce(max(id), 0) FROM rpo_probe", db="bench"))
+        last = int(b.sql(port2, "SELECT CASE WHEN to_regclass('rpo_probe') IS NULL THEN 0 "
+                            "ELSE (xpath('/row/m/text()', query_to_xml('SELECT coalesce(max(id), 0) AS m FROM rpo_probe', "
+                            "false, false, '')))[1]::text::bigint END", db="bench"))
         by_id = dict(commits)
         last_commit = commits[-1][1]
         rpo = last_commit - by_id[last] if last else last_commit - commits[0][1]
@@ -186,6 +199,7 @@ def main():
             "archive_timeout_seconds": args.archive_timeout,
             "rpo_writer_seconds": args.rpo_seconds, "rpo_commits": len(commits), "rpo_lost_commits": lost,
             "rpo_observed_seconds": round(rpo, 1),
+            "archiver_before_loss": json.loads(archiver),
             "targets": {"restore_3x_faster": ratio >= 3, "rpo_within_archive_timeout": rpo <= args.archive_timeout},
             "pgbackrest_config": open(b.conf, encoding="utf-8").read(),
             "machine": _pg.machine(server),
