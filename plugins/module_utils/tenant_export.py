@@ -11,6 +11,11 @@ import json
 import os
 import tempfile
 
+try:
+    from psycopg import sql
+except ImportError:
+    pass  # postgres.connect reports the missing library
+
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import require_schema
 
@@ -44,10 +49,6 @@ SELECT s.oid, s.schema, s.name, s.col,
 '''
 
 
-def _ident(*parts):
-    return '.'.join('"%s"' % p.replace('"', '""') for p in parts)
-
-
 def scoped_tables(cur):
     """The tenant-scoped tables, each parent before its children."""
     rows = cur.execute(_TABLES).fetchall()
@@ -71,9 +72,9 @@ def read_tenant(cur, tenant_id):
     """Every scoped table's rows of the tenant, in a stable order."""
     tables = []
     for t in scoped_tables(cur):
-        rows = cur.execute(
-            'SELECT COALESCE(pg_catalog.json_agg(r ORDER BY pg_catalog.row_to_json(r)::text), %%s::json) AS rows'
-            ' FROM %s r WHERE %s = %%s' % (_ident(t['schema'], t['name']), _ident(t['col'])),
+        rows = cur.execute(sql.SQL(
+            'SELECT COALESCE(pg_catalog.json_agg(r ORDER BY pg_catalog.row_to_json(r)::text), %s::json) AS rows'
+            ' FROM {} r WHERE {} = %s').format(sql.Identifier(t['schema'], t['name']), sql.Identifier(t['col'])),
             ('[]', tenant_id)).fetchone()['rows']
         tables.append({'name': '%s.%s' % (t['schema'], t['name']), 'tenant_column': t['col'], 'rows': rows})
     return tables
@@ -138,12 +139,13 @@ def _orphans(cur, table, col, tenant_id):
         "   JOIN pg_catalog.pg_attribute a ON a.attrelid = confrelid AND a.attnum = k.n ORDER BY k.i) AS pcols"
         " FROM pg_catalog.pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass", (table,)).fetchall()
     for fk in fks:
-        cols = ' AND '.join('c.%s IS NOT NULL' % _ident(c) for c in fk['cols'])
-        match = ' AND '.join('p.%s = c.%s' % (_ident(pc), _ident(c)) for c, pc in zip(fk['cols'], fk['pcols']))
-        schema, name = table.split('.', 1)
-        missing = cur.execute(
-            'SELECT count(*) AS n FROM %s c WHERE c.%s = %%s AND %s AND NOT EXISTS (SELECT FROM %s p WHERE %s)'
-            % (_ident(schema, name), _ident(col), cols, fk['parent'], match), (tenant_id,)).fetchone()['n']
+        cols = sql.SQL(' AND ').join(sql.SQL('c.{} IS NOT NULL').format(sql.Identifier(c)) for c in fk['cols'])
+        match = sql.SQL(' AND ').join(sql.SQL('p.{} = c.{}').format(sql.Identifier(pc), sql.Identifier(c))
+                                      for c, pc in zip(fk['cols'], fk['pcols']))
+        missing = cur.execute(sql.SQL(
+            'SELECT count(*) AS n FROM {} c WHERE c.{} = %s AND {} AND NOT EXISTS (SELECT FROM {} p WHERE {})').format(
+            sql.Identifier(*table.split('.', 1)), sql.Identifier(col), cols, sql.SQL(fk['parent']), match),
+            (tenant_id,)).fetchone()['n']
         if missing:
             raise InputError('path: %d row(s) of %s refer to rows of %s that the target database does not have '
                              '(%s: %s); create them first' % (missing, table, fk['parent'], fk['conname'],
@@ -180,15 +182,17 @@ def import_(module, conn):
     for t in doc['tables']:
         if not t['rows']:
             continue
-        schema, name = t['name'].split('.', 1)
-        cur.execute('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM pg_catalog.json_populate_recordset(NULL::%s, %%s::json)'
-                    % (_ident(schema, name), _ident(schema, name)), (json.dumps(t['rows']),))
+        table = sql.Identifier(*t['name'].split('.', 1))
+        cur.execute(sql.SQL('INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM '
+                            'pg_catalog.json_populate_recordset(NULL::{}, %s::json)').format(table, table),
+                    (json.dumps(t['rows']),))
         # identity values were given: move each sequence past them
         for col in here[t['name']]['identity']:
-            cur.execute('SELECT pg_catalog.setval(s.seq, GREATEST(x.m, COALESCE(pg_catalog.pg_sequence_last_value(s.seq), 0)))'
-                        ' FROM (SELECT pg_catalog.pg_get_serial_sequence(%%s, %%s)::regclass AS seq) s,'
-                        ' (SELECT max(%s) AS m FROM %s) x' % (_ident(col), _ident(schema, name)),
-                        (_ident(schema, name), col))
+            cur.execute(sql.SQL(
+                'SELECT pg_catalog.setval(s.seq, GREATEST(x.m, COALESCE(pg_catalog.pg_sequence_last_value(s.seq), 0)))'
+                ' FROM (SELECT pg_catalog.pg_get_serial_sequence(%s, %s)::regclass AS seq) s,'
+                ' (SELECT max({}) AS m FROM {}) x').format(sql.Identifier(col), table),
+                (table.as_string(cur), col))
     cur.execute('SET LOCAL session_replication_role = origin')
     for t in doc['tables']:
         if t['rows']:
