@@ -4,11 +4,13 @@ other login cannot do with the metering functions."""
 
 from __future__ import annotations
 
+import pathlib
 import time
 import uuid
 
 import psycopg
 import pytest
+import yaml
 
 from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
 from test_security import NON_CONTROL, ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
@@ -197,3 +199,13 @@ def test_a_planted_pg_temp_cannot_hijack_the_definer_functions(tenants):  # noqa
     assert all(not r["rolcanlogin"] and not r["rolbypassrls"] for r in roles) and len(roles) == 2
     assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = "
                            "'selfbase_meter_definer'::regrole").fetchone()["n"] == 0
+
+
+def test_postgres_exporter_reads_metered_usage_as_the_monitor_login(tenants, meter, logins):  # noqa: F811
+    """The exporter query behind the tenant dashboard's usage panels runs with selfbase_monitor's grants."""
+    text = (pathlib.Path(__file__).resolve().parents[2]
+            / "roles/monitoring/templates/postgres-exporter-queries.yml.j2").read_text()
+    query = yaml.safe_load(text.split("selfbase_tenant_usage:", 1)[1].split("\n# ", 1)[0].join(["x:", ""]))["x"]
+    record(meter[0], None, None, FILE, 10, usage(("alpha", "api_requests", 5), ("bravo", "bandwidth_bytes", 70)))
+    rows = {(r["tenant"], r["metric"]): r["month"] for r in logins("monitor").execute(query["query"])}
+    assert rows[("alpha", "api_requests")] >= 5 and rows[("bravo", "bandwidth_bytes")] >= 70

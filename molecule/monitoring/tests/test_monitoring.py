@@ -42,7 +42,7 @@ EXPECTED_LISTENERS = {
 EXPECTED_ALERTS = {
     "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
     "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
-    "TenantQuotaWarning", "TenantQuotaExceeded", "WalArchivingFailing",
+    "TenantQuotaWarning", "TenantQuotaExceeded", "WalArchivingFailing", "MeteringAgentDown", "MeteringLagHigh",
 }
 TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
