@@ -223,8 +223,14 @@ out = []
 t0 = time.time()
 i = 0
 while time.time() - t0 < seconds:
-    c.request("GET", "/e/%d" % i, headers={"Host": host}); r = c.getresponse(); r.read()
+    try:
+        c.request("GET", "/e/%d" % i, headers={"Host": host}); r = c.getresponse(); r.read()
+    except (OSError, http.client.HTTPException):  # a reload closes idle keep-alive connections
+        c.close(); c = http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=10)
+        continue
     out.append((time.time(), r.status)); i += 1
+    if r.status == 429 and sum(1 for _, s in out if s == 429) >= 5:
+        break
     time.sleep(max(0, t0 + i / rate - time.time()))
 print(json.dumps(out))
 """

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 
 import ansible_runner
 import pytest
@@ -53,6 +54,17 @@ def test_unknown_tenant_is_refused():
         "curl -sk -o /dev/null -w '%%{http_code}' --resolve nobody.selfbase.test:443:%s https://nobody.selfbase.test/",
         ADDR["proxy"])
     assert cmd.stdout == "421"
+
+
+def test_requests_through_nginx_are_metered():
+    """The metering agent on the proxy host records what nginx served (the requests above) through its own login."""
+    query = ("SELECT COALESCE(sum(e.quantity), 0) FROM platform.usage_events e JOIN platform.tenants t "
+             "ON t.id = e.tenant_id WHERE t.slug = 'acme' AND e.metric = 'api_requests' "
+             "AND e.idempotency_key LIKE 'edge/meter_default_proxy/%'")
+    deadline = time.time() + 60
+    while int(_psql(query).stdout.strip() or 0) < 2 and time.time() < deadline:
+        time.sleep(2)
+    assert int(_psql(query).stdout.strip()) >= 2
 
 
 def test_prometheus_scrapes_every_host():
