@@ -242,9 +242,12 @@ def enforcement(rate, headroom):
            f"'month') + {headroom} FROM platform.tenants t WHERE t.id = q.tenant_id AND t.slug = 'hardy' "
            "AND q.metric = 'api_requests' RETURNING q.limit_value")
     limit = int(dexec("meter-db", f"runuser -u postgres -- psql -d selfbase -XAtc \"{sql}\"").split()[0])
+    dexec("meter-proxy", "systemctl start selfbase-meter selfbase-edge-apply.timer")
     probe = "curl -sk -o /dev/null -w '%{http_code}' -H 'Host: hardy.meter.test' https://127.0.0.1/"
     deadline = time.time() + 60
-    while dexec("meter-proxy", probe) != "200" and time.time() < deadline:
+    while dexec("meter-proxy", probe) != "200":
+        if time.time() > deadline:
+            sys.exit("hardy is still refused 60 s after its limit was raised: is the agent running?")
         time.sleep(1)
     out = json.loads(dexec("meter-proxy", f"python3 - hardy.meter.test {rate} 90 <<'EOF'\n{SENDER}\nEOF"))
     served = [t for t, s in out if s == 200]
@@ -259,15 +262,17 @@ def enforcement(rate, headroom):
 
 def nginx_throughput(rounds, seconds):
     dexec("meter-proxy", "command -v wrk || (apt-get install -y -q wrk >/dev/null)")
-    cmd = f"wrk -t2 -c32 -d{seconds}s -H 'Host: alpha.meter.test' https://127.0.0.1/"
+    cmd = f"wrk -t2 -c32 -d{seconds}s -H 'Host: alpha.meter.test' https://127.0.0.1:443/"
     res = {"stopped": [], "running": []}
-    for r in range(rounds):
-        for state in (("stopped", "running") if r % 2 == 0 else ("running", "stopped")):
-            dexec("meter-proxy", f"systemctl {'stop' if state == 'stopped' else 'start'} selfbase-meter")
-            time.sleep(2)
-            out = dexec("meter-proxy", cmd)
-            res[state].append(float(out.split("Requests/sec:")[1].split()[0]))
-    dexec("meter-proxy", "systemctl start selfbase-meter")
+    try:
+        for r in range(rounds):
+            for state in (("stopped", "running") if r % 2 == 0 else ("running", "stopped")):
+                dexec("meter-proxy", f"systemctl {'stop' if state == 'stopped' else 'start'} selfbase-meter")
+                time.sleep(2)
+                out = dexec("meter-proxy", cmd)
+                res[state].append(float(out.split("Requests/sec:")[1].split()[0]))
+    finally:
+        dexec("meter-proxy", "systemctl start selfbase-meter", check=False)
     med = {k: statistics.median(v) for k, v in res.items()}
     _pg.log(f"nginx req/s: agent stopped {med['stopped']:.0f}, running {med['running']:.0f}")
     return {"command": cmd, "rounds": rounds, "requests_per_second": res, "median": med,
@@ -282,17 +287,21 @@ def main():
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--skip-edge", action="store_true")
+    p.add_argument("--only-edge", action="store_true", help="re-run the edge part into the last results")
     args = p.parse_args()
     meter = load_agent()
     results = {"benchmark": "metering"}
-    with _pg.Server() as server:
-        results["machine"] = _pg.machine(server)
-        prepare(server, args.tenants)
-        with tempfile.TemporaryDirectory(dir=server.base) as workdir:
-            os.chmod(workdir, 0o755)
-            results["throughput"] = throughput(server, meter, workdir, args.lines, args.tenants)
-            results["per_request_record_usage"] = per_request(server, args.tenants, args.per_request)
-            results["lag"] = lag(server, workdir, args.rate, args.seconds)
+    if args.only_edge:
+        results = json.loads((_pg.RESULTS / "metering.json").read_text())
+    else:
+        with _pg.Server() as server:
+            results["machine"] = _pg.machine(server)
+            prepare(server, args.tenants)
+            with tempfile.TemporaryDirectory(dir=server.base) as workdir:
+                os.chmod(workdir, 0o755)
+                results["throughput"] = throughput(server, meter, workdir, args.lines, args.tenants)
+                results["per_request_record_usage"] = per_request(server, args.tenants, args.per_request)
+                results["lag"] = lag(server, workdir, args.rate, args.seconds)
     if not args.skip_edge:
         results["enforcement"] = enforcement(rate=50, headroom=200)
         results["nginx"] = nginx_throughput(rounds=4, seconds=10)
@@ -302,7 +311,7 @@ def main():
             ["record_usage per request, requests/s", a["requests_per_second"], "alternative"],
             ["agent / per-request", round(t["lines_per_second"] / a["requests_per_second"], 1), ""],
             ["totals equal the log", t["totals_match_the_log"], "True"],
-            [f"lag p95 at {args.rate}/s (s)", results["lag"]["lag_p95_seconds"], "<= 10"]]
+            [f"lag p95 at {results['lag']['rate_per_second']}/s (s)", results["lag"]["lag_p95_seconds"], "<= 10"]]
     if "enforcement" in results:
         rows += [["enforcement lag (s)", results["enforcement"]["enforcement_lag_seconds"], "<= 30"],
                  ["served over the limit", results["enforcement"]["served_over_the_limit"], ""],
