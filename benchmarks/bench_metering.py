@@ -175,7 +175,7 @@ def lag(server, workdir, rate, seconds):
             due = int((time.time() - t0) * rate) - count
             now = time.time()
             stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-            for _ in range(due):
+            for i in range(due):  # pylint: disable=unused-variable
                 t = rng.randrange(1, 1001)
                 fh.write(LINE % (stamp, t, t, 0, 300, rng.getrandbits(128), 480))
             fh.flush()

@@ -21,13 +21,13 @@ OTHER_FILE = "fedcba9876543210"
 
 
 def usage(*entries):
-    return psycopg.types.json.Jsonb([dict(tenant=t, metric=m, minute=MINUTE, quantity=q) for t, m, q in entries])
+    return psycopg.types.json.Jsonb([dict(tenant=e[0], metric=e[1], minute=MINUTE, quantity=e[2]) for e in entries])
 
 
 @pytest.fixture()
 def meter(tenants, pg_server, db):  # noqa: F811
     """Two agent logins (members of selfbase_meter), connected."""
-    names = [f"meter_{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    names = [f"meter_{uuid.uuid4().hex[:6]}", f"meter_{uuid.uuid4().hex[:6]}"]
     conns = []
     for name in names:
         tenants.execute(f'CREATE ROLE "{name}" LOGIN IN ROLE selfbase_meter')

@@ -34,16 +34,20 @@ def line(tenant="acme", status=200, sent=500, at="2026-12-01T10:42:17+00:00", up
     return json.dumps(rec, ensure_ascii=False).encode() + b"\n"
 
 
-def feed(data, max_lines=10**6, final=False, policy=POLICY):
-    batch = meter.Batch(policy)
+def feed(data, max_lines=10**6, final=False, policy=None):
+    batch = meter.Batch(policy or POLICY)
     consumed = meter.read_batch(io.BytesIO(data), batch, max_lines, final)
     return batch, consumed
 
 
+def feed_batch(*args, **kwargs):
+    return feed(*args, **kwargs)[0]
+
+
 def totals(batch):
     out = {}
-    for (tenant, metric, _), q in batch.usage.items():
-        out[(tenant, metric)] = out.get((tenant, metric), 0) + q
+    for key, q in batch.usage.items():
+        out[key[:2]] = out.get(key[:2], 0) + q
     return out
 
 
@@ -59,7 +63,7 @@ def test_requests_and_bytes_per_tenant_metric_and_minute():
 
 
 def test_offsets_in_other_zones_land_in_the_same_utc_minute():
-    batch, _ = feed(line(at="2026-12-01T11:42:05+01:00") + line(at="2026-12-01T10:42:59+00:00"))
+    batch = feed_batch(line(at="2026-12-01T11:42:05+01:00") + line(at="2026-12-01T10:42:59+00:00"))
     assert len({k[2] for k in batch.usage}) == 1
 
 
@@ -86,10 +90,10 @@ def test_a_partial_last_line_of_a_finished_file_is_counted_malformed():
 
 def test_unicode_hosts_and_escaped_fields_parse():
     data = line(host="bücher.example.test", uri="/é?q=\"x\"") + line(user_agent="\u2603\\")
-    batch, _ = feed(data)
+    batch = feed_batch(data)
     assert batch.malformed == 0 and totals(batch)[("acme", "api_requests")] == 2
     # nginx's escape=json writes non-ASCII as raw UTF-8 bytes; a lone invalid byte is malformed
-    batch, _ = feed(line().replace(b"acme.example", b"\xe9.example"))
+    batch = feed_batch(line().replace(b"acme.example", b"\xe9.example"))
     assert batch.malformed == 1
 
 
@@ -102,16 +106,16 @@ def test_max_lines_bounds_a_batch_and_the_rest_is_left():
 
 def test_untenanted_requests_are_totalled_and_billed_only_by_policy():
     data = line(tenant="") + line(tenant="", sent=300) + line()
-    batch, _ = feed(data)
-    assert batch.untenanted == [2, 800] and totals(batch) == {("acme", "api_requests"): 1,
-                                                               ("acme", "bandwidth_bytes"): 500}
-    batch, _ = feed(data, policy=dict(POLICY, untenanted_tenant="house"))
+    batch = feed_batch(data)
+    assert batch.untenanted == [2, 800]
+    assert totals(batch) == {("acme", "api_requests"): 1, ("acme", "bandwidth_bytes"): 500}
+    batch = feed_batch(data, policy=dict(POLICY, untenanted_tenant="house"))
     assert totals(batch)[("house", "api_requests")] == 2
 
 
 def test_what_the_edge_answers_itself_is_not_billed():
     data = line(status=429, upstream="") + line(status=402, upstream="") + line(status=429) + line(status=404, upstream="")
-    batch, _ = feed(data)
+    batch = feed_batch(data)
     assert batch.rejected == 2  # the upstream's own 429 and nginx's 404 count
     assert totals(batch)[("acme", "api_requests")] == 2
 
@@ -129,7 +133,7 @@ def test_rotated_files_are_found_oldest_first_and_known_by_their_first_line(tmp_
     _write(str(base), third)
     _write(str(base) + ".bak", line())
     found = meter.candidates(str(base))
-    assert [pathlib.Path(p).name for p, _ in found] == ["access.json.2.gz", "access.json.1", "access.json"]
+    assert [pathlib.Path(f[0]).name for f in found] == ["access.json.2.gz", "access.json.1", "access.json"]
     # the identity survives rename and compression
     _write(str(tmp_path / "copy.gz"), second, gz=True)
     assert meter.identity(str(tmp_path / "copy.gz")) == found[1][1]
@@ -165,11 +169,10 @@ def row(slug, status="active", used=None, limit=None, mode=None):
 
 
 def test_the_map_blocks_hard_tenants_over_their_limit_only():
-    text = meter.render_map([row("acme", used=100, limit=100, mode="hard"), row("soft", used=500, limit=100,
-                                                                                  mode="soft"),
-                             row("near", used=85, limit=100, mode="overage"),
-                             row("late", status="suspended"), row("due", status="past_due")],
-                            {"suspended": "402"})
+    rows = [row("acme", used=100, limit=100, mode="hard"), row("soft", used=500, limit=100, mode="soft"),
+            row("near", used=85, limit=100, mode="overage"), row("late", status="suspended"),
+            row("due", status="past_due")]
+    text = meter.render_map(rows, {"suspended": "402"})
     lines = dict(x.split(" ", 1) for x in text.splitlines())
     assert lines["\\acme"] == '"1;100;0;1798761600;2027-01-01T00:00:00Z;Fri, 01 Jan 2027 00:00:00 GMT;month;";'
     assert lines["\\soft"].startswith('";100;0;') and lines["\\near"].startswith('";100;15;')

@@ -108,10 +108,20 @@ def curl(slug, path="/x"):
     out = PROXY.run(f"curl -sk -D - -o /tmp/body --resolve {slug}.{BASE}:443:127.0.0.1 https://{slug}.{BASE}{path}"
                     " && cat /tmp/body")
     assert out.rc == 0, out.stderr
-    head, _, body = out.stdout.partition("\r\n\r\n")
+    head, body = out.stdout.split("\r\n\r\n", 1)
     lines = head.split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    headers = dict((x.split(":", 1)[0].lower(), x.split(":", 1)[1].strip()) for x in lines[1:])
     return int(lines[0].split()[1]), headers, body
+
+
+def until_curl(slug, predicate, timeout=LAG):
+    """curl the tenant every second until predicate((status, headers, body)) holds; return the last answer."""
+    deadline = time.time() + timeout
+    while True:
+        res = curl(slug)
+        if predicate(res) or time.time() > deadline:
+            return res
+        time.sleep(1)
 
 
 def until(predicate, timeout=LAG):
@@ -172,7 +182,7 @@ def test_a_tenant_over_its_hard_quota_gets_429_and_another_is_served():
     sent = send(60, "hardy")[f"hardy.{BASE}"]
     assert sent.get("200", 0) >= 40
     start = time.time()
-    blocked = until(lambda: curl("hardy")[0] == 429)
+    blocked = until_curl("hardy", lambda r: r[0] == 429)[0] == 429
     assert blocked, "hardy was still served %d s after crossing its quota" % LAG
     status, headers, body = curl("hardy")
     doc = json.loads(body)
@@ -189,14 +199,14 @@ def test_a_tenant_over_its_hard_quota_gets_429_and_another_is_served():
 
 def test_a_soft_quota_carries_the_quota_headers():
     send(3, "softy")
-    status, headers, _ = until(lambda: (lambda r: r if "x-quota-limit" in r[1] else None)(curl("softy")))
+    status, headers = until_curl("softy", lambda r: "x-quota-limit" in r[1])[:2]
     assert status == 200 and headers["x-quota-limit"] == "100000"
     assert 0 < int(headers["x-quota-remaining"]) <= 100000 and int(headers["x-quota-reset"]) > time.time()
     assert "x-quota-limit" not in curl("alpha")[1]
 
 
 def test_a_suspended_tenant_gets_the_configured_status():
-    status, _, body = until(lambda: (lambda r: r if r[0] == 402 else None)(curl("late")))
+    status, body = until_curl("late", lambda r: r[0] == 402)[::2]
     assert status == 402 and json.loads(body)["error"] == "payment_required"
 
 
@@ -233,6 +243,5 @@ def test_the_installer_refuses_a_map_that_is_not_map_entries():
 @pytest.mark.parametrize("name", ["selfbase_meter_heartbeat_timestamp_seconds", "selfbase_edge_apply_timestamp_seconds",
                                   'selfbase_edge_apply_runs_total{outcome="reloaded"}'])
 def test_metrics_reach_node_exporters_directory(name):
-    text = until(lambda: (lambda t: t if name in t else None)(
-        PROXY.run("cat /var/lib/prometheus/node-exporter/selfbase_meter.prom").stdout), timeout=20)
-    assert text and name in text
+    prom = "/var/lib/prometheus/node-exporter/selfbase_meter.prom"
+    assert until(lambda: name in PROXY.run(f"cat {prom}").stdout, timeout=20)
