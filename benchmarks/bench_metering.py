@@ -141,7 +141,7 @@ def per_request(server, tenants, n):
     return {"requests": n, "wall_seconds": round(wall, 2), "requests_per_second": round(n / wall)}
 
 
-def lag(server, workdir, rate, seconds):
+def lag(server, workdir, rate, seconds, tenants):
     logfile = os.path.join(workdir, "steady.json")
     open(logfile, "w", encoding="ascii").close()
     with server.connect() as conn:
@@ -176,7 +176,7 @@ def lag(server, workdir, rate, seconds):
             now = time.time()
             stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
             for i in range(due):  # pylint: disable=unused-variable
-                t = rng.randrange(1, 1001)
+                t = rng.randrange(1, min(tenants, 1000) + 1)
                 fh.write(LINE % (stamp, t, t, 0, 300, rng.getrandbits(128), 480))
             fh.flush()
             count += due
@@ -301,7 +301,7 @@ def main():
                 os.chmod(workdir, 0o755)
                 results["throughput"] = throughput(server, meter, workdir, args.lines, args.tenants)
                 results["per_request_record_usage"] = per_request(server, args.tenants, args.per_request)
-                results["lag"] = lag(server, workdir, args.rate, args.seconds)
+                results["lag"] = lag(server, workdir, args.rate, args.seconds, args.tenants)
     if not args.skip_edge:
         results["enforcement"] = enforcement(rate=50, headroom=200)
         results["nginx"] = nginx_throughput(rounds=4, seconds=10)
