@@ -6,8 +6,10 @@ BEGIN;
 CREATE SCHEMA IF NOT EXISTS pgbouncer AUTHORIZATION postgres;
 REVOKE ALL ON SCHEMA pgbouncer FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgbouncer TO selfbase_pgbouncer;
-CREATE OR REPLACE FUNCTION pgbouncer.user_lookup(i_username text, OUT uname text, OUT phash text)
-RETURNS record
+-- A set: no row at all for an unknown or hidden login (a record would be one row of NULLs).
+DROP FUNCTION IF EXISTS pgbouncer.user_lookup(text);
+CREATE FUNCTION pgbouncer.user_lookup(i_username text)
+RETURNS TABLE (uname text, phash text)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
