@@ -14,6 +14,8 @@ options:
     description:
       - Host name, IP address or Unix socket directory of the PostgreSQL server.
       - Empty means the libpq default, the local Unix socket.
+      - Several hosts separated by commas are tried in turn (libpq); with O(target_session_attrs=read-write)
+        that finds the leader of a Patroni cluster from any of its members.
       - Falls back to the E(PGHOST) environment variable.
     type: str
   login_port:
@@ -53,6 +55,13 @@ options:
       - Seconds to wait for a connection.
     type: int
     default: 10
+  target_session_attrs:
+    description:
+      - libpq C(target_session_attrs). C(read-write) skips a server that accepts no writes, such as a
+        Patroni replica. Falls back to E(PGTARGETSESSIONATTRS).
+    type: str
+    default: any
+    choices: [any, read-write, read-only, primary, standby, prefer-standby]
 requirements:
   - psycopg >= 3.1 on the host that runs the module (Debian package C(python3-psycopg))
 '''

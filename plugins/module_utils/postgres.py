@@ -45,6 +45,8 @@ def postgres_argument_spec():
                       choices=['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']),
         ca_cert=dict(type='path', fallback=(env_fallback, ['PGSSLROOTCERT'])),
         connect_timeout=dict(type='int', default=10),
+        target_session_attrs=dict(type='str', default='any', fallback=(env_fallback, ['PGTARGETSESSIONATTRS']),
+                                  choices=['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby']),
     )
 
 
@@ -57,6 +59,7 @@ def connect(module, autocommit=False):
         host=p['login_host'], port=p['login_port'], user=p['login_user'], password=p['login_password'],
         dbname=p['login_db'], sslmode=p['ssl_mode'], sslrootcert=p['ca_cert'],
         connect_timeout=p['connect_timeout'], application_name='selfbase.platform',
+        target_session_attrs=p['target_session_attrs'],
         # Our own search_path, whatever ALTER DATABASE/ROLE set: nothing that another role
         # created can shadow what the modules call (every name is schema-qualified too).
         options='-c search_path=pg_catalog,pg_temp',

@@ -133,6 +133,8 @@ def test_hasura_env(hasura_env):
     assert hasura_env["HASURA_GRAPHQL_DATABASE_URL"] == f"postgres://hasura:{password}@api-db:5432/selfbase?sslmode=require"
     assert hasura_env["HASURA_GRAPHQL_METADATA_DATABASE_URL"] == \
         f"postgres://hasura:{password}@api-db:5432/hasura_metadata?sslmode=require"
+    # A direct connection: prepared statements stay on (only PgBouncer's transaction pooling needs them off).
+    assert hasura_env["HASURA_GRAPHQL_USE_PREPARED_STATEMENTS"] == "true"
     assert {k: hasura_env[k] for k in ("HASURA_GRAPHQL_ENABLE_CONSOLE", "HASURA_GRAPHQL_DEV_MODE",
                                        "HASURA_GRAPHQL_ENABLE_TELEMETRY")} == \
         dict.fromkeys(("HASURA_GRAPHQL_ENABLE_CONSOLE", "HASURA_GRAPHQL_DEV_MODE", "HASURA_GRAPHQL_ENABLE_TELEMETRY"),
