@@ -31,7 +31,7 @@ from patroni_cluster import Cluster, docker, longest_pause_after, resumed_after 
 PASSWORD = "molecule-ha-Pw-3b8e"
 DSN = "host={host} port={port} dbname=appdb user=app password=" + PASSWORD
 PRESETS = {"fast": {"ttl": 10, "loop_wait": 2, "retry_timeout": 4}, "default": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}}
-MEMBERS = {"ha-db1": "172.30.98.11", "ha-db2": "172.30.98.12", "ha-db3": "172.30.98.13"}
+MEMBERS = {"ha-db1": "172.30.90.11", "ha-db2": "172.30.90.12", "ha-db3": "172.30.90.13"}
 
 
 def set_preset(cluster, name):
@@ -108,7 +108,7 @@ def main():
     direct = DSN.format(host=MEMBERS[lead], port=5432)
     docker("exec", cluster.client, "pgbench", "-i", "-q", "-s", "10", direct)
     rounds = {"pooled": [], "direct": []}
-    for _ in range(2):  # alternated, so that drift on the shared machine hits both
+    for _round in range(2):  # alternated, so that drift on the shared machine hits both
         rounds["pooled"].append(pgbench(cluster, DSN.format(host="127.0.0.1", port=5000), opts.clients, opts.seconds))
         rounds["direct"].append(pgbench(cluster, direct, opts.clients, opts.seconds))
     tps = {k: statistics.median(v) for k, v in rounds.items()}

@@ -6,8 +6,8 @@ import json
 import subprocess
 import time
 
-# Commits INSERT (run, n) every 100 ms through the given DSN for the given seconds, reconnecting on any
-# error, and writes what was acknowledged (n, time) and what failed. psycopg's automatic server-side
+# Commits INSERT (run, n) every 100 ms through the given DSN for the given seconds (or until OUT.stop
+# exists), reconnecting on any error, and writes what was acknowledged (n, time) and what failed. psycopg's automatic server-side
 # prepared statements are off: the read-write port is PgBouncer in transaction mode.
 WRITER = r"""
 import json, os, sys, time
@@ -15,7 +15,7 @@ import psycopg
 dsn, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 acked, failed, conn, n = [], [], None, 0
 end = time.time() + seconds
-while time.time() < end:
+while time.time() < end and not os.path.exists(out + ".stop"):
     n += 1
     t = time.time()
     try:
@@ -104,12 +104,15 @@ class Cluster:
 
     def start_writer(self, seconds, tag):
         out = f"/tmp/writer-{tag}.json"
-        docker("exec", self.client, "rm", "-f", out)
+        docker("exec", self.client, "rm", "-f", out, out + ".stop")
         self.psql(f"DELETE FROM ha_probe WHERE run = '{out}'")
         subprocess.run(["docker", "exec", "-i", self.client, "sh", "-c", "cat > /tmp/writer.py"], input=WRITER, text=True,
                        check=True)
         docker("exec", "-d", self.client, "python3", "/tmp/writer.py", self.rw_dsn, str(seconds), out)
         return out
+
+    def stop_writer(self, out):
+        docker("exec", self.client, "touch", out + ".stop")
 
     def writer_result(self, out, seconds):
         deadline = time.time() + seconds + 30
@@ -122,7 +125,7 @@ class Cluster:
 
     def lost(self, result, out):
         """Acknowledged rows that are not on the current leader."""
-        acked = [n for n, _ in result["acked"]]
+        acked = [row[0] for row in result["acked"]]
         present = {int(x) for x in self.psql(f"SELECT n FROM ha_probe WHERE run = '{out}'").stdout.split()}
         return sorted(set(acked) - present)
 
@@ -143,12 +146,12 @@ class Cluster:
 
 def resumed_after(result, moment):
     """Seconds from moment to the first acknowledged write after it, or None."""
-    after = [t for _, t in result["acked"] if t > moment]
+    after = [row[1] for row in result["acked"] if row[1] > moment]
     return round(after[0] - moment, 2) if after else None
 
 
 def longest_pause_after(result, moment):
     """The longest time between two acknowledged writes, the later one after moment."""
-    times = [t for _, t in result["acked"]]
+    times = [row[1] for row in result["acked"]]
     gaps = [b - a for a, b in zip(times, times[1:]) if b > moment]
     return round(max(gaps), 2) if gaps else None

@@ -45,7 +45,7 @@ def bouncer(tenants, logins, pg_server, db):  # noqa: F811  pylint: disable=rede
 
 
 def test_pgbouncer_reads_an_ordinary_logins_verifier(bouncer, logins):  # noqa: F811
-    conn, _ = bouncer
+    conn = bouncer[0]
     name = logins.names["app"]
     row = conn.execute(LOOKUP, (name,)).fetchone()
     assert row["uname"] == name and row["phash"].startswith("SCRAM-SHA-256$")
@@ -82,7 +82,7 @@ def test_owner_definer_search_path_and_version(bouncer, tenants):  # noqa: F811
 
 
 def test_the_script_can_run_again(bouncer, tenants):  # noqa: F811
-    conn, _ = bouncer
+    conn = bouncer[0]
     me = conn.info.user
     tenants.execute(SCRIPT.replace("selfbase_pgbouncer", me))
     assert conn.execute("SELECT count(*) AS n FROM pgbouncer.user_lookup('nobody')").fetchone()["n"] == 0

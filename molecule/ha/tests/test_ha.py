@@ -7,6 +7,7 @@ $MOLECULE_EPHEMERAL_DIRECTORY/ha-measurements.json; bench_failover.py measures t
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -122,3 +123,42 @@ def test_losing_an_etcd_member_keeps_the_leader():
         assert not CLUSTER.lost(result, out)
     finally:
         docker("exec", other, "systemctl", "start", "etcd")
+
+
+def test_cluster_metrics_reach_prometheus_format():
+    lead = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    for name in CLUSTER.names:
+        text = docker("exec", name, "cat", "/var/lib/prometheus/node-exporter/selfbase_patroni.prom").stdout
+        assert "selfbase_patroni_up 1" in text and "None" not in text
+        assert f'patroni_primary{{scope="selfbase"}} {1 if name == lead else 0}' in text
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    etcd = docker("exec", "ha-client", "python3", "-c", fetch, "http://172.30.90.11:2381/metrics").stdout
+    assert "etcd_server_has_leader 1" in etcd
+    haproxy = docker("exec", "ha-client", "python3", "-c", fetch, "http://172.30.90.10:8404/metrics").stdout
+    assert 'haproxy_backend_active_servers{proxy="postgres_rw"} 1' in haproxy
+
+
+def test_rolling_upgrade_switches_over_once_and_loses_nothing():
+    """upgrade.yml on the db hosts: replicas one at a time, then a switchover, then the old leader."""
+    old = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    timeline = next(m["TL"] for m in CLUSTER.members() if m["Member"] == old)
+    root = pathlib.Path(__file__).resolve().parents[3]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(root / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    out = CLUSTER.start_writer(900, "upgrade")
+    time.sleep(3)
+    started = time.time()
+    run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "db",
+                          str(root / "playbooks" / "upgrade.yml")], env=env, capture_output=True, text=True, check=False)
+    CLUSTER.stop_writer(out)
+    result = CLUSTER.writer_result(out, 5)
+    assert run.returncode == 0, run.stdout[-3000:]
+    new = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    assert new != old
+    # One change of leader (a switchover), and writes paused only for it.
+    assert next(m["TL"] for m in CLUSTER.members() if m["Member"] == new) == timeline + 1
+    assert not CLUSTER.lost(result, out)
+    pause = longest_pause_after(result, started)
+    record("upgrade_longest_write_pause_s", pause)
+    record("upgrade_seconds", round(time.time() - started, 1))
+    assert pause < 30
