@@ -26,7 +26,7 @@ import _pg
 
 sys.path.insert(0, str(_pg.ROOT / "molecule" / "resources"))
 # pylint: disable=wrong-import-position
-from patroni_cluster import Cluster, docker, longest_pause_after, resumed_after  # noqa: E402
+from patroni_cluster import Cluster, docker, longest_pause_after, outage_end_after  # noqa: E402
 
 PASSWORD = "molecule-ha-Pw-3b8e"
 DSN = "host={host} port={port} dbname=appdb user=app password=" + PASSWORD
@@ -52,7 +52,8 @@ def failover(cluster, tag):
     lost = cluster.lost(result, out)
     cluster.start(old)
     cluster.wait_for("the old leader back as a replica", cluster.healthy, 300)
-    return resumed_after(result, killed), len(lost), len(result["acked"])
+    resumed = outage_end_after(result, killed)
+    return (round(resumed - killed, 2) if resumed else None), len(lost), len(result["acked"])
 
 
 def switchover(cluster, tag):

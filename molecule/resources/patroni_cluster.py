@@ -144,10 +144,12 @@ class Cluster:
         self.patronictl(leader, "switchover", "--leader", leader, "--candidate", candidate, "--force")
 
 
-def resumed_after(result, moment):
-    """Seconds from moment to the first acknowledged write after it, or None."""
-    after = [row[1] for row in result["acked"] if row[1] > moment]
-    return round(after[0] - moment, 2) if after else None
+def outage_end_after(result, moment):
+    """When writes came back after the longest pause between acknowledged writes that ends after moment
+    (commits acknowledged while `docker kill` was still on its way do not count as a recovery), or None."""
+    times = [row[1] for row in result["acked"]]
+    gaps = [(b - a, b) for a, b in zip(times, times[1:]) if b > moment]
+    return max(gaps)[1] if gaps else None
 
 
 def longest_pause_after(result, moment):

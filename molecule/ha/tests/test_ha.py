@@ -1,5 +1,5 @@
-"""The Patroni cluster on real hosts: three members (etcd, Patroni, PostgreSQL, PgBouncer) and a client
-reaching them through HAProxy. A writer commits a numbered row every 100 ms while the leader's host is
+"""The Patroni cluster on real hosts: three members (etcd, Patroni, PostgreSQL, PgBouncer), a client
+reaching them through HAProxy, and a pgBackRest repository. A writer commits a numbered row every 100 ms while the leader's host is
 killed, while the leader is switched over, and while an etcd member is down; every acknowledged row must
 be on the new leader (synchronous mode). The times writes stopped are written to
 $MOLECULE_EPHEMERAL_DIRECTORY/ha-measurements.json; bench_failover.py measures them over many runs."""
@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 # pylint: disable=wrong-import-position
-from patroni_cluster import Cluster, docker, longest_pause_after, resumed_after  # noqa: E402
+from patroni_cluster import Cluster, docker, longest_pause_after, outage_end_after  # noqa: E402
 
 testinfra_hosts = []
 PASSWORD = "molecule-ha-Pw-3b8e"
@@ -26,6 +26,15 @@ MEASURED = {}
 
 def psql(dsn, sql, check=True):
     return CLUSTER.psql(sql, dsn=dsn, check=check)
+
+
+def playbook(name, *args):
+    """Runs playbooks/NAME against the scenario's inventory, as a user would."""
+    root = pathlib.Path(__file__).resolve().parents[3]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(root / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    return subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(root / "playbooks" / name), *args],
+                          env=env, capture_output=True, text=True, check=False)
 
 
 def record(name, value):
@@ -78,8 +87,9 @@ def test_failover_keeps_every_acknowledged_write():
     killed = time.time()
     CLUSTER.kill(old)
     result = CLUSTER.writer_result(out, 30)
-    rto = resumed_after(result, killed)
-    assert rto is not None, f"writes never resumed after the leader died: {result['failed'][-3:]}"
+    resumed = outage_end_after(result, killed)
+    assert resumed is not None, f"writes never resumed after the leader died: {result['failed'][-3:]}"
+    rto = round(resumed - killed, 2)
     assert CLUSTER.wait_for("a new leader", CLUSTER.leader, 60) != old
     assert not CLUSTER.lost(result, out)
     record("failover_rto_s", rto)
@@ -100,7 +110,8 @@ def test_switchover_pause_and_no_loss():
     out = CLUSTER.start_writer(20, "switchover")
     time.sleep(4)
     started = time.time()
-    CLUSTER.switchover(old, candidate)
+    run = playbook("switchover.yml", "-e", f"selfbase_switchover_candidate={candidate}")
+    assert run.returncode == 0, run.stdout[-3000:]
     result = CLUSTER.writer_result(out, 20)
     pause = longest_pause_after(result, started)
     assert CLUSTER.leader() == candidate
@@ -142,14 +153,10 @@ def test_rolling_upgrade_switches_over_once_and_loses_nothing():
     """upgrade.yml on the db hosts: replicas one at a time, then a switchover, then the old leader."""
     old = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
     timeline = next(m["TL"] for m in CLUSTER.members() if m["Member"] == old)
-    root = pathlib.Path(__file__).resolve().parents[3]
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(root / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     out = CLUSTER.start_writer(900, "upgrade")
     time.sleep(3)
     started = time.time()
-    run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "db",
-                          str(root / "playbooks" / "upgrade.yml")], env=env, capture_output=True, text=True, check=False)
+    run = playbook("upgrade.yml", "--limit", "db")
     CLUSTER.stop_writer(out)
     result = CLUSTER.writer_result(out, 5)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -162,3 +169,25 @@ def test_rolling_upgrade_switches_over_once_and_loses_nothing():
     record("upgrade_longest_write_pause_s", pause)
     record("upgrade_seconds", round(time.time() - started, 1))
     assert pause < 30
+
+
+def _pgbackrest(*args):
+    return docker("exec", "ha-repo", "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=selfbase", *args, check=False)
+
+
+def test_backup_from_the_new_topology():
+    """After the failovers and switchovers, a full backup taken on the repository host copies from a replica,
+    and WAL from the current leader reaches the repository."""
+    CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    before = json.loads(_pgbackrest("--output=json", "info").stdout)[0]
+    res = _pgbackrest("--type=full", "backup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    info = json.loads(_pgbackrest("--output=json", "info").stdout)[0]
+    assert info["status"]["code"] == 0
+    new = [b for b in info["backup"] if b["label"] not in {old["label"] for old in before["backup"]}]
+    assert len(new) == 1 and new[0]["type"] == "full", info["backup"]
+    check = _pgbackrest("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = docker("exec", "ha-repo", "cat", "/var/log/pgbackrest/selfbase-backup.log").stdout
+    last = log[log.rindex("backup command begin"):]
+    assert "standby" in last, last[-2000:]
