@@ -48,7 +48,9 @@ def failover(cluster, tag):
     killed = time.time()
     cluster.kill(old)
     cluster.wait_for("a new leader", lambda: (cluster.leader() or old) != old, 120)
-    result = cluster.writer_result(out, 90)
+    time.sleep(8)  # HAProxy's checks see the new leader and the writer commits again
+    cluster.stop_writer(out)
+    result = cluster.writer_result(out, 5)
     lost = cluster.lost(result, out)
     cluster.start(old)
     cluster.wait_for("the old leader back as a replica", cluster.healthy, 300)

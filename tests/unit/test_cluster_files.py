@@ -153,3 +153,25 @@ def test_etcd_validator(tmp_path, changes, problem):
     assert (res.returncode == 0) == (problem is None), res.stderr
     if problem:
         assert problem in res.stderr
+
+
+patroni_validate = _load(ROOT / "roles/postgresql/files/patroni-validate-conf")
+
+
+def test_patroni_validation_moves_only_the_listen_ports():
+    conf = {"restapi": {"listen": "0.0.0.0:8008", "connect_address": "10.0.0.1:8008"},
+            "postgresql": {"listen": "10.0.0.1,127.0.0.1:5432", "connect_address": "10.0.0.1:5432"}}
+    moved = patroni_validate.with_free_ports(conf)
+    assert moved["restapi"]["listen"].startswith("0.0.0.0:") and moved["restapi"]["listen"] != "0.0.0.0:8008"
+    assert moved["postgresql"]["listen"].startswith("10.0.0.1,127.0.0.1:")
+    assert moved["restapi"]["connect_address"] == "10.0.0.1:8008"
+    assert moved["postgresql"]["connect_address"] == "10.0.0.1:5432"
+
+
+@pytest.mark.parametrize("line, tolerated", [
+    ("etcd3.hosts.2 172.30.90.13:2379 didn't pass validation: '172.30.90.13:2379 is not reachable'", True),
+    ("postgresql.bin_dir  Directory '/nonexistent' does not exist.", False),
+    ("bootstrap.dcs.ttl ten is not and integer", False),
+])
+def test_patroni_validation_tolerates_only_an_unreachable_etcd_member(line, tolerated):
+    assert bool(patroni_validate.UNREACHABLE.match(line)) is tolerated
