@@ -2,7 +2,7 @@
 
 Needs the Molecule scenario `ha` converged (`molecule converge -s ha`): three db hosts and a client with
 HAProxy, synchronous mode on. Measured in one run:
-1. for each timing preset (fast, default; set through `patronictl edit-config`), --failovers kills
+1. for each timing preset (fast, default, patroni; set through `patronictl edit-config`), --failovers kills
    (default 5) of the leader's container (`docker kill`) while a writer on the client commits a
    numbered row every 100 ms through HAProxy's read-write port: the RTO is the time from the kill to
    the first acknowledged commit after it; every acknowledged row is looked for on the new leader;
@@ -30,7 +30,8 @@ from patroni_cluster import Cluster, docker, longest_pause_after, outage_end_aft
 
 PASSWORD = "molecule-ha-Pw-3b8e"
 DSN = "host={host} port={port} dbname=appdb user=app password=" + PASSWORD
-PRESETS = {"fast": {"ttl": 10, "loop_wait": 2, "retry_timeout": 4}, "default": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}}
+PRESETS = {"fast": {"ttl": 10, "loop_wait": 2, "retry_timeout": 4}, "default": {"ttl": 20, "loop_wait": 5, "retry_timeout": 5},
+           "patroni": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}}
 MEMBERS = {"ha-db1": "172.30.90.11", "ha-db2": "172.30.90.12", "ha-db3": "172.30.90.13"}
 
 
@@ -88,7 +89,7 @@ def main():
     parser.add_argument("--switchovers", type=int, default=5)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--presets", default="fast,default")
+    parser.add_argument("--presets", default="fast,default,patroni")
     parser.add_argument("--name", default="failover", help="results file name (benchmarks/results/NAME.json)")
     opts = parser.parse_args()
 
@@ -109,6 +110,11 @@ def main():
 
     lead = cluster.wait_for("a healthy cluster", cluster.healthy)
     direct = DSN.format(host=MEMBERS[lead], port=5432)
+    if docker("exec", cluster.client, "test", "-x", "/usr/lib/postgresql/15/bin/pgbench", check=False).returncode:
+        # pgbench ships with Debian's server package; no cluster is created on the client.
+        docker("exec", cluster.client, "sh", "-c", "mkdir -p /etc/postgresql-common/createcluster.d && echo "
+               "'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/50-bench.conf && "
+               "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-15")
     docker("exec", cluster.client, "pgbench", "-i", "-q", "-s", "10", direct)
     rounds = {"pooled": [], "direct": []}
     for _round in range(2):  # alternated, so that drift on the shared machine hits both
