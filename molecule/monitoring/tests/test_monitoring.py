@@ -43,6 +43,7 @@ EXPECTED_ALERTS = {
     "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
     "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
     "TenantQuotaWarning", "TenantQuotaExceeded", "WalArchivingFailing", "MeteringAgentDown", "MeteringLagHigh",
+    "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
 }
 TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
