@@ -24,6 +24,7 @@ B = uuid.UUID("bbbbbbbb-0000-4000-8000-000000000002")
 TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
+    "stripe_events", "invoices", "customer_payment_state", "tenant_dunning",
 ])
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
@@ -41,6 +42,10 @@ EXPECTED = {
     "subscriptions": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "audit_log": dict(select="denied", update="denied", delete="denied", insert="denied"),
     "quota_locks": dict(select="rls", update="rls", delete="denied", insert="rls"),
+    "stripe_events": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    "invoices": dict(select="rls", update="denied", delete="denied", insert="denied"),
+    "customer_payment_state": dict(select="rls", update="denied", delete="denied", insert="denied"),
+    "tenant_dunning": dict(select="rls", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -80,6 +85,15 @@ def insert_for(table, tenant, event_id=None):
         "quota_locks": ("INSERT INTO platform.quota_locks (tenant_id, metric) VALUES (%s, 'storage_bytes')", (t,)),
         "audit_log": ("INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action) "
                       "VALUES (%s, 'tenant', 'x', 'update')", (t,)),
+        "stripe_events": ("INSERT INTO platform.stripe_events (id, type, created, livemode, tenant_id, source) "
+                          "VALUES ('evt_new', 'invoice.paid', now(), false, %s, 'webhook')", (t,)),
+        "invoices": ("INSERT INTO platform.invoices (stripe_invoice_id, tenant_id, stripe_customer_id, status, currency, "
+                     "amount_due, amount_paid, amount_remaining, created) VALUES ('in_new', %s, 'cus_x', 'paid', "
+                     "'usd', 0, 0, 0, now())", (t,)),
+        "customer_payment_state": ("INSERT INTO platform.customer_payment_state (tenant_id, stripe_customer_id, "
+                                   "has_payment_method) VALUES (%s, 'cus_new', false)", (t,)),
+        "tenant_dunning": ("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
+                           "grace_ends_at) VALUES (%s, 'past_due', 'x', 'active', true, now())", (t,)),
     }[table]
 
 
@@ -113,6 +127,18 @@ def seed_tenant(conn, tenant, slug, members):
                  "'active')", (tenant, f"cus_{slug}", f"sub_{slug}", f"si_{slug}"))
     conn.execute("INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action, after) "
                  "VALUES (%s, 'tenant', %s, 'create', %s)", (tenant, slug, json.dumps({"slug": slug})))
+    # billing mirrors, as the webhook receiver leaves them (the billing tests start without them)
+    conn.execute("INSERT INTO platform.stripe_events (id, type, created, livemode, object_id, tenant_id, source, "
+                 "outcome) VALUES (%s, 'invoice.paid', now(), false, %s, %s, 'webhook', 'applied')",
+                 (f"evt_{slug}", f"in_{slug}", tenant))
+    conn.execute("INSERT INTO platform.invoices (stripe_invoice_id, tenant_id, stripe_customer_id, number, status, "
+                 "currency, amount_due, amount_paid, amount_remaining, created) VALUES (%s, %s, %s, %s, 'paid', "
+                 "'usd', 2900, 2900, 0, now())", (f"in_{slug}", tenant, f"cus_{slug}", f"{slug.upper()}-0001"))
+    conn.execute("INSERT INTO platform.customer_payment_state (tenant_id, stripe_customer_id, has_payment_method, "
+                 "brand, last4) VALUES (%s, %s, true, 'visa', '4242')", (tenant, f"cus_{slug}"))
+    conn.execute("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
+                 "grace_ends_at) VALUES (%s, 'past_due', 'seeded', 'active', false, now() + interval '7 days')",
+                 (tenant,))
 
 
 def snapshot(conn, table, tenant):

@@ -10,9 +10,11 @@ __metaclass__ = type
 import hashlib
 
 from ansible_collections.selfbase.platform.plugins.module_utils.migrations import (
-    v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering)
+    v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering,
+    v0006_billing_events)
 
 MIGRATIONS = [
     (m.VERSION, m.NAME, m.SQL, hashlib.sha256(m.SQL.encode('utf-8')).hexdigest())
-    for m in (v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering)
+    for m in (v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering,
+              v0006_billing_events)
 ]

@@ -38,6 +38,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import hmac
+import http.client
 import json
 import os
 import random
@@ -47,7 +49,9 @@ import socket
 import string
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:
@@ -125,11 +129,18 @@ WEBHOOK_FIELDS = dict(EXPAND, url="str", enabled_events=["str"], description="st
 WEBHOOK_CREATE = dict(WEBHOOK_FIELDS, api_version="str", connect="bool")
 WEBHOOK_UPDATE = dict(WEBHOOK_FIELDS, disabled="bool")
 
+EVENT_LIST = dict(LIST, created={"gt": "int", "gte": "int", "lt": "int", "lte": "int"}, type="str", types=["str"],
+                  delivery_success="bool")
+INVOICE_LIST = dict(LIST, customer="str", subscription="str",
+                    status=("enum", "draft", "open", "paid", "uncollectible", "void"))
+
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
-          "subscription_items": "si", "webhook_endpoints": "we"}
+          "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
+          "payment_methods": "pm"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
-          "webhook_endpoints": "webhook_endpoint"}
+          "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
+          "payment_methods": "payment_method"}
 NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint"}
 
 
@@ -350,20 +361,140 @@ class FakeStripe:
                     sub["ended_at"] = self.now()
             self._save()
 
-    def attach_payment_method(self, customer_id):
+    def attach_payment_method(self, customer_id, brand="visa", last4="4242"):
         """A card the customer saved in the application (Stripe.js): the customer's default payment method."""
         with self.lock:
-            pm = "pm_" + "".join(random.choices(string.ascii_letters + string.digits, k=24))
-            self.db["customers"][customer_id]["invoice_settings"]["default_payment_method"] = pm
+            pm = self._new("payment_methods", {
+                "type": "card", "customer": customer_id, "billing_details": {"email": None, "name": None},
+                "card": {"brand": brand, "last4": last4, "exp_month": 12, "exp_year": 2030, "funding": "credit",
+                         "country": "US"}})
+            customer = self.db["customers"][customer_id]
+            customer["invoice_settings"]["default_payment_method"] = pm["id"]
+            self._emit("payment_method.attached", self.out(pm))
+            self._emit("customer.updated", self.out(customer))
             self._save()
-            return pm
+            return pm["id"]
 
     def set_status(self, sub_id, status):
         """What Stripe's billing does in the background: past_due after a failed renewal, unpaid or canceled
         when retries run out, paused when a trial ends without a payment method."""
         with self.lock:
-            self.db["subscriptions"][sub_id]["status"] = status
+            sub = self.db["subscriptions"][sub_id]
+            if status == "canceled":
+                self._cancel(sub)
+            else:
+                sub["status"] = status
+            self._emit("customer.subscription.deleted" if status == "canceled" else "customer.subscription.updated",
+                       self._sub_view(sub))
             self._save()
+
+    # --- invoices: what Stripe's billing does at renewal (finalize, charge, retry)
+    def invoice(self, sub_id, amount=None):
+        """Finalize the subscription's next invoice (open, not yet attempted) for its licensed items."""
+        with self.lock:
+            sub = self.db["subscriptions"][sub_id]
+            items = [self.db["subscription_items"][i] for i in sub["_items"]]
+            lines = [{"id": "il_" + secrets.token_hex(7), "object": "line_item", "description": si["price"]["id"],
+                      "amount": (si["price"]["unit_amount"] or 0) * si.get("quantity", 1),
+                      "currency": sub["currency"], "quantity": si.get("quantity"),
+                      "period": {"start": si["current_period_start"], "end": si["current_period_end"]}}
+                     for si in items]
+            due = sum(line["amount"] for line in lines) if amount is None else amount
+            customer = self.db["customers"][sub["customer"]]
+            count = sum(1 for i in self.db["invoices"].values() if i["customer"] == customer["id"]) + 1
+            inv = self._new("invoices", {
+                "account_country": "US", "amount_due": due, "amount_paid": 0, "amount_remaining": due,
+                "attempt_count": 0, "attempted": False, "billing_reason": "subscription_cycle",
+                "collection_method": sub["collection_method"], "currency": sub["currency"],
+                "customer": customer["id"], "due_date": None,
+                "hosted_invoice_url": "https://invoice.stripe.com/i/acct_fake/test_" + secrets.token_hex(12),
+                "invoice_pdf": "https://pay.stripe.com/invoice/acct_fake/test_%s/pdf" % secrets.token_hex(12),
+                "lines": {"object": "list", "data": lines, "has_more": False, "total_count": len(lines),
+                          "url": "/v1/invoices/upcoming/lines"},
+                "metadata": {}, "number": "%s-%04d" % (customer["invoice_prefix"], count),
+                "parent": {"type": "subscription_details", "quote_details": None,
+                           "subscription_details": {"metadata": {}, "subscription": sub_id}},
+                "period_end": items[0]["current_period_start"] if items else self.now(),
+                "period_start": items[0]["current_period_start"] if items else self.now(),
+                "status": "open", "status_transitions": {"finalized_at": self.now(), "paid_at": None,
+                                                         "voided_at": None, "marked_uncollectible_at": None},
+                "subtotal": due, "total": due})
+            sub["latest_invoice"] = inv["id"]
+            self._emit("invoice.created", self.out(inv))
+            self._emit("invoice.finalized", self.out(inv))
+            self._save()
+            return inv["id"]
+
+    def fail_payment(self, invoice_id):
+        """A charge attempt on the invoice fails: the subscription becomes past_due."""
+        with self.lock:
+            inv = self.db["invoices"][invoice_id]
+            inv.update(attempt_count=inv["attempt_count"] + 1, attempted=True)
+            self._emit("invoice.payment_failed", self.out(inv))
+            sub = self.db["subscriptions"][inv["parent"]["subscription_details"]["subscription"]]
+            if sub["status"] in ("active", "trialing"):
+                sub["status"] = "past_due"
+                self._emit("customer.subscription.updated", self._sub_view(sub))
+            self._save()
+
+    def pay(self, invoice_id):
+        """The invoice is paid (a retry or a new card succeeded): the subscription is active again."""
+        with self.lock:
+            inv = self.db["invoices"][invoice_id]
+            inv.update(amount_paid=inv["amount_due"], amount_remaining=0, attempt_count=inv["attempt_count"] + 1,
+                       attempted=True, status="paid")
+            inv["status_transitions"]["paid_at"] = self.now()
+            self._emit("invoice.paid", self.out(inv))
+            self._emit("invoice.payment_succeeded", self.out(inv))
+            sub = self.db["subscriptions"][inv["parent"]["subscription_details"]["subscription"]]
+            if sub["status"] in ("past_due", "unpaid"):
+                sub["status"] = "active"
+                self._emit("customer.subscription.updated", self._sub_view(sub))
+            self._save()
+
+    # --- events and their delivery
+    def _emit(self, type_, snapshot):
+        """Record an event (called with the lock held): data.object is the object as it is now."""
+        self._new("events", {"api_version": API_VERSION, "data": {"object": json.loads(json.dumps(snapshot))},
+                             "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
+                             "type": type_})
+
+    def events(self, type_prefix=""):
+        """Events emitted so far, oldest first."""
+        with self.lock:
+            return [self.out(e) for e in sorted(self.db["events"].values(), key=lambda e: e["_seq"])
+                    if e["type"].startswith(type_prefix)]
+
+    def secret(self):
+        """The signing secret of the only webhook endpoint."""
+        with self.lock:
+            (endpoint,) = self.db["webhook_endpoints"].values()
+            return endpoint["_secret"]
+
+    @staticmethod
+    def signature(payload, secret, timestamp):
+        """Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the endpoint's secret>."""
+        mac = hmac.new(secret.encode(), ("%d." % timestamp).encode() + payload, hashlib.sha256).hexdigest()
+        return "t=%d,v1=%s" % (timestamp, mac)
+
+    def deliver(self, event, url, secret=None, timestamp=None, payload=None, timeout=10):
+        """POST one event to a webhook URL as Stripe does: the JSON body, signed; returns (status, body).
+        ``event``: an event dict or id. Status 0: no answer (connection closed or timed out)."""
+        if isinstance(event, str):
+            with self.lock:
+                event = self.out(self.db["events"][event])
+        body = payload if payload is not None else json.dumps(event, indent=2).encode()
+        stamp = self.now() if timestamp is None else timestamp
+        req = urllib.request.Request(url, data=body, method="POST", headers={
+            "Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            "Stripe-Signature": self.signature(body, secret or self.secret(), stamp)})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
+            return 0, None
 
     def reset_log(self):
         with self.lock:
@@ -463,6 +594,10 @@ class FakeStripe:
             ("GET", r"/v1/webhook_endpoints/([^/]+)", self.webhook_get),
             ("POST", r"/v1/webhook_endpoints/([^/]+)", self.webhook_update),
             ("DELETE", r"/v1/webhook_endpoints/([^/]+)", self.webhook_delete),
+            ("GET", r"/v1/events", self.event_list),
+            ("GET", r"/v1/events/([^/]+)", self.event_get),
+            ("GET", r"/v1/invoices", self.invoice_list),
+            ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
         ]
         for m, pattern, fn in routes:
             match = re.fullmatch(pattern, path)
@@ -752,19 +887,31 @@ class FakeStripe:
                                      "rendering_options": None},
                 "metadata": {}, "name": None, "phone": None, "preferred_locales": [], "shipping": None,
                 "tax_exempt": "none", "test_clock": None}
-        return self._new("customers", self._customer_fields(p, base))
+        customer = self._new("customers", self._customer_fields(p, base))
+        self._emit("customer.created", self.out(customer))
+        return customer
 
     def customer_get(self, p, oid):
-        coerce(EXPAND, p)
+        p = coerce(EXPAND, p)
         obj = self._find("customers", oid)
-        return {"id": oid, "object": "customer", "deleted": True} if obj.get("_deleted") else obj
+        if obj.get("_deleted"):
+            return {"id": oid, "object": "customer", "deleted": True}
+        obj = json.loads(json.dumps(self.out(obj)))
+        for path in p.get("expand") or []:
+            if path != "invoice_settings.default_payment_method":
+                raise bad("expand", "This property cannot be expanded (%s)." % path)
+            pm = obj["invoice_settings"]["default_payment_method"]
+            obj["invoice_settings"]["default_payment_method"] = self.out(self.db["payment_methods"][pm]) if pm else None
+        return obj
 
     def customer_update(self, p, oid):
         p = coerce(CUSTOMER_FIELDS, p)
         obj = self._find("customers", oid)
         if obj.get("_deleted"):
             raise ApiError(404, "No such customer: '%s'" % oid, param="id", code="resource_missing")
-        return self._customer_fields(p, obj)
+        self._customer_fields(p, obj)
+        self._emit("customer.updated", self.out(obj))
+        return obj
 
     def customer_delete(self, p, oid):
         coerce({}, p)
@@ -775,6 +922,8 @@ class FakeStripe:
         for sub in self.db["subscriptions"].values():
             if sub["customer"] == oid and sub["status"] not in ("canceled", "incomplete_expired"):
                 self._cancel(sub)
+                self._emit("customer.subscription.deleted", self._sub_view(sub))
+        self._emit("customer.deleted", self.out(obj))
         return {"id": oid, "object": "customer", "deleted": True}
 
     def customer_list(self, p):
@@ -897,6 +1046,7 @@ class FakeStripe:
         for item, price in zip(p["items"], prices):
             end = trial_end or self._period_end(now, price["recurring"])
             sub["_items"].append(self._item(sub["id"], price, item.get("quantity"), item.get("metadata"), now, end)["id"])
+        self._emit("customer.subscription.created", self._sub_view(sub))
         return self._sub_view(sub)
 
     @staticmethod
@@ -968,6 +1118,7 @@ class FakeStripe:
         elif p.get("trial_end") not in (None, "now"):
             raise bad("trial_end", "trial_end must be 'now' in this fake.")
         sub["metadata"] = self._metadata(sub["metadata"], p.get("metadata"))
+        self._emit("customer.subscription.updated", self._sub_view(sub))
         return self._sub_view(sub)
 
     def _cancel(self, sub):
@@ -982,6 +1133,7 @@ class FakeStripe:
         self._cancel(sub)
         # what the final invoice would hold: metered usage is billed only with invoice_now
         sub["_final_invoice"] = {"invoice_now": p.get("invoice_now", False), "prorate": p.get("prorate", False)}
+        self._emit("customer.subscription.deleted", self._sub_view(sub))
         return self._sub_view(sub)
 
     def sub_list(self, p):
@@ -1053,6 +1205,36 @@ class FakeStripe:
     def webhook_list(self, p):
         p = coerce(LIST, p)
         return self._list("webhook_endpoints", p, "/v1/webhook_endpoints")
+
+    # --- events and invoices (read only: Stripe creates them)
+    def event_list(self, p):
+        p = coerce(EVENT_LIST, p)
+        created = p.get("created") or {}
+        tests = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+                 "lte": lambda a, b: a <= b}
+        types = set(p.get("types") or []) | ({p["type"]} if p.get("type") else set())
+        if any("*" in t for t in types) and p.get("types"):
+            raise bad("types", "Wildcards are only allowed in the type parameter.")
+
+        def pred(o):
+            return all(tests[k](o["created"], v) for k, v in created.items()) and (
+                not types or any(o["type"] == t or (t.endswith(".*") and o["type"].startswith(t[:-1]))
+                                 for t in types))
+        return self._list("events", p, "/v1/events", pred)
+
+    def event_get(self, p, oid):
+        coerce(EXPAND, p)
+        return self._find("events", oid)
+
+    def invoice_list(self, p):
+        p = coerce(INVOICE_LIST, p)
+        return self._list("invoices", p, "/v1/invoices", lambda o: all(
+            o.get(k) == p[k] for k in ("customer", "status") if k in p) and (
+            "subscription" not in p or o["parent"]["subscription_details"]["subscription"] == p["subscription"]))
+
+    def invoice_get(self, p, oid):
+        coerce(EXPAND, p)
+        return self._find("invoices", oid)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -55,6 +55,10 @@ ROUTES = [
     ("GET", r"/v1/webhook_endpoints/[^/]+", P.WebhookEndpointRetrieveParams),
     ("POST", r"/v1/webhook_endpoints/[^/]+", P.WebhookEndpointUpdateParams),
     ("DELETE", r"/v1/webhook_endpoints/[^/]+", P.WebhookEndpointDeleteParams),
+    ("GET", r"/v1/events", P.EventListParams),
+    ("GET", r"/v1/events/[^/]+", P.EventRetrieveParams),
+    ("GET", r"/v1/invoices", P.InvoiceListParams),
+    ("GET", r"/v1/invoices/[^/]+", P.InvoiceRetrieveParams),
 ]
 
 

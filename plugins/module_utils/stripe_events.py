@@ -1,0 +1,209 @@
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Stripe events into the platform database: signature checks, the re-fetch of the object an event is about,
+and the apply through the schema's billing functions (migration 0006), with the ledger row and the effect in one
+transaction. Used by the webhook receiver (a WSGI application) and by the reconcile from /v1/events.
+
+No Ansible imports: the billing role installs this file beside its service."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import threading
+import time
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+except ImportError:  # the caller reports it
+    psycopg = None
+
+try:
+    import stripe
+except ImportError:  # the caller reports it
+    stripe = None
+
+MAX_BODY = 1024 * 1024  # Stripe events are far smaller; refuse anything larger before reading it
+DEFAULT_POLICY = {'grace_days': 7, 'reactivate_suspended': False}
+# Stripe keeps events for 30 days; meter events must be within 35 days.
+EVENT_RETENTION = 30 * 86400
+
+
+class SignatureError(Exception):
+    pass
+
+
+def verify(payload, header, secrets, tolerance=300):
+    """The event of a delivery whose Stripe-Signature matches one of ``secrets`` (two during a rotation)
+    within ``tolerance`` seconds, as a dict. Raises SignatureError otherwise."""
+    stamp = [p[2:] for p in (header or '').split(',') if p.startswith('t=')]
+    if stamp and stamp[0].isdigit() and int(stamp[0]) > time.time() + tolerance:
+        # the SDK only refuses old timestamps; one from the future would stay replayable for longer
+        raise SignatureError('the signature timestamp is in the future')
+    last = None
+    for secret in [s for s in secrets if s]:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+        except stripe.SignatureVerificationError as e:
+            last = e
+            continue
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise SignatureError('the body is not JSON')
+        if not isinstance(event, dict) or not str(event.get('id', '')).startswith('evt_') or 'type' not in event:
+            raise SignatureError('the body is not a Stripe event')
+        return event
+    raise SignatureError(str(last) if last else 'no signing secret is configured')
+
+
+def object_ref(event):
+    """(object id, API path, params) of the object whose current state an event changes, or None."""
+    data = event.get('data') or {}
+    obj = data.get('object') or {}
+    kind = obj.get('object')
+    if kind == 'subscription':
+        return obj['id'], '/v1/subscriptions/%s' % obj['id'], {}
+    if kind == 'invoice' and obj.get('id'):  # invoice.upcoming has no id: nothing to mirror
+        return obj['id'], '/v1/invoices/%s' % obj['id'], {}
+    customer = None
+    if kind == 'customer':
+        customer = obj.get('id')
+    elif kind == 'payment_method':  # a detached method no longer names its customer
+        customer = obj.get('customer') or (data.get('previous_attributes') or {}).get('customer')
+    if customer:
+        return customer, '/v1/customers/%s' % customer, {'expand': ['invoice_settings.default_payment_method']}
+    return None
+
+
+class StripeReader(object):
+    """Reads of current objects and of the event list, with the SDK's retries (429 and 5xx included)."""
+
+    def __init__(self, api_key, api_base, api_version, timeout=20, retries=3):
+        self.client = stripe.StripeClient(
+            api_key, stripe_version=api_version, base_addresses={'api': api_base.rstrip('/')},
+            max_network_retries=retries, http_client=stripe.RequestsClient(timeout=timeout))
+        self.calls = 0
+
+    def get(self, path, params=None):
+        """The object at ``path``, or None when Stripe no longer has it (404)."""
+        self.calls += 1
+        try:
+            return self.client.raw_request('get', path, **(params or {})).data
+        except stripe.InvalidRequestError as e:
+            if e.http_status == 404:
+                return None
+            raise
+
+    def events_since(self, created_gte):
+        """Every event created at or after ``created_gte`` (epoch seconds), oldest first."""
+        params = {'limit': 100, 'created': {'gte': int(created_gte)}}
+        events = []
+        while True:
+            self.calls += 1
+            page = self.client.raw_request('get', '/v1/events', **params).data
+            events.extend(page['data'])
+            if not page.get('has_more') or not page['data']:
+                break
+            params['starting_after'] = page['data'][-1]['id']
+        events.sort(key=lambda e: (e['created'], e['id']))
+        return events
+
+
+def apply_event(conn, reader, event, source, policy):
+    """Take one event, exactly once: the ledger row, the re-fetched object's state and the tenant's dunning
+    commit together. Returns the outcome row; outcome 'duplicate' when the event was taken before."""
+    ref = object_ref(event)
+    with conn.transaction():
+        fresh = conn.execute(
+            'SELECT platform.stripe_event_begin(%s, %s, pg_catalog.to_timestamp(%s), %s, %s, %s) AS fresh',
+            (event['id'], event['type'], event['created'], bool(event.get('livemode')), ref and ref[0],
+             source)).fetchone()['fresh']
+        if not fresh:
+            return {'outcome': 'duplicate', 'tenant': None, 'status_before': None, 'status_after': None}
+        current = reader.get(ref[1], ref[2]) if ref else None
+        return conn.execute('SELECT * FROM platform.stripe_event_apply(%s, %s, %s)',
+                            (event['id'], Jsonb(current) if current is not None else None,
+                             Jsonb(dict(DEFAULT_POLICY, **(policy or {}))))).fetchone()
+
+
+def dunning_tick(conn, policy):
+    """Suspend the tenants whose grace period ended; returns their rows."""
+    with conn.transaction():
+        return conn.execute('SELECT * FROM platform.billing_dunning_tick(%s)',
+                            (Jsonb(dict(DEFAULT_POLICY, **(policy or {}))),)).fetchall()
+
+
+def reconcile(conn, reader, policy, overlap=600, now=None):
+    """Replay Stripe's event list from the stored cursor (less ``overlap`` seconds, for events Stripe lists
+    late), at most 30 days back. The ledger skips what was taken. Returns counts per outcome."""
+    now = time.time() if now is None else now
+    cursor = conn.execute('SELECT extract(epoch FROM platform.stripe_sync_cursor()) AS c').fetchone()['c']
+    since = max(float(cursor) - overlap if cursor is not None else 0, now - EVENT_RETENTION)
+    counts = {}
+    for event in reader.events_since(since):
+        outcome = apply_event(conn, reader, event, 'reconcile', policy)['outcome']
+        counts[outcome] = counts.get(outcome, 0) + 1
+    conn.execute('SELECT platform.stripe_sync_cursor(pg_catalog.to_timestamp(%s))', (now,))
+    return counts
+
+
+def connect(dsn):
+    return psycopg.connect(dsn, autocommit=True, row_factory=dict_row,
+                           options='-c search_path=pg_catalog,pg_temp')
+
+
+class Receiver(object):
+    """The webhook endpoint, a WSGI application: 200 only after the commit; 400 for a bad or stale signature
+    (nothing written); 503 when the database or Stripe cannot be reached, so that Stripe delivers again."""
+
+    def __init__(self, dsn, secrets, reader, policy=None, tolerance=300, log=None):
+        self.dsn, self.secrets, self.reader = dsn, list(secrets), reader
+        self.policy, self.tolerance = policy, tolerance
+        self.log = log or (lambda msg: None)
+        self.local = threading.local()
+        self.after_commit = None  # tests: what happens between the commit and the answer
+
+    def _conn(self):
+        conn = getattr(self.local, 'conn', None)
+        if conn is None or conn.closed:
+            conn = self.local.conn = connect(self.dsn)
+        return conn
+
+    @staticmethod
+    def _answer(start_response, status, body):
+        data = json.dumps(body).encode('utf-8')
+        start_response(status, [('Content-Type', 'application/json'), ('Content-Length', str(len(data)))])
+        return [data]
+
+    def __call__(self, environ, start_response):
+        if environ.get('REQUEST_METHOD') != 'POST':
+            return self._answer(start_response, '405 Method Not Allowed', {'error': 'POST only'})
+        try:
+            length = int(environ.get('CONTENT_LENGTH') or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            return self._answer(start_response, '413 Payload Too Large', {'error': 'body too large'})
+        payload = environ['wsgi.input'].read(length)
+        try:
+            event = verify(payload, environ.get('HTTP_STRIPE_SIGNATURE'), self.secrets, self.tolerance)
+        except (SignatureError, UnicodeDecodeError) as e:
+            self.log('refused a delivery: %s' % e)
+            return self._answer(start_response, '400 Bad Request', {'error': 'signature verification failed'})
+        try:
+            result = apply_event(self._conn(), self.reader, event, 'webhook', self.policy)
+        except psycopg.Error as e:
+            self.local.conn = None
+            self.log('event %s not taken, the database failed: %s' % (event['id'], str(e).strip()))
+            return self._answer(start_response, '503 Service Unavailable', {'error': 'database unavailable'})
+        except stripe.StripeError as e:
+            self.log('event %s not taken, Stripe failed: %s' % (event['id'], e))
+            return self._answer(start_response, '503 Service Unavailable', {'error': 'stripe unavailable'})
+        if self.after_commit:
+            self.after_commit(event)
+        self.log('event %s %s: %s' % (event['id'], event['type'], result['outcome']))
+        return self._answer(start_response, '200 OK', dict(result, id=event['id']))

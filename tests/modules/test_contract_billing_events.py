@@ -1,0 +1,458 @@
+"""Stripe events back into PostgreSQL (migration 0006 and module_utils/stripe_events.py): contract tests.
+
+The fake Stripe signs events with its endpoint's secret and delivers them to the receiver, a WSGI application
+served here on a real socket, writing to a real PostgreSQL server as a login of selfbase_billing. Each delivery
+fault ends with the mirror equal to Stripe's state and no effect applied twice."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import psycopg
+import pytest
+import stripe
+
+from fakes.stripe_fake import API_VERSION
+from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
+from test_security import ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))
+from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events  # noqa: E402
+
+POLICY = {"grace_days": 7, "reactivate_suspended": False}
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def billing_login(tenants, db):  # noqa: F811
+    name = f"billing_{uuid.uuid4().hex[:6]}"
+    tenants.execute(f'CREATE ROLE "{name}" LOGIN IN ROLE selfbase_billing')
+    yield name
+    tenants.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
+    tenants.execute(f'DROP OWNED BY "{name}"')
+    tenants.execute(f'DROP ROLE "{name}"')
+
+
+@pytest.fixture()
+def world(tenants, stripe_fake, pg_server, db, billing_login):  # noqa: F811
+    """Stripe customers and subscriptions for tenants alpha and bravo (mirrored as tenant_subscription leaves
+    them), a webhook endpoint, and the receiver listening on 127.0.0.1."""
+    for table in ("stripe_events", "invoices", "customer_payment_state", "tenant_dunning"):
+        tenants.execute(f"DELETE FROM platform.{table}")  # seeded for the isolation tests
+    client = stripe.StripeClient(stripe_fake.api_key, stripe_version=API_VERSION,
+                                 base_addresses={"api": stripe_fake.url})
+
+    def post(path, **params):
+        return client.raw_request("post", path, **params).data
+
+    price = post("/v1/prices", currency="usd", unit_amount=2900, recurring={"interval": "month"},
+                 product_data={"name": "Pro"})
+    subs = {}
+    for tenant, slug in ((A, "alpha"), (B, "bravo")):
+        cus = post("/v1/customers", name=slug, metadata={"tenant_id": str(tenant)})
+        stripe_fake.attach_payment_method(cus["id"])
+        sub = post("/v1/subscriptions", customer=cus["id"], items=[{"price": price["id"]}])
+        tenants.execute("UPDATE platform.tenants SET stripe_customer_id = %s WHERE id = %s", (cus["id"], tenant))
+        tenants.execute("UPDATE platform.subscriptions SET stripe_customer_id = %s, stripe_subscription_id = %s, "
+                        "status = %s WHERE tenant_id = %s", (cus["id"], sub["id"], sub["status"], tenant))
+        subs[slug] = sub["id"]
+    post("/v1/webhook_endpoints", url="http://127.0.0.1/webhooks/stripe", enabled_events=["*"])
+    dsn = pg_server.conninfo(db, user=billing_login)
+    reader = stripe_events.StripeReader(stripe_fake.api_key, stripe_fake.url, API_VERSION, timeout=5, retries=1)
+    receiver = stripe_events.Receiver(dsn, [stripe_fake.secret()], reader, POLICY)
+    server = _Server(("127.0.0.1", 0), _Quiet)
+    server.set_app(receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class World:
+        fake, db, conn, sub = stripe_fake, tenants, tenants, subs
+        url = "http://127.0.0.1:%d/webhooks/stripe" % server.server_address[1]
+
+        def __init__(self):
+            self.receiver, self.dsn, self.reader, self.mark = receiver, dsn, reader, 0
+
+        def new_events(self):
+            """Events Stripe emitted since the last call, oldest first."""
+            events = stripe_fake.events()
+            out, self.mark = events[self.mark:], len(events)
+            return out
+
+        def deliver(self, events, **kw):
+            return [stripe_fake.deliver(e, self.url, **kw) for e in events]
+
+    w = World()
+    w.new_events()  # the set-up's events were applied by the modules that made them
+    yield w
+    server.shutdown()
+    server.server_close()
+
+
+def ledger(conn):
+    return conn.execute("SELECT id, type, outcome, source FROM platform.stripe_events ORDER BY received_at, id").fetchall()
+
+
+def tenant_status(conn, tenant):
+    return conn.execute("SELECT status FROM platform.tenants WHERE id = %s", (tenant,)).fetchone()["status"]
+
+
+def mirror(conn, tenant):
+    return conn.execute("SELECT status, items FROM platform.subscriptions WHERE tenant_id = %s", (tenant,)).fetchone()
+
+
+def transitions(conn, tenant):
+    return [(r["before"]["status"], r["after"]["status"], r["after"]["dunning"]) for r in conn.execute(
+        "SELECT before, after FROM platform.audit_log WHERE tenant_id = %s AND entity = 'dunning' ORDER BY id",
+        (tenant,))]
+
+
+def fail_renewal(w, slug="alpha"):
+    inv = w.fake.invoice(w.sub[slug])
+    w.fake.fail_payment(inv)
+    return inv
+
+
+# ---------------------------------------------------------------- delivery
+
+
+def test_a_signed_event_is_applied_once_and_a_duplicate_has_no_second_effect(world):
+    inv = fail_renewal(world)
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.finalized", "invoice.payment_failed",
+                                           "customer.subscription.updated"]
+    answers = world.deliver(events)
+    assert [a[0] for a in answers] == [200] * 4, answers
+    assert [a[1]["outcome"] for a in answers] == ["applied"] * 4
+    assert tenant_status(world.db, A) == "past_due" and tenant_status(world.db, B) == "active"
+    assert mirror(world.db, A)["status"] == "past_due"
+    row = world.db.execute("SELECT status, attempt_count, amount_remaining FROM platform.invoices "
+                           "WHERE stripe_invoice_id = %s", (inv,)).fetchone()
+    assert row == {"status": "open", "attempt_count": 1, "amount_remaining": 2900}
+    before = world.db.execute("SELECT count(*) AS n FROM platform.audit_log").fetchone()["n"]
+    again = world.deliver(events + events)  # Stripe retries, and delivers twice
+    assert again == [(200, dict(a[1], outcome="duplicate", tenant=None, status_before=None, status_after=None))
+                     for a in answers + answers]
+    assert world.db.execute("SELECT count(*) AS n FROM platform.audit_log").fetchone()["n"] == before
+    assert transitions(world.db, A) == [("active", "past_due", "past_due")]
+    assert [r["id"] for r in ledger(world.db)] == [e["id"] for e in events]
+
+
+def post(url, body, headers):
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.parametrize("fault", ["wrong secret", "tampered body", "stale", "future", "no header", "not JSON"])
+def test_a_bad_or_stale_signature_gets_400_and_writes_nothing(world, fault):
+    fail_renewal(world)
+    event = world.new_events()[2]
+    body = json.dumps(event).encode()
+    now, secret = world.fake.now(), world.fake.secret()
+    sign = world.fake.signature
+    status = {
+        "wrong secret": lambda: post(world.url, body, {"Stripe-Signature": sign(body, "whsec_" + "0" * 32, now)}),
+        "tampered body": lambda: post(world.url, body.replace(b'"attempt_count": 1', b'"attempt_count": 0'),
+                                      {"Stripe-Signature": sign(body, secret, now)}),
+        "stale": lambda: post(world.url, body, {"Stripe-Signature": sign(body, secret, now - 301)}),
+        "future": lambda: post(world.url, body, {"Stripe-Signature": sign(body, secret, now + 301)}),
+        "no header": lambda: post(world.url, body, {}),
+        "not JSON": lambda: post(world.url, b"not json", {"Stripe-Signature": sign(b"not json", secret, now)}),
+    }[fault]()
+    assert status == 400
+    assert ledger(world.db) == [] and tenant_status(world.db, A) == "active"
+    assert post(world.url, body, {"Stripe-Signature": sign(body, secret, now - 299)}) == 200  # within tolerance
+
+
+def test_two_secrets_are_accepted_during_a_rotation(world):
+    fail_renewal(world)
+    events = world.new_events()
+    new_secret = "whsec_" + "1" * 32
+    world.receiver.secrets = [new_secret, world.fake.secret()]
+    assert world.fake.deliver(events[0], world.url)[0] == 200  # the old secret
+    assert world.fake.deliver(events[1], world.url, secret=new_secret)[0] == 200
+    world.receiver.secrets = [new_secret]
+    assert world.fake.deliver(events[2], world.url)[0] == 400  # the old secret, once rotated away
+    assert len(ledger(world.db)) == 2
+
+
+def test_out_of_order_and_late_delivery_never_moves_the_mirror_back(world):
+    inv = fail_renewal(world)
+    failed = world.new_events()
+    world.fake.pay(inv)
+    paid = world.new_events()
+    assert [e["type"] for e in paid] == ["invoice.paid", "invoice.payment_succeeded", "customer.subscription.updated"]
+    # the newest first, then the old ones (late: past_due snapshots in their bodies)
+    assert [a[0] for a in world.deliver(paid[::-1] + failed)] == [200] * 7
+    assert mirror(world.db, A)["status"] == "active"
+    assert world.db.execute("SELECT status FROM platform.invoices WHERE stripe_invoice_id = %s",
+                            (inv,)).fetchone()["status"] == "paid"
+    assert tenant_status(world.db, A) == "active" and transitions(world.db, A) == []
+    # the snapshot in the event said past_due: only the re-fetched state was applied
+    assert failed[-1]["data"]["object"]["status"] == "past_due"
+
+
+def test_the_database_failing_mid_delivery_gives_503_and_writes_nothing(world, pg_server, db, billing_login):
+    fail_renewal(world)
+    events = world.new_events()
+    holder = pg_server.connect(db)
+    holder.execute("BEGIN")
+    holder.execute("SELECT 1 FROM platform.tenants WHERE id = %s FOR UPDATE", (A,))  # the receiver waits here
+    out = []
+    t = threading.Thread(target=lambda: out.append(world.fake.deliver(events[2], world.url)))
+    t.start()
+    for attempt in range(100):
+        waiting = world.db.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s AND wait_event_type = "
+                                   "'Lock'", (billing_login,)).fetchall()
+        if waiting:
+            break
+        time.sleep(0.05)
+    assert waiting, "the receiver never reached the lock in %d checks" % attempt
+    world.db.execute("SELECT pg_terminate_backend(%s)", (waiting[0]["pid"],))
+    t.join(10)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert out[0][0] == 503
+    assert ledger(world.db) == [] and mirror(world.db, A)["status"] == "active"
+    # the database refuses connections: 503 again, and Stripe's next retry is applied once
+    with pg_server.connect() as admin:
+        admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (billing_login,))
+        try:
+            assert world.fake.deliver(events[2], world.url)[0] == 503
+        finally:
+            admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    assert [a[0] for a in world.deliver(events + events)] == [200] * 8
+    assert [r["outcome"] for r in ledger(world.db)] == ["applied"] * 4
+    assert transitions(world.db, A) == [("active", "past_due", "past_due")]
+
+
+def test_stripe_unreachable_during_the_re_fetch_gives_503_and_writes_nothing(world):
+    fail_renewal(world)
+    event = world.new_events()[2]
+    world.fake.fail_next(status=500, count=2, path_prefix="/v1/invoices", method="GET")  # the reader tries twice
+    assert world.fake.deliver(event, world.url)[0] == 503
+    assert ledger(world.db) == []
+    assert world.fake.deliver(event, world.url)[0] == 200 and tenant_status(world.db, A) == "past_due"
+
+
+KILLED_RECEIVER = """
+import os, signal, sys
+from wsgiref.simple_server import make_server
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events
+reader = stripe_events.StripeReader(sys.argv[3], sys.argv[4], sys.argv[5], timeout=5, retries=0)
+app = stripe_events.Receiver(sys.argv[2], [sys.argv[6]], reader)
+app.after_commit = lambda event: os.kill(os.getpid(), signal.SIGKILL)  # dies before it answers
+server = make_server("127.0.0.1", 0, app)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_receiver_killed_after_commit_applies_nothing_twice(world):
+    fail_renewal(world)
+    events = world.new_events()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RECEIVER, str(ROOT / ".cache" / "collections"), world.dsn,
+                             world.fake.api_key, world.fake.url, API_VERSION, world.fake.secret()],
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    status = world.fake.deliver(events[2], "http://127.0.0.1:%d/webhooks/stripe" % port)[0]
+    assert proc.wait(10) == -9 and status == 0  # no answer: Stripe will deliver again
+    assert [r["outcome"] for r in ledger(world.db)] == ["applied"] and tenant_status(world.db, A) == "past_due"
+    assert [a[1]["outcome"] for a in world.deliver(events)] == ["applied", "applied", "duplicate", "applied"]
+    assert transitions(world.db, A) == [("active", "past_due", "past_due")]
+
+
+# ---------------------------------------------------------------- dunning
+
+
+def test_the_dunning_path_past_due_then_suspended_then_paid(world, billing_login):
+    conn = stripe_events.connect(world.dsn)
+    inv = fail_renewal(world)
+    world.deliver(world.new_events())
+    assert tenant_status(world.db, A) == "past_due"
+    assert stripe_events.dunning_tick(conn, POLICY) == []  # within the grace period: access is kept
+    edge = {r["slug"]: r["status"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
+    assert edge["alpha"] == "past_due"
+    world.db.execute("UPDATE platform.tenant_dunning SET grace_ends_at = now() - interval '1 second'")
+    assert stripe_events.dunning_tick(conn, POLICY) == [
+        {"tenant": "alpha", "status_before": "past_due", "status_after": "suspended"}]
+    assert stripe_events.dunning_tick(conn, POLICY) == []
+    edge = {r["slug"]: r["status"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
+    assert edge["alpha"] == "suspended"
+    world.fake.pay(inv)
+    world.deliver(world.new_events())
+    assert tenant_status(world.db, A) == "active"
+    assert "alpha" not in {r["slug"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
+    assert transitions(world.db, A) == [("active", "past_due", "past_due"), ("past_due", "suspended", "suspended"),
+                                        ("suspended", "active", None)]
+    actors = {r["actor"] for r in world.db.execute("SELECT actor FROM platform.audit_log WHERE entity = 'dunning'")}
+    assert actors == {billing_login}
+    conn.close()
+
+
+@pytest.mark.parametrize("status", ["unpaid", "canceled"])
+def test_an_unpaid_or_canceled_subscription_suspends_at_once(world, status):
+    world.fake.set_status(world.sub["alpha"], status)
+    assert [a[1]["outcome"] for a in world.deliver(world.new_events())] == ["applied"]
+    assert tenant_status(world.db, A) == "suspended" and mirror(world.db, A)["status"] == status
+    assert transitions(world.db, A) == [("active", "suspended", "suspended")]
+
+
+@pytest.mark.parametrize("reactivate", [False, True])
+def test_a_tenant_an_operator_suspended_is_reactivated_only_if_the_policy_says_so(world, reactivate):
+    world.db.execute("UPDATE platform.tenants SET status = 'suspended' WHERE id = %s", (A,))
+    world.receiver.policy = dict(POLICY, reactivate_suspended=reactivate)
+    inv = fail_renewal(world)
+    world.deliver(world.new_events())
+    assert tenant_status(world.db, A) == "suspended"
+    world.fake.pay(inv)
+    world.deliver(world.new_events())
+    assert tenant_status(world.db, A) == ("active" if reactivate else "suspended")
+    assert world.db.execute("SELECT count(*) AS n FROM platform.tenant_dunning").fetchone()["n"] == 0
+
+
+def test_invoices_and_payment_state_are_mirrored_without_card_data(world):
+    inv = fail_renewal(world)
+    world.fake.attach_payment_method(world.db.execute("SELECT stripe_customer_id AS c FROM platform.tenants "
+                                                      "WHERE id = %s", (A,)).fetchone()["c"], "mastercard", "4444")
+    world.deliver(world.new_events())
+    want = world.fake.get("invoices", inv)
+    row = world.db.execute("SELECT * FROM platform.invoices WHERE stripe_invoice_id = %s", (inv,)).fetchone()
+    for key in ("number", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total",
+                "hosted_invoice_url", "invoice_pdf"):
+        assert row[key] == want[key], key
+    assert row["lines"] == [{"description": line["description"], "amount": line["amount"], "quantity": line["quantity"],
+                             "period_start": line["period"]["start"], "period_end": line["period"]["end"]}
+                            for line in want["lines"]["data"]]
+    pay = world.db.execute("SELECT * FROM platform.customer_payment_state WHERE tenant_id = %s", (A,)).fetchone()
+    assert (pay["has_payment_method"], pay["brand"], pay["last4"]) == (True, "mastercard", "4444")
+    columns = {r["column_name"] for r in world.db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer_payment_state'")}
+    assert not columns & {"exp_month", "exp_year", "number", "cvc", "fingerprint"}
+
+
+def test_events_of_an_unknown_customer_or_kind_are_recorded_not_applied(world, stripe_fake):
+    client = stripe.StripeClient(stripe_fake.api_key, stripe_version=API_VERSION,
+                                 base_addresses={"api": stripe_fake.url})
+    client.raw_request("post", "/v1/customers", name="stranger")
+    other = {"id": "evt_" + uuid.uuid4().hex, "object": "event", "api_version": API_VERSION,
+             "created": stripe_fake.now(), "livemode": False, "type": "charge.refunded",
+             "data": {"object": {"id": "ch_1", "object": "charge"}}}
+    answers = world.deliver(world.new_events() + [other])
+    assert [a[0] for a in answers] == [200, 200], answers
+    assert [a[1]["outcome"] for a in answers] == ["unknown_customer", "ignored"]
+    assert [(r["type"], r["outcome"]) for r in ledger(world.db)] == [("customer.created", "unknown_customer"),
+                                                                     ("charge.refunded", "ignored")]
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def test_reconcile_recovers_the_events_missed_while_the_receiver_was_down(world):
+    inv = fail_renewal(world)
+    world.fake.pay(inv)
+    world.fake.set_status(world.sub["bravo"], "unpaid")
+    missed = world.new_events()
+    conn = stripe_events.connect(world.dsn)
+    counts = stripe_events.reconcile(conn, world.reader, POLICY)
+    # the set-up's events too: the cursor starts 30 days back
+    assert counts["applied"] >= len(missed) and "duplicate" not in counts
+    assert tenant_status(world.db, A) == "active" and tenant_status(world.db, B) == "suspended"
+    assert {r["id"] for r in ledger(world.db)} >= {e["id"] for e in missed}
+    assert set(r["source"] for r in ledger(world.db)) == {"reconcile"}
+    # a second run finds nothing new, and so does a delivery arriving late
+    assert set(stripe_events.reconcile(conn, world.reader, POLICY)) <= {"duplicate"}
+    assert {a[1]["outcome"] for a in world.deliver(missed)} == {"duplicate"}
+    assert transitions(world.db, B) == [("active", "suspended", "suspended")]
+    conn.close()
+
+
+# ---------------------------------------------------------------- attacks
+
+BILLING_FUNCTIONS = [
+    ("SELECT platform.stripe_event_begin('evt_forged', 'invoice.paid', now(), false, 'in_x', 'webhook')", ()),
+    ("SELECT * FROM platform.stripe_event_apply('evt_forged', '{}', '{}')", ()),
+    ("SELECT * FROM platform.billing_dunning_tick('{}')", ()),
+    ("SELECT platform.stripe_sync_cursor(now() + interval '1 year')", ()),
+    ("SELECT * FROM platform.billing_settle(%s, '{\"reactivate_suspended\": true}')", (str(A),)),
+]
+
+
+def test_the_billing_login_reads_and_writes_no_table_directly(world):
+    conn = stripe_events.connect(world.dsn)
+    for sql in ("SELECT * FROM platform.stripe_events", "SELECT * FROM platform.invoices",
+                "SELECT * FROM platform.tenants", "UPDATE platform.tenants SET status = 'active'",
+                "INSERT INTO platform.stripe_events (id, type, created, livemode, source) "
+                "VALUES ('evt_x', 'a.b', now(), false, 'webhook')", "DELETE FROM platform.tenant_dunning",
+                "SELECT * FROM platform.billing_settle('%s', '{}')" % A):
+        assert isinstance(error(conn, sql), psycopg.errors.InsufficientPrivilege), sql
+    conn.close()
+
+
+@pytest.mark.parametrize("who", list(ROLES))
+def test_no_other_login_can_take_events_or_settle_dunning(tenants, logins, who):  # noqa: F811
+    c = logins(who)
+    for sql, args in BILLING_FUNCTIONS:
+        assert isinstance(error(c, sql, args), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+@pytest.mark.parametrize("who", [w for w in ROLES if w != "control"])
+def test_the_event_ledger_is_append_only_for_every_login(world, logins, who):
+    fail_renewal(world)
+    world.deliver(world.new_events())
+    c = logins(who)
+    for sql in ("UPDATE platform.stripe_events SET outcome = 'ignored'", "DELETE FROM platform.stripe_events",
+                "DELETE FROM platform.invoices", "UPDATE platform.tenant_dunning SET state = 'past_due'"):
+        assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+def test_with_execute_left_to_public_the_app_could_reactivate_a_suspended_tenant(tenants, logins):  # noqa: F811
+    """The defence is the REVOKE from PUBLIC: without it, any login settles a tenant with a policy of its own."""
+    tenants.execute("UPDATE platform.tenants SET status = 'suspended' WHERE id = %s", (B,))
+    tenants.execute("DELETE FROM platform.tenant_dunning WHERE tenant_id = %s", (B,))
+    tenants.execute("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
+                    "grace_ends_at) VALUES (%s, 'suspended', 'x', 'active', true, now())", (B,))
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.billing_settle(uuid, jsonb) TO PUBLIC")
+    app = logins("app")
+    app.execute("SELECT * FROM platform.billing_settle(%s, '{}')", (str(B),))
+    assert tenant_status(tenants, B) == "active"
+
+
+def test_the_definer_functions_pin_their_search_path_and_owner(tenants):  # noqa: F811
+    rows = tenants.execute("""
+        SELECT p.proname, p.proconfig, p.prosecdef, pg_get_userbyid(p.proowner) AS owner FROM pg_proc p
+         WHERE p.pronamespace = 'platform'::regnamespace
+           AND p.proname IN ('billing_standing', 'billing_settle', 'stripe_event_begin', 'stripe_event_apply',
+                             'billing_dunning_tick', 'stripe_sync_cursor')""").fetchall()
+    assert len(rows) == 6
+    for r in rows:
+        assert r["prosecdef"] and r["proconfig"] == ["search_path=pg_catalog, platform, pg_temp"], r
+        assert r["owner"] == "selfbase_billing_definer", r
+    roles = tenants.execute("SELECT rolname, rolcanlogin, rolbypassrls FROM pg_roles "
+                            "WHERE rolname IN ('selfbase_billing', 'selfbase_billing_definer')").fetchall()
+    assert len(roles) == 2 and all(not r["rolcanlogin"] and not r["rolbypassrls"] for r in roles)
+    assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = "
+                           "'selfbase_billing_definer'::regrole").fetchone()["n"] == 0
