@@ -22,6 +22,7 @@ import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import ServiceError
+from ansible_collections.selfbase.platform.plugins.module_utils.stripe_events import retrying_http_client
 
 try:
     import stripe
@@ -103,24 +104,6 @@ def _convert(err, api_base):
                        replayed=headers.get('idempotent-replayed') == 'true')
 
 
-def _http_client(timeout):
-    class RetryingRequestsClient(stripe.RequestsClient):
-        """The library retries connection errors, 409 and 5xx with capped
-        exponential backoff and honours Stripe-Should-Retry; it does not retry
-        429 unless told to. Rate limits are transient, so retry them too."""
-
-        def _should_retry(self, response, api_connection_error, num_retries, max_network_retries):
-            if response is not None and num_retries < (max_network_retries or 0):
-                headers = response[2] or {}
-                told = str(headers.get('stripe-should-retry', headers.get('Stripe-Should-Retry', ''))).lower()
-                if response[1] == 429 and told != 'false':
-                    return True
-            return super(RetryingRequestsClient, self)._should_retry(
-                response, api_connection_error, num_retries, max_network_retries)
-
-    return RetryingRequestsClient(timeout=timeout)
-
-
 class StripeClient(object):
     """Stripe v1 calls for one module run. ``reads`` and ``writes`` count the
     calls made (each list page is one read; retries inside a call are not
@@ -145,7 +128,7 @@ class StripeClient(object):
         self.writes = 0
         self._client = stripe.StripeClient(
             p['api_key'], stripe_version=STRIPE_API_VERSION, base_addresses={'api': base},
-            max_network_retries=p['max_retries'], http_client=_http_client(p['request_timeout']))
+            max_network_retries=p['max_retries'], http_client=retrying_http_client(p['request_timeout']))
 
     def _call(self, method, path, params, key=None):
         kwargs = dict(params or {})

@@ -10,6 +10,7 @@ No Ansible imports: the billing role installs this file beside its service."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import concurrent.futures
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ MAX_BODY = 1024 * 1024  # Stripe events are far smaller; refuse anything larger 
 DEFAULT_POLICY = {'grace_days': 7, 'reactivate_suspended': False}
 # Stripe keeps events for 30 days; meter events must be within 35 days.
 EVENT_RETENTION = 30 * 86400
+METER_WINDOW = 35 * 86400 - 3600  # an hour of margin for the calls themselves
 
 
 class SignatureError(Exception):
@@ -79,13 +81,33 @@ def object_ref(event):
     return None
 
 
-class StripeReader(object):
-    """Reads of current objects and of the event list, with the SDK's retries (429 and 5xx included)."""
+def retrying_http_client(timeout):
+    """The SDK's HTTP client, retrying 429 too."""
+    class RetryingRequestsClient(stripe.RequestsClient):
+        """The library retries connection errors, 409 and 5xx with capped
+        exponential backoff and honours Stripe-Should-Retry; it does not retry
+        429 unless told to. Rate limits are transient, so retry them too."""
+
+        def _should_retry(self, response, api_connection_error, num_retries, max_network_retries):
+            if response is not None and num_retries < (max_network_retries or 0):
+                headers = response[2] or {}
+                told = str(headers.get('stripe-should-retry', headers.get('Stripe-Should-Retry', ''))).lower()
+                if response[1] == 429 and told != 'false':
+                    return True
+            return super(RetryingRequestsClient, self)._should_retry(
+                response, api_connection_error, num_retries, max_network_retries)
+
+    return RetryingRequestsClient(timeout=timeout)
+
+
+class StripeApi(object):
+    """Reads of current objects and of the event list, and meter events, with the SDK's retries (connection
+    errors, 409, 429 and 5xx, capped exponential backoff, Stripe-Should-Retry honoured)."""
 
     def __init__(self, api_key, api_base, api_version, timeout=20, retries=3):
         self.client = stripe.StripeClient(
             api_key, stripe_version=api_version, base_addresses={'api': api_base.rstrip('/')},
-            max_network_retries=retries, http_client=stripe.RequestsClient(timeout=timeout))
+            max_network_retries=retries, http_client=retrying_http_client(timeout))
         self.calls = 0
 
     def get(self, path, params=None):
@@ -97,6 +119,10 @@ class StripeReader(object):
             if e.http_status == 404:
                 return None
             raise
+
+    def post(self, path, params, idempotency_key):
+        self.calls += 1
+        return self.client.raw_request('post', path, idempotency_key=idempotency_key, **params).data
 
     def events_since(self, created_gte):
         """Every event created at or after ``created_gte`` (epoch seconds), oldest first."""
@@ -149,6 +175,54 @@ def reconcile(conn, reader, policy, overlap=600, now=None):
         counts[outcome] = counts.get(outcome, 0) + 1
     conn.execute('SELECT platform.stripe_sync_cursor(pg_catalog.to_timestamp(%s))', (now,))
     return counts
+
+
+def _meter_event(meters, api, row):
+    """The meter event of a planned push, with the payload keys of its meter."""
+    meter = meters.get(row['stripe_meter_id'])
+    if meter is None:
+        meter = meters[row['stripe_meter_id']] = api.get('/v1/billing/meters/%s' % row['stripe_meter_id'])
+    return {'event_name': meter['event_name'], 'identifier': row['identifier'],
+            'timestamp': int(row['hour'].timestamp()),
+            'payload': {meter['customer_mapping']['event_payload_key']: row['stripe_customer_id'],
+                        meter['value_settings']['event_payload_key']: str(row['quantity'])}}
+
+
+def push_usage(conn, api, settle=900, lookback=3 * 86400, workers=8, batch=500, now=None):
+    """Send the overage of closed hours to Stripe's billing meters, exactly once: the pushes are planned and
+    committed first, each is sent with its identifier (also the Idempotency-Key), and marked sent in batches.
+    A crash leaves the unmarked ones to the next run, which Stripe deduplicates by identifier.
+    Returns counts: planned (unsent at the start), sent, expired (older than Stripe takes)."""
+    now = time.time() if now is None else now
+    with conn.transaction():
+        rows = conn.execute('SELECT * FROM platform.meter_push_plan(make_interval(secs => %s), '
+                            'make_interval(secs => %s))', (settle, lookback)).fetchall()
+    live = [r for r in rows if r['hour'].timestamp() > now - METER_WINDOW]
+    meters = {}
+    events = [_meter_event(meters, api, r) for r in live]
+
+    def send(event):
+        try:
+            api.post('/v1/billing/meter_events', event, event['identifier'])
+        except stripe.InvalidRequestError as e:
+            # Stripe refuses an identifier it holds: proof that the event was taken before
+            if 'already exists with identifier' not in str(e.user_message or e):
+                raise
+        return event['identifier']
+
+    sent = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(events), batch):
+            done, failed = [], []
+            for future in [pool.submit(send, e) for e in events[start:start + batch]]:
+                try:
+                    done.append(future.result())
+                except stripe.StripeError as e:
+                    failed.append(e)
+            sent += conn.execute('SELECT platform.meter_push_sent(%s) AS n', (done,)).fetchone()['n']
+            if failed:  # what was taken is marked; the rest goes out on the next run
+                raise failed[0]
+    return {'planned': len(rows), 'sent': sent, 'expired': len(rows) - len(live), 'calls': api.calls}
 
 
 def connect(dsn):

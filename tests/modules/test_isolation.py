@@ -24,7 +24,7 @@ B = uuid.UUID("bbbbbbbb-0000-4000-8000-000000000002")
 TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
-    "stripe_events", "invoices", "customer_payment_state", "tenant_dunning",
+    "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes",
 ])
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
@@ -46,6 +46,7 @@ EXPECTED = {
     "invoices": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "customer_payment_state": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "tenant_dunning": dict(select="rls", update="denied", delete="denied", insert="denied"),
+    "meter_pushes": dict(select="denied", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -94,6 +95,9 @@ def insert_for(table, tenant, event_id=None):
                                    "has_payment_method) VALUES (%s, 'cus_new', false)", (t,)),
         "tenant_dunning": ("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
                            "grace_ends_at) VALUES (%s, 'past_due', 'x', 'active', true, now())", (t,)),
+        "meter_pushes": ("INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, "
+                         "stripe_customer_id, stripe_meter_id) VALUES ('sb_new', %s, 'bandwidth_bytes', now(), 1, 1, "
+                         "'cus_x', 'mtr_x')", (t,)),
     }[table]
 
 
@@ -139,6 +143,10 @@ def seed_tenant(conn, tenant, slug, members):
     conn.execute("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
                  "grace_ends_at) VALUES (%s, 'past_due', 'seeded', 'active', false, now() + interval '7 days')",
                  (tenant,))
+    conn.execute("INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, "
+                 "stripe_customer_id, stripe_meter_id, sent_at) VALUES (%s, %s, 'bandwidth_bytes', "
+                 "date_bin('1 hour', now() - interval '1 hour', 'epoch'), 1, 5, %s, 'mtr_seeded', now())",
+                 (f"sb_{slug}", tenant, f"cus_{slug}"))
 
 
 def snapshot(conn, table, tenant):

@@ -112,6 +112,26 @@ CREATE TABLE platform.tenant_dunning (
   updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
+-- Usage pushed to Stripe billing meters: per tenant, metric and closed UTC hour, the overage quantity of that
+-- hour, as meter events whose identifier is derived from (tenant, metric, hour, revision). Usage recorded
+-- after an hour was pushed goes out as the next revision, for the difference.
+CREATE TABLE platform.meter_pushes (
+  identifier         text PRIMARY KEY CHECK (pg_catalog.length(identifier) <= 100),
+  tenant_id          uuid NOT NULL REFERENCES platform.tenants (id) ON DELETE CASCADE,
+  metric             text NOT NULL,
+  hour               timestamptz NOT NULL,
+  revision           integer NOT NULL CHECK (revision >= 1),
+  quantity           bigint NOT NULL CHECK (quantity > 0),
+  stripe_customer_id text NOT NULL,
+  stripe_meter_id    text NOT NULL,
+  planned_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  sent_at            timestamptz,
+  UNIQUE (tenant_id, metric, hour, revision)
+);
+CREATE INDEX meter_pushes_unsent_idx ON platform.meter_pushes (hour) WHERE sent_at IS NULL;
+-- the planner reads the overage recorded in its look-back window
+CREATE INDEX usage_overages_created_idx ON platform.usage_overages (created_at);
+
 -- The subscription mirror gains its items (price, quantity, period of each) and when it was last synced.
 ALTER TABLE platform.subscriptions
   ADD COLUMN items     jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(items) = 'array'),
@@ -122,7 +142,7 @@ DO $rls$
 DECLARE
   t text;
 BEGIN
-  FOREACH t IN ARRAY ARRAY['invoices', 'customer_payment_state', 'tenant_dunning', 'stripe_events']
+  FOREACH t IN ARRAY ARRAY['invoices', 'customer_payment_state', 'tenant_dunning', 'stripe_events', 'meter_pushes']
   LOOP
     EXECUTE pg_catalog.format('ALTER TABLE platform.%I ENABLE ROW LEVEL SECURITY', t);
     EXECUTE pg_catalog.format('ALTER TABLE platform.%I FORCE ROW LEVEL SECURITY', t);
@@ -382,17 +402,73 @@ BEGIN
 END
 $$;
 
+-- Plan the meter events of closed hours (ended p_settle ago, within p_lookback) and return every unsent one,
+-- oldest first. Tenants without a Stripe customer, or metrics without a meter, are not planned.
+CREATE FUNCTION platform.meter_push_plan(p_settle interval, p_lookback interval)
+RETURNS TABLE (identifier text, tenant text, metric text, hour timestamptz, quantity bigint,
+               stripe_customer_id text, stripe_meter_id text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+DECLARE
+  v_from pg_catalog.timestamptz := pg_catalog.date_bin('1 hour', pg_catalog.now() - p_lookback, 'epoch');
+  v_to pg_catalog.timestamptz := pg_catalog.date_bin('1 hour', pg_catalog.now() - p_settle, 'epoch');
+BEGIN
+  IF p_settle < '0'::pg_catalog.interval OR p_lookback > '34 days'::pg_catalog.interval THEN
+    RAISE EXCEPTION 'meter_push_plan: p_settle must be >= 0 and p_lookback <= 34 days (Stripe takes 35)'
+      USING ERRCODE = '22023';
+  END IF;
+  -- one planner at a time (a second waits, then plans nothing new)
+  LOCK TABLE platform.meter_pushes IN SHARE ROW EXCLUSIVE MODE;
+  INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, stripe_customer_id,
+                                     stripe_meter_id)
+  SELECT pg_catalog.format('sb_%s_%s_%s_%s', pg_catalog.replace(u.tenant_id::pg_catalog.text, '-', ''),
+                           pg_catalog.left(pg_catalog.md5(u.metric), 8),
+                           pg_catalog.date_part('epoch', u.hour)::pg_catalog.int8, COALESCE(p.rev, 0) + 1),
+         u.tenant_id, u.metric, u.hour, COALESCE(p.rev, 0) + 1, u.quantity - COALESCE(p.pushed, 0),
+         t.stripe_customer_id, q.stripe_meter_id
+    FROM (SELECT o.tenant_id, o.metric, pg_catalog.date_bin('1 hour', e.occurred_at, 'epoch') AS hour,
+                 pg_catalog.sum(o.quantity)::pg_catalog.int8 AS quantity
+            FROM platform.usage_overages o
+            JOIN platform.usage_events e ON e.id = o.usage_event_id
+           -- an overage is recorded at most 5 minutes before its event occurred (meter_record's limit)
+           WHERE o.created_at >= v_from - '5 minutes'::pg_catalog.interval
+             AND e.occurred_at >= v_from AND e.occurred_at < v_to
+           GROUP BY 1, 2, 3) u
+    JOIN platform.tenants t ON t.id = u.tenant_id AND t.stripe_customer_id IS NOT NULL
+    JOIN platform.plan_quotas q ON q.plan_code = t.plan_code AND q.metric = u.metric AND q.stripe_meter_id IS NOT NULL
+    LEFT JOIN (SELECT m.tenant_id, m.metric, m.hour, pg_catalog.max(m.revision) AS rev,
+                      pg_catalog.sum(m.quantity) AS pushed
+                 FROM platform.meter_pushes m WHERE m.hour >= v_from GROUP BY 1, 2, 3) p
+           ON p.tenant_id = u.tenant_id AND p.metric = u.metric AND p.hour = u.hour
+   WHERE u.quantity > COALESCE(p.pushed, 0);
+  RETURN QUERY
+    SELECT m.identifier, t.slug, m.metric, m.hour, m.quantity, m.stripe_customer_id, m.stripe_meter_id
+      FROM platform.meter_pushes m JOIN platform.tenants t ON t.id = m.tenant_id
+     WHERE m.sent_at IS NULL ORDER BY m.hour, m.identifier;
+END
+$$;
+
+-- Record that Stripe took these meter events; returns how many were newly marked.
+CREATE FUNCTION platform.meter_push_sent(p_identifiers text[])
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+  WITH marked AS (
+    UPDATE platform.meter_pushes m SET sent_at = pg_catalog.now()
+     WHERE m.identifier = ANY (p_identifiers) AND m.sent_at IS NULL RETURNING 1)
+  SELECT pg_catalog.count(*)::pg_catalog.int4 FROM marked
+$$;
+
 -- Least privilege: applications read their tenant's invoices, payment state and dunning; the ledger is
 -- append-only for everyone but its owner.
 REVOKE ALL ON platform.stripe_events, platform.stripe_objects, platform.stripe_sync_state, platform.invoices,
-  platform.customer_payment_state, platform.tenant_dunning FROM PUBLIC;
+  platform.customer_payment_state, platform.tenant_dunning, platform.meter_pushes FROM PUBLIC;
 GRANT SELECT ON platform.invoices, platform.customer_payment_state, platform.tenant_dunning TO selfbase_app;
 GRANT SELECT ON platform.stripe_events, platform.stripe_sync_state, platform.invoices, platform.customer_payment_state,
-  platform.tenant_dunning TO selfbase_admin, selfbase_monitor;
+  platform.tenant_dunning, platform.meter_pushes TO selfbase_admin, selfbase_monitor;
 REVOKE ALL ON FUNCTION platform.billing_standing(uuid), platform.billing_settle(uuid, jsonb),
   platform.stripe_event_begin(text, text, timestamptz, boolean, text, text),
   platform.stripe_event_apply(text, jsonb, jsonb), platform.billing_dunning_tick(jsonb),
-  platform.stripe_sync_cursor(timestamptz) FROM PUBLIC;
+  platform.stripe_sync_cursor(timestamptz), platform.meter_push_plan(interval, interval),
+  platform.meter_push_sent(text[]) FROM PUBLIC;
 RESET ROLE;
 ALTER FUNCTION platform.billing_standing(uuid) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.billing_settle(uuid, jsonb) OWNER TO selfbase_billing_definer;
@@ -401,14 +477,20 @@ ALTER FUNCTION platform.stripe_event_begin(text, text, timestamptz, boolean, tex
 ALTER FUNCTION platform.stripe_event_apply(text, jsonb, jsonb) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.billing_dunning_tick(jsonb) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.stripe_sync_cursor(timestamptz) OWNER TO selfbase_billing_definer;
+ALTER FUNCTION platform.meter_push_plan(interval, interval) OWNER TO selfbase_billing_definer;
+ALTER FUNCTION platform.meter_push_sent(text[]) OWNER TO selfbase_billing_definer;
 GRANT SELECT, INSERT, UPDATE ON platform.stripe_events, platform.stripe_objects, platform.stripe_sync_state,
   platform.invoices, platform.customer_payment_state TO selfbase_billing_definer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON platform.tenant_dunning TO selfbase_billing_definer;
+-- LOCK ... SHARE ROW EXCLUSIVE needs one of UPDATE, DELETE, TRUNCATE
+GRANT SELECT, INSERT, UPDATE ON platform.meter_pushes TO selfbase_billing_definer;
+GRANT SELECT ON platform.usage_overages, platform.usage_events, platform.plan_quotas TO selfbase_billing_definer;
 GRANT SELECT, INSERT, UPDATE ON platform.subscriptions TO selfbase_billing_definer;
 GRANT SELECT, UPDATE (status, updated_at) ON platform.tenants TO selfbase_billing_definer;
 GRANT INSERT ON platform.audit_log TO selfbase_billing_definer;
 GRANT EXECUTE ON FUNCTION platform.stripe_event_begin(text, text, timestamptz, boolean, text, text),
   platform.stripe_event_apply(text, jsonb, jsonb), platform.billing_dunning_tick(jsonb),
-  platform.stripe_sync_cursor(timestamptz) TO selfbase_billing;
+  platform.stripe_sync_cursor(timestamptz), platform.meter_push_plan(interval, interval),
+  platform.meter_push_sent(text[]) TO selfbase_billing;
 GRANT EXECUTE ON FUNCTION platform.billing_standing(uuid) TO selfbase_admin, selfbase_monitor;
 """

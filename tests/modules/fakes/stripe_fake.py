@@ -103,6 +103,10 @@ METER_CREATE = dict(EXPAND, display_name="str", event_name="str",
                     value_settings={"event_payload_key": "str"}, event_time_window=("enum", "day", "hour"))
 METER_UPDATE = dict(EXPAND, display_name="str")
 METER_LIST = dict(LIST, status=("enum", "active", "inactive"))
+METER_EVENT_CREATE = dict(EXPAND, event_name="str", identifier="str", payload=META, timestamp="int")
+METER_SUMMARIES = dict(LIST, customer="str", start_time="int", end_time="int",
+                       value_grouping_window=("enum", "day", "hour"))
+METER_EVENT_WINDOW = 35 * 86400  # meter event timestamps: within the past 35 days, at most 5 minutes ahead
 
 ADDRESS = {k: "str" for k in ("line1", "line2", "city", "state", "postal_code", "country")}
 CUSTOMER_FIELDS = dict(EXPAND, name="str", email="str", description="str", metadata=META, phone="str",
@@ -297,6 +301,8 @@ class FakeStripe:
         self.requests: list[Logged] = []
         self.faults: list[Fault] = []
         self.db: dict[str, dict] = {k: {} for k in PREFIX}
+        self.db["meter_events"] = {}  # by identifier
+        self.meter_errors: list[dict] = []  # what Stripe would report asynchronously (meter error reports)
         self.idem: dict[str, dict] = {}
         self.seq = 0
         self.clock = 0  # seconds added to the wall clock (advance())
@@ -578,6 +584,8 @@ class FakeStripe:
             ("GET", r"/v1/billing/meters/([^/]+)", self.meter_get),
             ("POST", r"/v1/billing/meters/([^/]+)", self.meter_update),
             ("POST", r"/v1/billing/meters/([^/]+)/(deactivate|reactivate)", self.meter_status),
+            ("GET", r"/v1/billing/meters/([^/]+)/event_summaries", self.meter_summaries),
+            ("POST", r"/v1/billing/meter_events", self.meter_event_create),
             ("POST", r"/v1/customers", self.customer_create),
             ("GET", r"/v1/customers", self.customer_list),
             ("GET", r"/v1/customers/search", self.customer_search),
@@ -839,6 +847,66 @@ class FakeStripe:
             "event_time_window": p.get("event_time_window"), "status": "active",
             "status_transitions": {"deactivated_at": None}, "updated": now,
             "value_settings": {"event_payload_key": (p.get("value_settings") or {}).get("event_payload_key", "value")}})
+
+    def meter_event_create(self, p):
+        p = coerce(METER_EVENT_CREATE, p)
+        self._require(p, "event_name", "payload")
+        now = self.now()
+        stamp = p.get("timestamp", now)
+        if stamp is None or stamp < now - METER_EVENT_WINDOW or stamp > now + 300:
+            raise bad("timestamp", "Timestamp must be within the past 35 calendar days and no more than 5 minutes "
+                      "in the future.")
+        ident = p.get("identifier") or "mev_" + secrets.token_hex(12)
+        if len(ident) > 100:
+            raise bad("identifier", "Invalid string: identifier must be at most 100 characters")
+        held = self.db["meter_events"].get(ident)
+        if held and now - held["created"] < 24 * 3600:
+            raise ApiError(400, "An event already exists with identifier %s." % ident, param="identifier",
+                           headers={"Stripe-Should-Retry": "false"})
+        event = {"object": "billing.meter_event", "created": now, "event_name": p["event_name"], "identifier": ident,
+                 "livemode": False, "payload": p["payload"], "timestamp": stamp}
+        meters = [m for m in self.db["billing/meters"].values()
+                  if m["event_name"] == p["event_name"] and m["status"] == "active"]
+        value = p["payload"].get(meters[0]["value_settings"]["event_payload_key"]) if meters else None
+        if not meters:
+            self.meter_errors.append(dict(event, error="no_meter"))
+        elif not p["payload"].get(meters[0]["customer_mapping"]["event_payload_key"]):
+            self.meter_errors.append(dict(event, error="meter_event_no_customer_defined"))
+        elif p["payload"][meters[0]["customer_mapping"]["event_payload_key"]] not in self.db["customers"]:
+            self.meter_errors.append(dict(event, error="meter_event_customer_not_found"))
+        elif value is None or not re.fullmatch(r"-?\d+(\.\d+)?", value):
+            self.meter_errors.append(dict(event, error="meter_event_invalid_value"))
+        else:
+            self.db["meter_events"][ident] = event
+        return event
+
+    def meter_summaries(self, p, oid):
+        p = coerce(METER_SUMMARIES, p)
+        self._require(p, "customer", "start_time", "end_time")
+        meter = self._find("billing/meters", oid)
+        window = {"hour": 3600, "day": 86400}.get(p.get("value_grouping_window"))
+        start, end = p["start_time"], p["end_time"]
+        if window and (start % window or end % window):
+            raise bad("start_time", "start_time and end_time must be aligned with value_grouping_window.")
+        if end <= start:
+            raise bad("end_time", "end_time must be after start_time.")
+        key = meter["customer_mapping"]["event_payload_key"]
+        bounds = [(t, min(t + window, end)) for t in range(start, end, window)] if window else [(start, end)]
+        out = []
+        for lo, hi in bounds:
+            values = [float(e["payload"][meter["value_settings"]["event_payload_key"]])
+                      for e in self.db["meter_events"].values()
+                      if e["event_name"] == meter["event_name"] and e["payload"].get(key) == p["customer"]
+                      and lo <= e["timestamp"] < hi]
+            if values:
+                out.append({"id": "mtrusum_%d" % lo, "object": "billing.meter_event_summary",
+                            "aggregated_value": sum(values), "end_time": hi, "livemode": False, "meter": oid,
+                            "start_time": lo})
+        limit = p.get("limit", 10)
+        if p.get("starting_after"):
+            out = [o for o in out if o["start_time"] > int(p["starting_after"].split("_")[1])]
+        return {"object": "list", "data": out[:limit], "has_more": len(out) > limit,
+                "url": "/v1/billing/meters/%s/event_summaries" % oid}
 
     def meter_get(self, p, oid):
         coerce(EXPAND, p)

@@ -39,6 +39,7 @@ ROUTES = [
     ("POST", r"/v1/billing/meters/[^/]+/deactivate", PB.MeterDeactivateParams),
     ("POST", r"/v1/billing/meters/[^/]+/reactivate", PB.MeterReactivateParams),
     ("POST", r"/v1/billing/meter_events", PB.MeterEventCreateParams),
+    ("GET", r"/v1/billing/meters/[^/]+/event_summaries", PB.MeterEventSummaryListParams),
     ("POST", r"/v1/customers", P.CustomerCreateParams),
     ("GET", r"/v1/customers", P.CustomerListParams),
     ("GET", r"/v1/customers/search", P.CustomerSearchParams),

@@ -1,0 +1,239 @@
+"""Usage to Stripe billing meters (migration 0006 and module_utils/stripe_events.push_usage): contract tests
+against the fake Stripe, whose meter event summaries are compared with the platform's own usage."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+import uuid
+
+import psycopg
+import pytest
+import stripe
+
+from fakes.stripe_fake import API_VERSION
+from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
+from test_security import ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))
+from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events  # noqa: E402
+
+HOUR = 3600
+
+
+def hour_ago(n):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(minute=0, second=0, microsecond=0) - datetime.timedelta(hours=n)
+
+
+@pytest.fixture()
+def push(tenants, stripe_fake, pg_server, db):  # noqa: F811
+    """A bandwidth meter in Stripe, the customers of alpha and bravo, and a billing login's connection."""
+    tenants.execute("DELETE FROM platform.meter_pushes")  # seeded for the isolation tests
+    client = stripe.StripeClient(stripe_fake.api_key, stripe_version=API_VERSION,
+                                 base_addresses={"api": stripe_fake.url})
+    meter = client.raw_request("post", "/v1/billing/meters", display_name="Bandwidth", event_name="bandwidth_bytes",
+                               default_aggregation={"formula": "sum"},
+                               customer_mapping={"event_payload_key": "customer", "type": "by_id"},
+                               value_settings={"event_payload_key": "bytes"}).data
+    tenants.execute("UPDATE platform.plan_quotas SET stripe_meter_id = %s WHERE metric = 'bandwidth_bytes'",
+                    (meter["id"],))
+    customers = {}
+    for tenant in (A, B):
+        cus = client.raw_request("post", "/v1/customers", name=str(tenant)).data
+        tenants.execute("UPDATE platform.tenants SET stripe_customer_id = %s WHERE id = %s", (cus["id"], tenant))
+        customers[tenant] = cus["id"]
+    name = f"billing_{uuid.uuid4().hex[:6]}"
+    tenants.execute(f'CREATE ROLE "{name}" LOGIN IN ROLE selfbase_billing')
+    conn = stripe_events.connect(pg_server.conninfo(db, user=name))
+
+    class Push:
+        fake, db, login = stripe_fake, tenants, conn
+        meter_id, customer = meter["id"], customers
+
+        @staticmethod
+        def api():
+            return stripe_events.StripeApi(stripe_fake.api_key, stripe_fake.url, API_VERSION, timeout=5, retries=3)
+
+        def run(self, api=None, **kw):
+            return stripe_events.push_usage(conn, api or self.api(), settle=0, **kw)
+
+        def use(self, tenant, quantity, at):
+            """Overage-priced usage at a past time, as the metering agent records it (any month)."""
+            with tenants.transaction():
+                # the rollup trigger runs as the table owner, under row-level security
+                tenants.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
+                event = tenants.execute(
+                    "INSERT INTO platform.usage_events (tenant_id, metric, quantity, idempotency_key, occurred_at) "
+                    "VALUES (%s, 'bandwidth_bytes', %s, %s, %s) RETURNING id",
+                    (tenant, quantity, uuid.uuid4().hex, at)).fetchone()["id"]
+                tenants.execute("INSERT INTO platform.usage_overages (tenant_id, metric, usage_event_id, quantity, "
+                                "unit_price) VALUES (%s, 'bandwidth_bytes', %s, %s, 0.5)", (tenant, event, quantity))
+
+        def overage(self, tenant):
+            """The platform's overage per closed hour (epoch seconds)."""
+            return {int(r["hour"].timestamp()): int(r["q"]) for r in tenants.execute(
+                "SELECT date_bin('1 hour', e.occurred_at, 'epoch') AS hour, sum(o.quantity) AS q "
+                "FROM platform.usage_overages o JOIN platform.usage_events e ON e.id = o.usage_event_id "
+                "WHERE o.tenant_id = %s AND e.occurred_at < date_bin('1 hour', now(), 'epoch') GROUP BY 1",
+                (tenant,))}
+
+        def summaries(self, tenant, hours=80):
+            start = int(hour_ago(hours).timestamp())
+            params = {"customer": customers[tenant], "start_time": start, "end_time": start + (hours + 1) * HOUR,
+                      "value_grouping_window": "hour", "limit": 100}
+            out = {}
+            while True:
+                page = client.raw_request("get", "/v1/billing/meters/%s/event_summaries" % meter["id"], **params).data
+                out.update((s["start_time"], int(s["aggregated_value"])) for s in page["data"])
+                if not page["has_more"]:
+                    return out
+                params["starting_after"] = page["data"][-1]["id"]
+
+    yield Push()
+    conn.close()
+    tenants.execute(f'DROP OWNED BY "{name}"')
+    tenants.execute(f'DROP ROLE "{name}"')
+
+
+def meter_posts(fake):
+    return fake.writes("/v1/billing/meter_events")
+
+
+def test_closed_hours_are_pushed_once_and_stripe_sums_equal_the_platforms_usage(push):
+    for n, (a, b) in enumerate([(100, 7), (250, 0), (40, 900)], start=1):
+        push.use(A, a, hour_ago(n) + datetime.timedelta(minutes=10))
+        if b:
+            push.use(B, b, hour_ago(n) + datetime.timedelta(minutes=50))
+    push.use(A, 500, datetime.datetime.now(datetime.timezone.utc))  # the open hour waits
+    res = push.run()
+    assert (res["planned"], res["sent"], res["expired"]) == (5, 5, 0), res
+    assert push.summaries(A) == push.overage(A) and push.summaries(B) == push.overage(B)
+    assert sum(push.overage(A).values()) == 390
+    assert push.fake.meter_errors == []
+    again = push.run()
+    assert again == {"planned": 0, "sent": 0, "expired": 0, "calls": 0}
+    idents = [r.params["identifier"] for r in meter_posts(push.fake)]
+    assert len(idents) == len(set(idents)) == 5
+    assert all(r.idempotency_key == r.params["identifier"] for r in meter_posts(push.fake))
+
+
+def test_a_crash_mid_batch_and_a_re_run_send_nothing_twice_and_forget_nothing(push):
+    for n in range(1, 61):
+        push.use(A, n, hour_ago(n))
+        push.use(B, 2 * n, hour_ago(n) + datetime.timedelta(minutes=30))
+    api = push.api()
+    real_post, count = api.post, [0]
+
+    def crashing_post(*args, **kw):
+        count[0] += 1
+        if count[0] > 50:
+            raise KeyboardInterrupt("the host lost power")
+        return real_post(*args, **kw)
+    api.post = crashing_post
+    with pytest.raises(KeyboardInterrupt):
+        push.run(api, batch=20, workers=1)
+    marked = {r["identifier"] for r in push.db.execute("SELECT identifier FROM platform.meter_pushes "
+                                                       "WHERE sent_at IS NOT NULL")}
+    assert len(marked) == 40  # two batches of 20 were marked; 10 more reached Stripe unmarked
+    res = push.run(batch=20)
+    assert res["sent"] == 120 - 40
+    assert push.summaries(A) == push.overage(A) and push.summaries(B) == push.overage(B)
+    accepted = list(push.fake.db["meter_events"])
+    assert len(accepted) == len(set(accepted)) == 120
+    posts = [r.params["identifier"] for r in meter_posts(push.fake)]
+    assert not [i for i in marked if posts.count(i) != 1]  # marked ones were never sent again
+    # the 10 sent but unmarked went out again, and Stripe replayed its first answer (same idempotency key)
+    assert sum(1 for r in meter_posts(push.fake) if r.replayed) == 10
+
+
+def test_usage_recorded_after_an_hour_was_pushed_goes_out_as_a_revision(push):
+    push.use(A, 100, hour_ago(2))
+    push.run()
+    push.use(A, 30, hour_ago(2) + datetime.timedelta(minutes=59))  # the agent caught up late
+    res = push.run()
+    assert res["sent"] == 1
+    rows = push.db.execute("SELECT revision, quantity FROM platform.meter_pushes ORDER BY revision").fetchall()
+    assert [(r["revision"], r["quantity"]) for r in rows] == [(1, 100), (2, 30)]
+    assert push.summaries(A) == push.overage(A) == {int(hour_ago(2).timestamp()): 130}
+
+
+def test_rate_limits_and_server_errors_are_retried(push):
+    for n in range(1, 4):
+        push.use(A, 50, hour_ago(n))
+    push.fake.fail_next(status=429, count=2, path_prefix="/v1/billing/meter_events", method="POST")
+    push.fake.fail_next(status=503, count=1, path_prefix="/v1/billing/meter_events", method="POST")
+    res = push.run(workers=1)
+    assert res["sent"] == 3 and push.summaries(A) == push.overage(A)
+    assert sum(1 for r in meter_posts(push.fake) if r.fault) == 3
+
+
+def test_a_stripe_refusal_marks_what_was_taken_and_fails(push):
+    for n in range(1, 4):
+        push.use(A, 50, hour_ago(n))
+    push.fake.fail_next(status=400, count=1, path_prefix="/v1/billing/meter_events", method="POST")
+    with pytest.raises(stripe.StripeError):
+        push.run(workers=1)
+    assert push.db.execute("SELECT count(*) AS n FROM platform.meter_pushes WHERE sent_at IS NOT NULL"
+                           ).fetchone()["n"] == 2
+    assert push.run()["sent"] == 1 and push.summaries(A) == push.overage(A)
+
+
+def test_hours_older_than_stripe_takes_are_reported_not_sent(push):
+    push.db.execute("INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, "
+                    "stripe_customer_id, stripe_meter_id) VALUES ('sb_old', %s, 'bandwidth_bytes', "
+                    "date_bin('1 hour', now() - interval '35 days', 'epoch'), 1, 10, %s, %s)",
+                    (A, push.customer[A], push.meter_id))
+    assert push.run() == {"planned": 1, "sent": 0, "expired": 1, "calls": 0}
+    assert meter_posts(push.fake) == []
+    err = error(push.login, "SELECT * FROM platform.meter_push_plan(interval '0', interval '35 days')")
+    assert err.sqlstate == "22023" and "35" in str(err)
+
+
+def test_the_fake_refuses_what_stripe_refuses(push):
+    api = push.api()
+    now = push.fake.now()
+    base = {"event_name": "bandwidth_bytes", "payload": {"customer": push.customer[A], "bytes": "1"}}
+    refused = [(dict(base, timestamp=now - 36 * 86400), "timestamp"), (dict(base, timestamp=now + 600), "timestamp"),
+               (dict(base, identifier="x" * 101), "identifier")]
+    for bad, param in refused:
+        with pytest.raises(stripe.InvalidRequestError) as err:
+            api.post("/v1/billing/meter_events", bad, uuid.uuid4().hex)
+        assert err.value.param == param
+    api.post("/v1/billing/meter_events", dict(base, identifier="same"), "k1")
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        api.post("/v1/billing/meter_events", dict(base, identifier="same"), "k2")
+    assert "already exists with identifier" in str(err.value)
+    with pytest.raises(stripe.InvalidRequestError):
+        api.get("/v1/billing/meters/%s/event_summaries" % push.meter_id,
+                {"customer": push.customer[A], "start_time": now - 100, "end_time": now, "value_grouping_window": "hour"})
+
+
+# ---------------------------------------------------------------- attacks
+
+
+@pytest.mark.parametrize("who", list(ROLES))
+def test_no_other_login_can_plan_or_mark_pushes(tenants, logins, who):  # noqa: F811
+    c = logins(who)
+    for sql in ("SELECT * FROM platform.meter_push_plan(interval '0', interval '1 day')",
+                "SELECT platform.meter_push_sent(ARRAY['sb_x'])"):
+        assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+def test_the_billing_login_cannot_touch_the_push_ledger_directly(push):
+    for sql in ("SELECT * FROM platform.meter_pushes", "UPDATE platform.meter_pushes SET sent_at = now()",
+                "DELETE FROM platform.meter_pushes", "SELECT * FROM platform.usage_overages"):
+        assert isinstance(error(push.login, sql), psycopg.errors.InsufficientPrivilege), sql
+
+
+def test_with_execute_left_to_public_the_app_could_mark_usage_as_billed(push, logins):
+    """The defence is the REVOKE from PUBLIC: marked pushes are never sent, so the usage is never billed."""
+    push.use(A, 100, hour_ago(2))
+    with push.db.transaction():
+        planned = [r["identifier"] for r in push.db.execute(
+            "SELECT * FROM platform.meter_push_plan(interval '0', interval '1 day')")]
+    push.db.execute("GRANT EXECUTE ON FUNCTION platform.meter_push_sent(text[]) TO PUBLIC")
+    logins("app").execute("SELECT platform.meter_push_sent(%s)", (planned,))
+    assert push.run()["sent"] == 0 and push.summaries(A) == {}
