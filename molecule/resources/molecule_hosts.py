@@ -5,6 +5,7 @@ A test file imports it with
 """
 
 import os
+import time
 
 import testinfra
 
@@ -19,3 +20,13 @@ def ansible_host(name):
 def docker_host(name):
     """A host by ``docker exec``: much faster than one Ansible run per command (the hosts are containers)."""
     return testinfra.get_host(f"docker://{name}")
+
+
+def until(predicate, timeout=60):
+    """Call predicate every second until it returns a true value or timeout seconds passed; return the last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(1)

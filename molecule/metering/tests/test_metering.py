@@ -12,7 +12,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
-from molecule_hosts import docker_host  # noqa: E402  pylint: disable=wrong-import-position
+from molecule_hosts import docker_host, until  # noqa: E402  pylint: disable=wrong-import-position
 
 testinfra_hosts = []
 PROXY = docker_host("meter-proxy")
@@ -121,15 +121,6 @@ def until_curl(slug, predicate, timeout=LAG):
         res = curl(slug)
         if predicate(res) or time.time() > deadline:
             return res
-        time.sleep(1)
-
-
-def until(predicate, timeout=LAG):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value or time.time() > deadline:
-            return value
         time.sleep(1)
 
 

@@ -1,0 +1,137 @@
+"""selfbase billing service: the Stripe webhook receiver (a WSGI application, served by gunicorn) and the sync
+job (reconcile from /v1/events, dunning's clock, usage to billing meters), around stripe_events.py.
+
+    gunicorn selfbase_billing:application      # SELFBASE_BILLING_CONFIG names the JSON configuration
+    python3 selfbase_billing.py sync            # the timer's job; prints counts and writes metrics
+    python3 selfbase_billing.py check-config FILE
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import stripe_events
+
+DEFAULT_CONFIG = "/etc/selfbase/billing/config.json"
+REQUIRED = {"conninfo": str, "api_key": str, "api_base": str, "api_version": str, "webhook_secrets": list,
+            "tolerance": int, "policy": dict, "sync": dict}
+SYNC = {"reconcile": bool, "overlap": int, "meter_push": bool, "settle": int, "lookback": int, "workers": int,
+        "metrics_file": str}
+
+
+def check(config):
+    """The configuration's errors, each naming its field."""
+    errors = ["%s: missing or not a %s" % (k, t.__name__) for k, t in REQUIRED.items()
+              if not isinstance(config.get(k), t)]
+    if errors:
+        return errors
+    errors += ["%s: unknown field" % k for k in set(config) - set(REQUIRED)]
+    errors += ["sync.%s: missing or not a %s" % (k, t.__name__) for k, t in SYNC.items()
+               if not isinstance(config["sync"].get(k), t)]
+    if not config["webhook_secrets"] or not all(str(s).startswith("whsec_") for s in config["webhook_secrets"]):
+        errors.append("webhook_secrets: one or two whsec_ secrets")
+    if len(config["webhook_secrets"]) > 2:
+        errors.append("webhook_secrets: at most two (the current one and the one being rotated out)")
+    if not 1 <= config["tolerance"] <= 3600:
+        errors.append("tolerance: 1 to 3600 seconds")
+    if not isinstance(config["policy"].get("grace_days"), int) or config["policy"]["grace_days"] < 0:
+        errors.append("policy.grace_days: an integer >= 0")
+    if not isinstance(config["policy"].get("reactivate_suspended"), bool):
+        errors.append("policy.reactivate_suspended: a boolean")
+    if not config["api_key"].startswith(("sk_", "rk_")):
+        errors.append("api_key: a secret (sk_) or restricted (rk_) key")
+    if not 0 < config["sync"].get("lookback", 0) <= 34 * 86400:
+        errors.append("sync.lookback: 1 second to 34 days")
+    return errors
+
+
+def load(path=None):
+    with open(path or os.environ.get("SELFBASE_BILLING_CONFIG", DEFAULT_CONFIG), encoding="utf-8") as fh:
+        config = json.load(fh)
+    errors = check(config)
+    if errors:
+        raise SystemExit("billing configuration: " + "; ".join(errors))
+    return config
+
+
+def api(config):
+    return stripe_events.StripeApi(config["api_key"], config["api_base"], config["api_version"])
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_metrics(path, values):
+    """node_exporter's textfile collector: written whole, then renamed."""
+    lines = []
+    for name, (help_text, samples) in sorted(values.items()):
+        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
+        lines += ["%s%s %s" % (name, labels, value) for labels, value in samples]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".billing-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def sync(config):
+    conn = stripe_events.connect(config["conninfo"])
+    client = api(config)
+    out, ok = {"started": time.time()}, 1
+    try:
+        if config["sync"]["reconcile"]:
+            out["reconcile"] = stripe_events.reconcile(conn, client, config["policy"], config["sync"]["overlap"])
+        out["suspended"] = [r["tenant"] for r in stripe_events.dunning_tick(conn, config["policy"])]
+        if config["sync"]["meter_push"]:
+            out["meter_push"] = stripe_events.push_usage(conn, client, config["sync"]["settle"],
+                                                         config["sync"]["lookback"], config["sync"]["workers"])
+    except Exception as e:  # reported, and the metrics say the run failed; the timer runs it again
+        ok, out["error"] = 0, "%s: %s" % (type(e).__name__, e)
+        raise
+    finally:
+        pushed = out.get("meter_push") or {}
+        write_metrics(config["sync"]["metrics_file"], {
+            "selfbase_billing_sync_success": ("1 when the last sync run succeeded.", [("", ok)]),
+            "selfbase_billing_sync_last_run_timestamp_seconds": ("When the last sync run ended.",
+                                                                 [("", int(time.time()))]),
+            "selfbase_billing_meter_push_unsent": ("Planned meter events Stripe had not taken after the last run.",
+                                                   [("", pushed.get("planned", 0) - pushed.get("sent", 0))]),
+            "selfbase_billing_events_reconciled": ("Events the last run recovered from /v1/events.",
+                                                   [("", (out.get("reconcile") or {}).get("applied", 0))]),
+        })
+        conn.close()
+        print(json.dumps(out, default=str), flush=True)
+    return out
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "check-config":
+        with open(argv[2], encoding="utf-8") as fh:
+            errors = check(json.load(fh))
+        for e in errors:
+            print(e, file=sys.stderr)
+        return 1 if errors else 0
+    if len(argv) == 2 and argv[1] == "sync":
+        sync(load())
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+def application(environ, start_response):
+    """The receiver, built on the first request of each gunicorn worker."""
+    global RECEIVER  # pylint: disable=global-statement
+    if RECEIVER is None:
+        config = load()
+        RECEIVER = stripe_events.Receiver(config["conninfo"], config["webhook_secrets"], api(config),
+                                          config["policy"], config["tolerance"], log)
+    return RECEIVER(environ, start_response)
+
+
+RECEIVER = None
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
