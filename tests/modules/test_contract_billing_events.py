@@ -456,3 +456,12 @@ def test_the_definer_functions_pin_their_search_path_and_owner(tenants):  # noqa
     assert len(roles) == 2 and all(not r["rolcanlogin"] and not r["rolbypassrls"] for r in roles)
     assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = "
                            "'selfbase_billing_definer'::regrole").fetchone()["n"] == 0
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT hosted_invoice_url FROM platform.invoices", "SELECT stripe_customer_id FROM platform.invoices",
+    "SELECT object_id FROM platform.stripe_events", "SELECT * FROM platform.customer_payment_state",
+    "SELECT stripe_customer_id FROM platform.meter_pushes", "SELECT reason FROM platform.tenant_dunning",
+    "SELECT stripe_subscription_id FROM platform.subscriptions", "SELECT * FROM platform.stripe_sync_state"])
+def test_the_monitor_login_reads_no_stripe_id_or_invoice_url(tenants, logins, sql):  # noqa: F811
+    assert error(logins("monitor"), sql).sqlstate == "42501"

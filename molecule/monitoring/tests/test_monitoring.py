@@ -44,6 +44,7 @@ EXPECTED_ALERTS = {
     "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
     "TenantQuotaWarning", "TenantQuotaExceeded", "WalArchivingFailing", "MeteringAgentDown", "MeteringLagHigh",
     "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
+    "BillingSyncFailing", "MeterPushBacklog", "MeterPushNearStripeWindow", "StripeEventsDelayed",
 }
 TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
@@ -341,7 +342,8 @@ def test_dashboards_are_valid_and_every_query_parses(host):
     """The shipped dashboards follow Grafana's file-provisioning format, use the
     provisioned datasource, and every panel query is PromQL that promtool parses."""
     files = sorted(DASHBOARDS.glob("*.json"))
-    assert [f.stem for f in files] == ["selfbase-nginx", "selfbase-overview", "selfbase-postgresql", "selfbase-tenants"]
+    assert [f.stem for f in files] == ["selfbase-billing", "selfbase-nginx", "selfbase-overview", "selfbase-postgresql",
+                                       "selfbase-tenants"]
     exprs = []
     for path in files:
         board = json.loads(path.read_text())

@@ -132,10 +132,12 @@ CREATE INDEX meter_pushes_unsent_idx ON platform.meter_pushes (hour) WHERE sent_
 -- the planner reads the overage recorded in its look-back window
 CREATE INDEX usage_overages_created_idx ON platform.usage_overages (created_at);
 
--- The subscription mirror gains its items (price, quantity, period of each) and when it was last synced.
+-- The subscription mirror gains its items (price, quantity, period of each), its start (for MRR) and when
+-- it was last synced.
 ALTER TABLE platform.subscriptions
-  ADD COLUMN items     jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(items) = 'array'),
-  ADD COLUMN synced_at timestamptz;
+  ADD COLUMN items      jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(items) = 'array'),
+  ADD COLUMN started_at timestamptz,
+  ADD COLUMN synced_at  timestamptz;
 
 -- Row-level security: forced; tenants read their own invoices, payment state and dunning.
 DO $rls$
@@ -292,6 +294,10 @@ BEGIN
       v_tenant_id := v_tenant.id;
       outcome := 'applied';
       IF v_kind = 'subscription' THEN
+        -- a first sighting gets its row, which the update below fills
+        INSERT INTO platform.subscriptions (tenant_id, stripe_customer_id, stripe_subscription_id, status)
+        VALUES (v_tenant.id, v_customer, p_object ->> 'id', p_object ->> 'status')
+        ON CONFLICT (tenant_id) DO NOTHING;
         UPDATE platform.subscriptions s
            SET stripe_subscription_id = p_object ->> 'id', stripe_customer_id = v_customer,
                status = p_object ->> 'status',
@@ -306,6 +312,13 @@ BEGIN
                cancel_at = pg_catalog.to_timestamp((p_object ->> 'cancel_at')::pg_catalog.float8),
                canceled_at = pg_catalog.to_timestamp((p_object ->> 'canceled_at')::pg_catalog.float8),
                trial_end = pg_catalog.to_timestamp((p_object ->> 'trial_end')::pg_catalog.float8),
+               started_at = pg_catalog.to_timestamp((p_object ->> 'start_date')::pg_catalog.float8),
+               stripe_price_id = COALESCE((SELECT i #>> '{price,id}'
+                                             FROM pg_catalog.jsonb_array_elements(p_object #> '{items,data}') i
+                                            WHERE i #>> '{price,recurring,usage_type}' = 'licensed' LIMIT 1),
+                                          s.stripe_price_id),
+               plan_code = COALESCE((SELECT p.code FROM platform.plans p WHERE p.code = p_object #>> '{metadata,plan_code}'),
+                                    s.plan_code),
                updated_at = pg_catalog.now(), synced_at = pg_catalog.now()
          WHERE s.tenant_id = v_tenant.id
            -- the mirrored subscription, or a newer one replacing one that ended
@@ -313,13 +326,7 @@ BEGIN
                 OR (s.status IN ('canceled', 'incomplete_expired')
                     AND p_object ->> 'status' NOT IN ('canceled', 'incomplete_expired')));
         IF NOT FOUND THEN
-          outcome := CASE WHEN EXISTS (SELECT FROM platform.subscriptions s WHERE s.tenant_id = v_tenant.id)
-                          THEN 'stale' ELSE 'applied' END;
-          IF outcome = 'applied' THEN
-            INSERT INTO platform.subscriptions (tenant_id, stripe_customer_id, stripe_subscription_id, status,
-                                                items, synced_at)
-            VALUES (v_tenant.id, v_customer, p_object ->> 'id', p_object ->> 'status', '[]', pg_catalog.now());
-          END IF;
+          outcome := 'stale';  -- about a subscription other than the tenant's live one
         END IF;
       ELSIF v_kind = 'invoice' THEN
         INSERT INTO platform.invoices AS v (stripe_invoice_id, tenant_id, stripe_customer_id, stripe_subscription_id,
@@ -463,7 +470,12 @@ REVOKE ALL ON platform.stripe_events, platform.stripe_objects, platform.stripe_s
   platform.customer_payment_state, platform.tenant_dunning, platform.meter_pushes FROM PUBLIC;
 GRANT SELECT ON platform.invoices, platform.customer_payment_state, platform.tenant_dunning TO selfbase_app;
 GRANT SELECT ON platform.stripe_events, platform.stripe_sync_state, platform.invoices, platform.customer_payment_state,
-  platform.tenant_dunning, platform.meter_pushes TO selfbase_admin, selfbase_monitor;
+  platform.tenant_dunning, platform.meter_pushes TO selfbase_admin;
+-- postgres_exporter: the columns of its billing queries, never a Stripe id or an invoice URL
+GRANT SELECT (source, outcome, created, received_at, processed_at) ON platform.stripe_events TO selfbase_monitor;
+GRANT SELECT (status, attempt_count, amount_remaining) ON platform.invoices TO selfbase_monitor;
+GRANT SELECT (state) ON platform.tenant_dunning TO selfbase_monitor;
+GRANT SELECT (hour, sent_at) ON platform.meter_pushes TO selfbase_monitor;
 REVOKE ALL ON FUNCTION platform.billing_standing(uuid), platform.billing_settle(uuid, jsonb),
   platform.stripe_event_begin(text, text, timestamptz, boolean, text, text),
   platform.stripe_event_apply(text, jsonb, jsonb), platform.billing_dunning_tick(jsonb),
@@ -493,4 +505,10 @@ GRANT EXECUTE ON FUNCTION platform.stripe_event_begin(text, text, timestamptz, b
   platform.stripe_sync_cursor(timestamptz), platform.meter_push_plan(interval, interval),
   platform.meter_push_sent(text[]) TO selfbase_billing;
 GRANT EXECUTE ON FUNCTION platform.billing_standing(uuid) TO selfbase_admin, selfbase_monitor;
+-- postgres_exporter's MRR: the subscription mirror (no Stripe id but the price's) and the price book
+GRANT SELECT (stripe_price_id, status, started_at, trial_end, canceled_at) ON platform.subscriptions TO selfbase_monitor;
+GRANT SELECT (currency, billing_cycle, unit_amount, stripe_price_id) ON platform.plan_prices TO selfbase_monitor;
+SET LOCAL ROLE selfbase_owner;
+CREATE POLICY monitoring ON platform.subscriptions FOR SELECT TO selfbase_monitor USING (true);
+RESET ROLE;
 """

@@ -1,0 +1,75 @@
+"""billing_info against a real PostgreSQL server: the mirrors the webhook receiver keeps, read back per tenant,
+and the month's MRR movements."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
+from test_security import logins  # noqa: F401  pylint: disable=unused-import
+
+
+@pytest.fixture()
+def mirrors(tenants, run):  # noqa: F811
+    """alpha: monthly 29.00 USD from 5 Oct 2026, past due on an open invoice. bravo: yearly 120.00 USD from
+    1 Aug 2026, canceled on 20 Oct 2026."""
+    tenants.execute("INSERT INTO platform.plan_prices (plan_code, billing_cycle, currency, unit_amount, stripe_price_id) "
+                    "VALUES ('iso', 'month', 'usd', 2900, 'price_m'), ('iso', 'year', 'usd', 12000, 'price_y')")
+    tenants.execute("UPDATE platform.subscriptions SET stripe_price_id = 'price_m', status = 'past_due', "
+                    "started_at = '2026-10-05', billing_cycle = 'month' WHERE tenant_id = %s", (A,))
+    tenants.execute("UPDATE platform.subscriptions SET stripe_price_id = 'price_y', status = 'canceled', "
+                    "started_at = '2026-08-01', canceled_at = '2026-10-20', billing_cycle = 'year' "
+                    "WHERE tenant_id = %s", (B,))
+    for n, status in enumerate(["paid", "paid", "open"]):
+        tenants.execute("INSERT INTO platform.invoices (stripe_invoice_id, tenant_id, stripe_customer_id, number, status, "
+                        "currency, amount_due, amount_paid, amount_remaining, attempt_count, created) VALUES "
+                        "(%s, %s, 'cus_alpha', %s, %s, 'usd', 2900, %s, %s, 1, %s)",
+                        (f"in_a{n}", A, f"ALPHA-{n:04d}", status, 2900 if status == "paid" else 0,
+                         0 if status == "paid" else 2900, f"2026-1{n}-05"))
+    return run
+
+
+def test_each_tenant_with_its_subscription_dunning_payment_method_usage_and_invoices(mirrors):
+    res = mirrors("billing_info", {"slugs": ["alpha"], "invoices": 2, "month": "2026-10"})
+    assert res["changed"] is False and res["month"] == "2026-10", res
+    (alpha,) = res["tenants"]
+    assert alpha["subscription"]["status"] == "past_due" and alpha["plan"] == "iso"
+    assert alpha["dunning"]["state"] == "past_due" and alpha["dunning"]["reason"] == "seeded"
+    assert alpha["payment_method"] == {"present": True, "brand": "visa", "last4": "4242"}
+    assert [i["number"] for i in alpha["invoices"]] == ["ALPHA-0002", "ALPHA-0001"]
+    assert alpha["amount_due"] == {"usd": 2900}
+    assert {u["metric"] for u in alpha["usage"]} >= {"api_requests", "bandwidth_bytes"}
+
+
+def test_the_months_mrr_new_churned_and_net(mirrors):
+    res = mirrors("billing_info", {"month": "2026-10", "include_tenants": False})
+    assert res["tenants"] == []
+    assert res["mrr"] == [{"currency": "usd", "mrr_start": 1000.0, "new": 2900.0, "churned": 1000.0,
+                           "mrr_end": 2900.0, "net": 1900.0, "new_subscriptions": 1, "churned_subscriptions": 1}]
+    before = mirrors("billing_info", {"month": "2026-09", "include_tenants": False})["mrr"]
+    assert before[0]["mrr_start"] == 1000.0 and before[0]["new"] == 0 and before[0]["mrr_end"] == 1000.0
+    assert mirrors("billing_info", {"month": "2026-10", "include_tenants": False}, check=True)["mrr"] == res["mrr"]
+
+
+@pytest.mark.parametrize("args, field", [({"month": "2026-13"}, "month"), ({"invoices": -1}, "invoices")])
+def test_bad_input_names_the_field(mirrors, args, field):
+    res = mirrors("billing_info", args)
+    assert res["failed"] is True and res["msg"].startswith(field), res["msg"]
+
+
+def test_postgres_exporter_reads_the_billing_ledgers_as_the_monitor_login(mirrors, logins):  # noqa: F811
+    """The exporter queries behind the billing dashboard and alerts run with selfbase_monitor's grants."""
+    text = (pathlib.Path(__file__).resolve().parents[2]
+            / "roles/monitoring/templates/postgres-exporter-queries.yml.j2").read_text()
+    queries = yaml.safe_load(text.split("{% endif %}")[0].split("\n", 1)[1].replace("{% if", "#"))
+    monitor = logins("monitor")
+    rows = {}
+    for name in ("selfbase_stripe_events", "selfbase_billing_db", "selfbase_billing_mrr"):
+        rows[name] = monitor.execute(queries[name]["query"]).fetchall()
+    assert rows["selfbase_stripe_events"] == [{"source": "webhook", "outcome": "applied", "total": 2.0}]
+    db = rows["selfbase_billing_db"][0]
+    assert db["failed_payments"] == 1.0 and db["tenants_in_dunning"] == 2.0 and db["meter_push_unsent"] == 0.0
+    assert rows["selfbase_billing_mrr"] == [{"currency": "usd", "minor_units": 2900.0}]

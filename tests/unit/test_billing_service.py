@@ -1,0 +1,54 @@
+"""The billing service's configuration check (roles/billing/files/selfbase_billing.py), which the role runs as the
+config file's validate: every error names its field, and what the role's template renders passes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+SPEC = importlib.util.spec_from_file_location("selfbase_billing", ROOT / "roles/billing/files/selfbase_billing.py")
+billing = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(billing)
+
+GOOD = {"conninfo": "host=db dbname=selfbase user=billing_api1", "api_key": "rk_live_x", "api_base": "https://api.stripe.com",
+        "api_version": "2026-10-28.endive", "webhook_secrets": ["whsec_a", "whsec_b"], "tolerance": 300,
+        "policy": {"grace_days": 7, "reactivate_suspended": False},
+        "sync": {"reconcile": True, "overlap": 600, "meter_push": True, "settle": 900, "lookback": 259200, "workers": 8,
+                 "metrics_file": "/var/lib/selfbase-billing/metrics.prom"}}
+
+
+def test_a_good_configuration_passes():
+    assert billing.check(json.loads(json.dumps(GOOD))) == []
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"webhook_secrets": []}, "webhook_secrets"),
+    ({"webhook_secrets": ["whsec_a", "whsec_b", "whsec_c"]}, "webhook_secrets"),
+    ({"webhook_secrets": ["not-a-secret"]}, "webhook_secrets"),
+    ({"api_key": "pk_live_x"}, "api_key"),
+    ({"tolerance": 0}, "tolerance"),
+    ({"policy": {"grace_days": -1, "reactivate_suspended": False}}, "policy.grace_days"),
+    ({"policy": {"grace_days": 7, "reactivate_suspended": "no"}}, "policy.reactivate_suspended"),
+    ({"sync": dict(GOOD["sync"], lookback=35 * 86400)}, "sync.lookback"),
+    ({"sync": dict(GOOD["sync"], workers="8")}, "sync.workers"),
+    ({"conninfo": None}, "conninfo"),
+    ({"extra": 1}, "extra"),
+])
+def test_each_error_names_its_field(change, field):
+    errors = billing.check(dict(GOOD, **change))
+    assert errors and all(e.startswith(field) for e in errors), errors
+
+
+def test_the_cli_refuses_a_bad_file(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dict(GOOD, tolerance=0)))
+    assert billing.main(["selfbase_billing.py", "check-config", str(path)]) == 1
+    assert "tolerance" in capsys.readouterr().err
+    path.write_text(json.dumps(GOOD))
+    assert billing.main(["selfbase_billing.py", "check-config", str(path)]) == 0
