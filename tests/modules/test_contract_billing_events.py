@@ -124,6 +124,29 @@ def transitions(conn, tenant):
         (tenant,))]
 
 
+def assert_in_step(w, *slugs):
+    """The mirrors of these tenants equal Stripe's state: the subscription and every invoice of the customer."""
+    for slug in slugs or ("alpha",):
+        tenant = {"alpha": A, "bravo": B}[slug]
+        sub = w.fake.get("subscriptions", w.sub[slug])
+        row = w.db.execute("SELECT * FROM platform.subscriptions WHERE tenant_id = %s", (tenant,)).fetchone()
+        assert (row["stripe_subscription_id"], row["status"], row["cancel_at_period_end"]) == (
+            sub["id"], sub["status"], sub["cancel_at_period_end"]), slug
+        assert row["items"] == [{"id": i["id"], "price": i["price"]["id"], "quantity": i.get("quantity"),
+                                 "current_period_start": i["current_period_start"],
+                                 "current_period_end": i["current_period_end"]} for i in sub["items"]["data"]], slug
+        assert (row["canceled_at"] and int(row["canceled_at"].timestamp())) == sub["canceled_at"], slug
+        want = {i["id"]: i for i in w.fake.objects("invoices") if i["customer"] == sub["customer"]}
+        got = {r["stripe_invoice_id"]: r for r in w.db.execute(
+            "SELECT * FROM platform.invoices WHERE tenant_id = %s", (tenant,))}
+        assert set(got) == set(want), slug
+        for iid, inv in want.items():
+            assert {k: got[iid][k] for k in ("status", "amount_due", "amount_paid", "amount_remaining",
+                                             "attempt_count", "number")} == \
+                {k: inv[k] for k in ("status", "amount_due", "amount_paid", "amount_remaining", "attempt_count",
+                                     "number")}, (slug, iid)
+
+
 def fail_renewal(w, slug="alpha"):
     inv = w.fake.invoice(w.sub[slug])
     w.fake.fail_payment(inv)
@@ -153,6 +176,7 @@ def test_a_signed_event_is_applied_once_and_a_duplicate_has_no_second_effect(wor
     assert world.db.execute("SELECT count(*) AS n FROM platform.audit_log").fetchone()["n"] == before
     assert transitions(world.db, A) == [("active", "past_due", "past_due")]
     assert [r["id"] for r in ledger(world.db)] == [e["id"] for e in events]
+    assert_in_step(world)
 
 
 def post(url, body, headers):
@@ -211,6 +235,7 @@ def test_out_of_order_and_late_delivery_never_moves_the_mirror_back(world):
     assert tenant_status(world.db, A) == "active" and transitions(world.db, A) == []
     # the snapshot in the event said past_due: only the re-fetched state was applied
     assert failed[-1]["data"]["object"]["status"] == "past_due"
+    assert_in_step(world)
 
 
 def test_the_database_failing_mid_delivery_gives_503_and_writes_nothing(world, pg_server, db, billing_login):
@@ -246,15 +271,19 @@ def test_the_database_failing_mid_delivery_gives_503_and_writes_nothing(world, p
     assert [a[0] for a in world.deliver(events + events)] == [200] * 8
     assert [r["outcome"] for r in ledger(world.db)] == ["applied"] * 4
     assert transitions(world.db, A) == [("active", "past_due", "past_due")]
+    assert_in_step(world)
 
 
 def test_stripe_unreachable_during_the_re_fetch_gives_503_and_writes_nothing(world):
     fail_renewal(world)
-    event = world.new_events()[2]
+    events = world.new_events()
+    event = events[2]
     world.fake.fail_next(status=500, count=2, path_prefix="/v1/invoices", method="GET")  # the reader tries twice
     assert world.fake.deliver(event, world.url)[0] == 503
     assert ledger(world.db) == []
     assert world.fake.deliver(event, world.url)[0] == 200 and tenant_status(world.db, A) == "past_due"
+    world.deliver([e for e in events if e["id"] != event["id"]])
+    assert_in_step(world)
 
 
 KILLED_RECEIVER = """
@@ -283,6 +312,7 @@ def test_a_receiver_killed_after_commit_applies_nothing_twice(world):
     assert [r["outcome"] for r in ledger(world.db)] == ["applied"] and tenant_status(world.db, A) == "past_due"
     assert [a[1]["outcome"] for a in world.deliver(events)] == ["applied", "applied", "duplicate", "applied"]
     assert transitions(world.db, A) == [("active", "past_due", "past_due")]
+    assert_in_step(world)
 
 
 # ---------------------------------------------------------------- dunning
@@ -308,6 +338,7 @@ def test_the_dunning_path_past_due_then_suspended_then_paid(world, billing_login
     assert "alpha" not in {r["slug"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
     assert transitions(world.db, A) == [("active", "past_due", "past_due"), ("past_due", "suspended", "suspended"),
                                         ("suspended", "active", None)]
+    assert_in_step(world)
     actors = {r["actor"] for r in world.db.execute("SELECT actor FROM platform.audit_log WHERE entity = 'dunning'")}
     assert actors == {billing_login}
     conn.close()
@@ -319,6 +350,7 @@ def test_an_unpaid_or_canceled_subscription_suspends_at_once(world, status):
     assert [a[1]["outcome"] for a in world.deliver(world.new_events())] == ["applied"]
     assert tenant_status(world.db, A) == "suspended" and mirror(world.db, A)["status"] == status
     assert transitions(world.db, A) == [("active", "suspended", "suspended")]
+    assert_in_step(world)
 
 
 @pytest.mark.parametrize("reactivate", [False, True])
@@ -387,6 +419,7 @@ def test_reconcile_recovers_the_events_missed_while_the_receiver_was_down(world)
     assert set(stripe_events.reconcile(conn, world.reader, POLICY)) <= {"duplicate"}
     assert {a[1]["outcome"] for a in world.deliver(missed)} == {"duplicate"}
     assert transitions(world.db, B) == [("active", "suspended", "suspended")]
+    assert_in_step(world, "alpha", "bravo")
     conn.close()
 
 
