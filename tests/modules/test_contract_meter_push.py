@@ -149,6 +149,50 @@ def test_a_crash_mid_batch_and_a_re_run_send_nothing_twice_and_forget_nothing(pu
     assert sum(1 for r in meter_posts(push.fake) if r.replayed) == 10
 
 
+def test_the_v2_stream_sends_100_a_call_and_a_crash_after_a_call_counts_nothing_twice(push):
+    for n in range(1, 61):
+        push.use(A, n, hour_ago(n))
+        push.use(B, 2 * n, hour_ago(n) + datetime.timedelta(minutes=30))
+    api = push.api()
+    real, count = api.stream_events, [0]
+
+    def crashing(events):
+        count[0] += 1
+        real(events)
+        if count[0] == 2:
+            raise KeyboardInterrupt("the host lost power after Stripe took the batch")
+    api.stream_events = crashing
+    with pytest.raises(KeyboardInterrupt):
+        push.run(api, batch=100, workers=1, stream=True)
+    marked = push.db.execute("SELECT count(*) AS n FROM platform.meter_pushes WHERE sent_at IS NOT NULL").fetchone()
+    assert marked["n"] == 100
+    res = push.run(stream=True)
+    assert (res["sent"], res["calls"]) == (20, 3)  # the meter, a session and one call: the 20 Stripe took
+    assert push.summaries(A) == push.overage(A) and push.summaries(B) == push.overage(B)
+    assert len(push.fake.db["meter_events"]) == 120 and push.fake.meter_errors == []
+    streams = push.fake.writes("/v2/billing/meter_event_stream")
+    assert [len(r.params["events"]) for r in streams] == [100, 20, 20]
+    assert push.run(stream=True) == {"planned": 0, "sent": 0, "expired": 0, "calls": 0}
+
+
+def test_the_fake_stream_is_as_strict_as_stripe(push):
+    api = push.api()
+    event = {"event_name": "bandwidth_bytes", "identifier": "x", "payload": {"customer": push.customer[A], "bytes": "1"}}
+    with pytest.raises(stripe.InvalidRequestError):
+        api.stream_events([dict(event, identifier="e%d" % i) for i in range(101)])
+    with pytest.raises(stripe.InvalidRequestError):
+        api.stream_events([dict(event, payload={"customer": push.customer[A], "bytes": 1})])
+    api.stream_events([dict(event, timestamp="2001-01-01T00:00:00.000Z")])  # taken, refused later
+    assert [e["error"] for e in push.fake.meter_errors] == ["timestamp_out_of_window"]
+    with push.fake.lock:
+        for session in push.fake.db["meter_event_sessions"].values():
+            session["_expires"] = 0
+    with pytest.raises(stripe.TemporarySessionExpiredError):
+        api.stream_events([event])
+    api.stream_events([event])  # in a new session
+    assert "x" in push.fake.db["meter_events"]
+
+
 def test_usage_recorded_after_an_hour_was_pushed_goes_out_as_a_revision(push):
     push.use(A, 100, hour_ago(2))
     push.run()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import http.client
@@ -253,6 +254,17 @@ def _coerce_value(kind, value, name):
             raise bad(name, "Invalid %s: must be one of %s" % (name, ", ".join(kind[1:])))
         return value
     return value
+
+
+def _iso(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(epoch))
+
+
+def _epoch(iso):
+    try:
+        return int(datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except (AttributeError, ValueError):
+        return None
 
 
 def _strip_zeros(dec):
@@ -865,20 +877,25 @@ class FakeStripe:
                            headers={"Stripe-Should-Retry": "false"})
         event = {"object": "billing.meter_event", "created": now, "event_name": p["event_name"], "identifier": ident,
                  "livemode": False, "payload": p["payload"], "timestamp": stamp}
+        self._take_meter_event(event)
+        return event
+
+    def _take_meter_event(self, event):
+        """Stripe's asynchronous checks of a meter event: an error report, or the event counts."""
+        payload = event["payload"]
         meters = [m for m in self.db["billing/meters"].values()
-                  if m["event_name"] == p["event_name"] and m["status"] == "active"]
-        value = p["payload"].get(meters[0]["value_settings"]["event_payload_key"]) if meters else None
+                  if m["event_name"] == event["event_name"] and m["status"] == "active"]
+        value = payload.get(meters[0]["value_settings"]["event_payload_key"]) if meters else None
         if not meters:
             self.meter_errors.append(dict(event, error="no_meter"))
-        elif not p["payload"].get(meters[0]["customer_mapping"]["event_payload_key"]):
+        elif not payload.get(meters[0]["customer_mapping"]["event_payload_key"]):
             self.meter_errors.append(dict(event, error="meter_event_no_customer_defined"))
-        elif p["payload"][meters[0]["customer_mapping"]["event_payload_key"]] not in self.db["customers"]:
+        elif payload[meters[0]["customer_mapping"]["event_payload_key"]] not in self.db["customers"]:
             self.meter_errors.append(dict(event, error="meter_event_customer_not_found"))
         elif value is None or not re.fullmatch(r"-?\d+(\.\d+)?", value):
             self.meter_errors.append(dict(event, error="meter_event_invalid_value"))
         else:
-            self.db["meter_events"][ident] = event
-        return event
+            self.db["meter_events"][event["identifier"]] = event
 
     def meter_summaries(self, p, oid):
         p = coerce(METER_SUMMARIES, p)
@@ -1274,6 +1291,57 @@ class FakeStripe:
         p = coerce(LIST, p)
         return self._list("webhook_endpoints", p, "/v1/webhook_endpoints")
 
+    # --- the v2 meter event stream
+    def v2(self, method, path, token, doc):
+        def err(status, code, message, type_="invalid_request_error"):
+            return status, {"error": {"type": type_, "code": code, "message": message}}
+        with self.lock:
+            now = self.now()
+            if method == "POST" and path == "/v2/billing/meter_event_session":
+                if token != self.api_key and (self._strict_key or not re.match(r"^(sk|rk)_", token)):
+                    return err(401, "unauthorized", "Invalid API Key provided")
+                if doc:
+                    return err(400, "invalid_parameter", "Received unknown parameters: %s" % ", ".join(doc))
+                sid = "mes_" + secrets.token_hex(12)
+                session = {"id": sid, "object": "v2.billing.meter_event_session",
+                           "authentication_token": "ek_test_" + secrets.token_hex(20), "livemode": False,
+                           "created": _iso(now), "expires_at": _iso(now + 900)}
+                self.db.setdefault("meter_event_sessions", {})[session["authentication_token"]] = dict(
+                    session, _expires=now + 900)
+                return 200, session
+            if method == "POST" and path == "/v2/billing/meter_event_stream":
+                session = self.db.get("meter_event_sessions", {}).get(token)
+                if session is None:
+                    return err(401, "unauthorized", "Invalid meter event session token")
+                if session["_expires"] <= now:
+                    return err(401, "billing_meter_event_session_expired", "The meter event session has expired",
+                               "temporary_session_expired")
+                events = doc.get("events")
+                if set(doc) != {"events"} or not isinstance(events, list) or not 1 <= len(events) <= 100:
+                    return err(400, "invalid_parameter", "events: a list of 1 to 100 meter events")
+                for i, e in enumerate(events):
+                    if not isinstance(e, dict) or set(e) - {"event_name", "identifier", "payload", "timestamp"} or \
+                            not isinstance(e.get("event_name"), str) or not isinstance(e.get("payload"), dict) or \
+                            not all(isinstance(v, str) for v in e["payload"].values()) or \
+                            not isinstance(e.get("identifier", ""), str) or len(e.get("identifier", "")) > 100:
+                        return err(400, "invalid_parameter", "events[%d]: event_name, payload (strings), "
+                                   "identifier (at most 100 characters), timestamp" % i)
+                for e in events:  # processed later at Stripe; at once here
+                    stamp = _epoch(e["timestamp"]) if "timestamp" in e else now
+                    ident = e.get("identifier") or "mev_" + secrets.token_hex(12)
+                    held = self.db["meter_events"].get(ident)
+                    if held and now - held["created"] < 24 * 3600:
+                        continue
+                    event = {"object": "billing.meter_event", "created": now, "event_name": e["event_name"],
+                             "identifier": ident, "livemode": False, "payload": e["payload"], "timestamp": stamp}
+                    if stamp is None or stamp < now - METER_EVENT_WINDOW or stamp > now + 300:
+                        self.meter_errors.append(dict(event, error="timestamp_out_of_window"))
+                    else:
+                        self._take_meter_event(event)
+                self._save()
+                return 200, {}
+            return err(404, "not_found", "Unrecognized request URL (%s: %s)" % (method, path))
+
     # --- events and invoices (read only: Stripe creates them)
     def event_list(self, p):
         p = coerce(EVENT_LIST, p)
@@ -1349,6 +1417,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
+        if path.startswith("/v2/"):  # v2: JSON bodies, its own authentication
+            return self._handle_v2(method, path, body)
         raw = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
         if method == "POST":
             raw += urllib.parse.parse_qsl(body, keep_blank_values=True)
@@ -1387,6 +1457,27 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(fault.status, ApiError(fault.status, "Injected fault after store",
                                                       type_="api_error").body())
         return self._reply(status, resp, headers)
+
+    def _handle_v2(self, method, path, body):
+        """The v2 meter event stream: a session (15 minutes) from the secret key, then batches of at most 100 events
+        authenticated with the session's token, answered before they are processed (validation is asynchronous:
+        refused events become meter error reports; a known identifier is dropped)."""
+        fake = self.fake
+        token = (self.headers.get("Authorization") or "")[7:]
+        entry = Logged(method, path, {}, None, stripe_version=self.headers.get("Stripe-Version"))
+        with fake.lock:
+            fake.requests.append(entry)
+        fault = fake._take_fault(method, path)
+        if fault and (fault.drop or fault.status):
+            entry.fault = "drop" if fault.drop else str(fault.status)
+            return self._drop() if fault.drop else self._reply(fault.status, {"error": {"type": "api_error"}})
+        try:
+            doc = json.loads(body or "{}")
+        except ValueError:
+            return self._reply(400, {"error": {"type": "invalid_request_error", "message": "Invalid JSON body"}})
+        status, resp = fake.v2(method, path, token, doc)
+        entry.status, entry.params = status, doc
+        return self._reply(status, resp)
 
     def _execute(self, method, path, raw, key, entry):
         fake = self.fake
