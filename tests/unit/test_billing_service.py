@@ -19,7 +19,8 @@ SPEC.loader.exec_module(billing)
 GOOD = {"conninfo": "host=db dbname=selfbase user=billing_api1", "api_key": "rk_live_x", "api_base": "https://api.stripe.com",
         "api_version": "2026-10-28.endive", "webhook_secrets": ["whsec_a", "whsec_b"], "tolerance": 300,
         "policy": {"grace_days": 7, "reactivate_suspended": False},
-        "sync": {"reconcile": True, "overlap": 600, "meter_push": True, "settle": 900, "lookback": 259200, "workers": 8,
+        "sync": {"reconcile": True, "overlap": 600, "meter_push": True, "meter_api": "v1", "settle": 900,
+                 "lookback": 259200, "workers": 8,
                  "metrics_file": "/var/lib/selfbase-billing/metrics.prom"}}
 
 
@@ -37,6 +38,7 @@ def test_a_good_configuration_passes():
     ({"policy": {"grace_days": 7, "reactivate_suspended": "no"}}, "policy.reactivate_suspended"),
     ({"sync": dict(GOOD["sync"], lookback=35 * 86400)}, "sync.lookback"),
     ({"sync": dict(GOOD["sync"], workers="8")}, "sync.workers"),
+    ({"sync": dict(GOOD["sync"], meter_api="v3")}, "sync.meter_api"),
     ({"conninfo": None}, "conninfo"),
     ({"extra": 1}, "extra"),
 ])

@@ -17,8 +17,8 @@ import stripe_events
 DEFAULT_CONFIG = "/etc/selfbase/billing/config.json"
 REQUIRED = {"conninfo": str, "api_key": str, "api_base": str, "api_version": str, "webhook_secrets": list,
             "tolerance": int, "policy": dict, "sync": dict}
-SYNC = {"reconcile": bool, "overlap": int, "meter_push": bool, "settle": int, "lookback": int, "workers": int,
-        "metrics_file": str}
+SYNC = {"reconcile": bool, "overlap": int, "meter_push": bool, "meter_api": str, "settle": int, "lookback": int,
+        "workers": int, "metrics_file": str}
 
 
 def check(config):
@@ -42,6 +42,8 @@ def check(config):
         errors.append("policy.reactivate_suspended: a boolean")
     if not config["api_key"].startswith(("sk_", "rk_")):
         errors.append("api_key: a secret (sk_) or restricted (rk_) key")
+    if config["sync"].get("meter_api") not in ("v1", "v2"):
+        errors.append("sync.meter_api: v1 (one meter event a call, checked at once) or v2 (the meter event stream)")
     if not 0 < config["sync"].get("lookback", 0) <= 34 * 86400:
         errors.append("sync.lookback: 1 second to 34 days")
     return errors
@@ -87,7 +89,8 @@ def sync(config):
         out["suspended"] = [r["tenant"] for r in stripe_events.dunning_tick(conn, config["policy"])]
         if config["sync"]["meter_push"]:
             out["meter_push"] = stripe_events.push_usage(conn, client, config["sync"]["settle"],
-                                                         config["sync"]["lookback"], config["sync"]["workers"])
+                                                         config["sync"]["lookback"], config["sync"]["workers"],
+                                                         stream=config["sync"]["meter_api"] == "v2")
     except Exception as e:  # reported, and the metrics say the run failed; the timer runs it again
         ok, out["error"] = 0, "%s: %s" % (type(e).__name__, e)
         raise
