@@ -66,10 +66,10 @@ stage_molecule() {
 }
 
 passed=0 failed=0 report=()
-# One stage's result: its line in the report, its log's tail when it failed.
-record() {
-  local stage=$1 rc=$2 seconds=$3 result counts
-  if [ "$rc" -eq 0 ]; then
+for stage in "${STAGES[@]}"; do
+  start=$(date +%s)
+  echo "== $stage (log: build/logs/$stage.log)"
+  if "stage_$stage" >"$LOGS/$stage.log" 2>&1; then
     result=passed; passed=$((passed + 1))
   else
     result=failed; failed=$((failed + 1))
@@ -77,30 +77,9 @@ record() {
   fi
   # pytest's own count where the stage has one
   counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
-  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$seconds" "$counts")")
+  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$(( $(date +%s) - start ))" "$counts")")
   # and each scenario's own time
   [ "$stage" != molecule ] || while IFS= read -r line; do report+=("  $line"); done < <(grep '^molecule ' "$LOGS/$stage.log")
-}
-# The module tests run beside the Molecule scenarios when both are asked for:
-# the scenarios spend most of their time waiting on installs and services.
-overlap=""
-[[ " ${STAGES[*]} " == *" modules "* && " ${STAGES[*]} " == *" molecule "* ]] && overlap=1
-for stage in "${STAGES[@]}"; do
-  start=$(date +%s)
-  echo "== $stage (log: build/logs/$stage.log)"
-  if [ "$stage" = modules ] && [ -n "$overlap" ]; then
-    (stage_modules >"$LOGS/modules.log" 2>&1; echo "$? $(( $(date +%s) - start ))" >"$LOGS/modules.done") &
-    modules_pid=$!
-    continue
-  fi
-  "stage_$stage" >"$LOGS/$stage.log" 2>&1
-  record "$stage" $? "$(( $(date +%s) - start ))"
-  if [ "$stage" = molecule ] && [ -n "$overlap" ]; then
-    wait "$modules_pid"
-    read -r rc seconds <"$LOGS/modules.done"
-    echo "== modules (beside molecule) done"
-    record modules "$rc" "$seconds"
-  fi
 done
 
 echo
