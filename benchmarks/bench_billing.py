@@ -107,8 +107,19 @@ def serve_receiver(server, fake, workdir, port):
     sys.exit("gunicorn did not start")
 
 
+def timed(one, events, clients):
+    """Run one(event) -> milliseconds over the events from `clients` threads; rate and latency percentiles."""
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        latencies = sorted(pool.map(one, events))
+    seconds = time.perf_counter() - t0
+    return {"events": len(events), "seconds": round(seconds, 2), "events_per_second": round(len(events) / seconds, 1),
+            "latency_p50_ms": _pg.percentile(latencies, 50), "latency_p95_ms": _pg.percentile(latencies, 95),
+            "latency_max_ms": round(latencies[-1], 2)}
+
+
 def deliver_all(fake, url, events, clients):
-    latencies, statuses = [], {}
+    statuses = {}
     lock = threading.Lock()
 
     def one(event):
@@ -123,23 +134,14 @@ def deliver_all(fake, url, events, clients):
             status = e.code
         elapsed = (time.perf_counter() - t0) * 1000
         with lock:
-            latencies.append(elapsed)
             statuses[status] = statuses.get(status, 0) + 1
+        return elapsed
 
-    t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, events))
-    seconds = time.perf_counter() - t0
-    latencies.sort()
-    return {"events": len(events), "seconds": round(seconds, 2), "events_per_second": round(len(events) / seconds, 1),
-            "latency_p50_ms": _pg.percentile(latencies, 50), "latency_p95_ms": _pg.percentile(latencies, 95),
-            "latency_max_ms": round(latencies[-1], 2), "statuses": statuses}
+    return dict(timed(one, events, clients), statuses=statuses)
 
 
 def database_path(server, events, clients):
     by_thread = threading.local()
-    latencies = []
-    lock = threading.Lock()
 
     def one(event):
         conn = getattr(by_thread, "conn", None)
@@ -148,16 +150,9 @@ def database_path(server, events, clients):
         reader = type("R", (), {"get": staticmethod(lambda path, params=None: event["data"]["object"])})
         t0 = time.perf_counter()
         stripe_events.apply_event(conn, reader, dict(event, id=event["id"] + "_db"), "webhook", None)
-        with lock:
-            latencies.append((time.perf_counter() - t0) * 1000)
+        return (time.perf_counter() - t0) * 1000
 
-    t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, events))
-    seconds = time.perf_counter() - t0
-    latencies.sort()
-    return {"events": len(events), "seconds": round(seconds, 2), "events_per_second": round(len(events) / seconds, 1),
-            "latency_p50_ms": _pg.percentile(latencies, 50), "latency_p95_ms": _pg.percentile(latencies, 95)}
+    return timed(one, events, clients)
 
 
 def meter_push(server, fake, tenants, workers):
