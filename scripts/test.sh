@@ -40,7 +40,7 @@ stage_build() {
 stage_unit() { python -m pytest -v tests/unit; }
 # Two pytest workers, each with its own PostgreSQL server: the tests spend their
 # time in ansible-playbook processes, one per module call.
-stage_modules() { python -m pytest -v -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
+stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
 
 # One scenario with its own log; the line it prints goes to the stage log.
 molecule_scenario() {
@@ -65,22 +65,41 @@ stage_molecule() {
     | xargs -P "${SELFBASE_MOLECULE_JOBS:-3}" -I{} bash -c "molecule_scenario {}"
 }
 
-passed=0 failed=0 report=()
-for stage in "${STAGES[@]}"; do
+# One stage with its own log; its result and time go to $LOGS/<stage>.result.
+run_stage() {
+  local start result=passed
   start=$(date +%s)
-  echo "== $stage (log: build/logs/$stage.log)"
-  if "stage_$stage" >"$LOGS/$stage.log" 2>&1; then
-    result=passed; passed=$((passed + 1))
-  else
-    result=failed; failed=$((failed + 1))
-    tail -n 60 "$LOGS/$stage.log"
-  fi
+  "stage_$1" >"$LOGS/$1.log" 2>&1 || result=failed
+  echo "$result $(( $(date +%s) - start ))" >"$LOGS/$1.result"
+}
+passed=0 failed=0 report=() pending=()
+report_stage() {
+  local stage=$1 result secs counts
+  read -r result secs <"$LOGS/$stage.result"
+  if [ "$result" = passed ]; then passed=$((passed + 1)); else failed=$((failed + 1)); tail -n 60 "$LOGS/$stage.log"; fi
   # pytest's own count where the stage has one
   counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
-  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$(( $(date +%s) - start ))" "$counts")")
+  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$secs" "$counts")")
   # and each scenario's own time
   [ "$stage" != molecule ] || while IFS= read -r line; do report+=("  $line"); done < <(grep '^molecule ' "$LOGS/$stage.log")
+}
+# lint, sanity, build and unit each keep one core busy at most, so they run
+# side by side; modules and molecule use every core and run alone.
+finish_pending() {
+  local stage
+  wait
+  for stage in "${pending[@]}"; do report_stage "$stage"; done
+  pending=()
+}
+for stage in "${STAGES[@]}"; do
+  echo "== $stage (log: build/logs/$stage.log)"
+  rm -f "$LOGS/$stage.result"
+  case $stage in
+    lint|sanity|build|unit) run_stage "$stage" & pending+=("$stage") ;;
+    *) finish_pending; run_stage "$stage"; report_stage "$stage" ;;
+  esac
 done
+finish_pending
 
 echo
 echo "== summary"

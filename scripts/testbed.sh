@@ -105,7 +105,11 @@ link_collection() {
 command -v dockerd >/dev/null || apt_install docker.io
 apt_install debootstrap postgresql pgbackrest rsync shellcheck
 start_dockerd
+# The images build while pip fills the virtualenv: debootstrap and pip wait on
+# different things.
+pids=()
+for suite in $SUITES; do (build_image "$suite" && prune_images "$suite") & pids+=($!); done
 make_venv
 link_collection
-for suite in $SUITES; do build_image "$suite"; prune_images "$suite"; done
+for pid in "${pids[@]}"; do wait "$pid" || { log "an image build failed" >&2; exit 1; }; done
 log "ready"
