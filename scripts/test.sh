@@ -56,7 +56,7 @@ molecule_scenario() {
 # (SELFBASE_MOLECULE_JOBS at a time, longest first): much of their time is
 # spent waiting on package installs, services and alert timers.
 stage_molecule() {
-  local longest=(default ha backup monitoring api postgresql metering common nginx) all=() s
+  local longest=(default ha backup monitoring api metering common nginx) all=() s
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
   export -f molecule_scenario
   export LOGS

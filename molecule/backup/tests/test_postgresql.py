@@ -1,4 +1,5 @@
-"""Verify the postgresql role on real systemd hosts, over the real network."""
+"""Verify the postgresql role on real systemd hosts, over the real network: the
+backup scenario's db hosts, with bk-repo-bookworm as the network client."""
 
 import os
 import pathlib
@@ -12,14 +13,14 @@ from molecule_hosts import ansible_host as _host  # noqa: E402  pylint: disable=
 testinfra_hosts = ["db"]
 
 MIGRATIONS_DIR = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "plugins" / "module_utils" / "migrations"
-CLIENT_ADDR = "172.30.99.10"
-DB_ADDRS = {"pg-bookworm": "172.30.99.11", "pg-trixie": "172.30.99.12"}
-EXPECTED_MAJOR = {"pg-bookworm": "15", "pg-trixie": "17"}
+CLIENT_ADDR = "172.30.92.12"
+DB_ADDRS = {"bk-db-bookworm": "172.30.92.11", "bk-db-trixie": "172.30.92.13"}
+EXPECTED_MAJOR = {"bk-db-bookworm": "15", "bk-db-trixie": "17"}
 
 
 @pytest.fixture(scope="module")
 def client():
-    return _host("pg-client")
+    return _host("bk-repo-bookworm")
 
 
 @pytest.fixture()
@@ -78,7 +79,7 @@ def test_user_not_in_hba_is_rejected(host, client, password):
 
 
 def test_host_not_in_hba_is_rejected(host, password):
-    other = _host("pg-trixie" if _name(host) == "pg-bookworm" else "pg-bookworm")
+    other = _host("bk-db-trixie" if _name(host) == "bk-db-bookworm" else "bk-db-bookworm")
     res = _remote(other, DB_ADDRS[_name(host)], password)
     assert res.rc != 0
     assert "no pg_hba.conf entry" in res.stderr
@@ -128,15 +129,15 @@ def test_private_key_is_private(host):
 
 
 def test_certificate_source(host, client, password):
-    """pg-trixie serves the certificate the user provided; pg-bookworm a self-signed one."""
+    """bk-db-trixie serves the certificate the user provided; bk-db-bookworm a self-signed one."""
     name = _name(host)
     subject = client.check_output(
         f"echo | openssl s_client -starttls postgres -connect {DB_ADDRS[name]}:5432 2>/dev/null "
         "| openssl x509 -noout -subject")
-    if name == "pg-trixie":
+    if name == "bk-db-trixie":
         assert "CN = provided.selfbase.test" in subject
     else:
-        assert "CN = pg-bookworm" in subject
+        assert "CN = bk-db-bookworm" in subject
 
 
 def test_platform_schema_and_tenant_on_the_host(host):
