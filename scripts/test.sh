@@ -53,8 +53,8 @@ molecule_scenario() {
   return $rc
 }
 # Scenarios have their own hosts and networks, so they run side by side
-# (SELFBASE_MOLECULE_JOBS at a time, longest first): much of their time is
-# spent waiting on package installs, services and alert timers.
+# (SELFBASE_MOLECULE_JOBS at a time, longest first), so that one waiting on a
+# service or an alert timer leaves the cores to the others.
 stage_molecule() {
   local longest=(default ha backup monitoring api metering common nginx) all=() s
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
