@@ -83,7 +83,6 @@ def subscription_events(fake, customer_ids):
 def serve_receiver(server, fake, workdir, port):
     config = {"conninfo": server.conninfo("bench", user="billing_bench"), "api_key": fake.api_key,
               "api_base": fake.url, "api_version": API_VERSION, "webhook_secrets": [SECRET], "tolerance": 300,
-              "policy": {"grace_days": 7, "reactivate_suspended": False},
               "sync": {"reconcile": True, "overlap": 600, "meter_push": True, "meter_api": "v1", "settle": 900,
                        "lookback": 86400,
                        "workers": 8, "metrics_file": os.path.join(workdir, "metrics.prom")}}
@@ -149,7 +148,7 @@ def database_path(server, events, clients):
             conn = by_thread.conn = stripe_events.connect(server.conninfo("bench", user="billing_bench"))
         reader = type("R", (), {"get": staticmethod(lambda path, params=None: event["data"]["object"])})
         t0 = time.perf_counter()
-        stripe_events.apply_event(conn, reader, dict(event, id=event["id"] + "_db"), "webhook", None)
+        stripe_events.apply_event(conn, reader, dict(event, id=event["id"] + "_db"), "webhook")
         return (time.perf_counter() - t0) * 1000
 
     return timed(one, events, clients)

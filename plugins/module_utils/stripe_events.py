@@ -28,7 +28,6 @@ except ImportError:  # the caller reports it
     stripe = None
 
 MAX_BODY = 1024 * 1024  # Stripe events are far smaller; refuse anything larger before reading it
-DEFAULT_POLICY = {'grace_days': 7, 'reactivate_suspended': False}
 # Stripe keeps events for 30 days; meter events must be within 35 days.
 EVENT_RETENTION = 30 * 86400
 METER_WINDOW = 35 * 86400 - 3600  # an hour of margin for the calls themselves
@@ -167,9 +166,10 @@ class StripeApi(object):
         return events
 
 
-def apply_event(conn, reader, event, source, policy):
+def apply_event(conn, reader, event, source):
     """Take one event, exactly once: the ledger row, the re-fetched object's state and the tenant's dunning
-    commit together. Returns the outcome row; outcome 'duplicate' when the event was taken before."""
+    commit together. Returns the outcome row; outcome 'duplicate' when the event was taken before. Dunning
+    follows the rules stored in platform.billing_policy, which only the control plane writes."""
     ref = object_ref(event)
     with conn.transaction():
         fresh = conn.execute(
@@ -179,19 +179,17 @@ def apply_event(conn, reader, event, source, policy):
         if not fresh:
             return {'outcome': 'duplicate', 'tenant': None, 'status_before': None, 'status_after': None}
         current = reader.get(ref[1], ref[2]) if ref else None
-        return conn.execute('SELECT * FROM platform.stripe_event_apply(%s, %s, %s)',
-                            (event['id'], Jsonb(current) if current is not None else None,
-                             Jsonb(dict(DEFAULT_POLICY, **(policy or {}))))).fetchone()
+        return conn.execute('SELECT * FROM platform.stripe_event_apply(%s, %s)',
+                            (event['id'], Jsonb(current) if current is not None else None)).fetchone()
 
 
-def dunning_tick(conn, policy):
+def dunning_tick(conn):
     """Suspend the tenants whose grace period ended; returns their rows."""
     with conn.transaction():
-        return conn.execute('SELECT * FROM platform.billing_dunning_tick(%s)',
-                            (Jsonb(dict(DEFAULT_POLICY, **(policy or {}))),)).fetchall()
+        return conn.execute('SELECT * FROM platform.billing_dunning_tick()').fetchall()
 
 
-def reconcile(conn, reader, policy, overlap=600, now=None):
+def reconcile(conn, reader, overlap=600, now=None):
     """Replay Stripe's event list from the stored cursor (less ``overlap`` seconds, for events Stripe lists
     late), at most 30 days back. The ledger skips what was taken. Returns counts per outcome."""
     now = time.time() if now is None else now
@@ -199,7 +197,7 @@ def reconcile(conn, reader, policy, overlap=600, now=None):
     since = max(float(cursor) - overlap if cursor is not None else 0, now - EVENT_RETENTION)
     counts = {}
     for event in reader.events_since(since):
-        outcome = apply_event(conn, reader, event, 'reconcile', policy)['outcome']
+        outcome = apply_event(conn, reader, event, 'reconcile')['outcome']
         counts[outcome] = counts.get(outcome, 0) + 1
     conn.execute('SELECT platform.stripe_sync_cursor(pg_catalog.to_timestamp(%s))', (now,))
     return counts
@@ -274,9 +272,9 @@ class Receiver(object):
     """The webhook endpoint, a WSGI application: 200 only after the commit; 400 for a bad or stale signature
     (nothing written); 503 when the database or Stripe cannot be reached, so that Stripe delivers again."""
 
-    def __init__(self, dsn, secrets, reader, policy=None, tolerance=300, log=None):
+    def __init__(self, dsn, secrets, reader, tolerance=300, log=None):
         self.dsn, self.secrets, self.reader = dsn, list(secrets), reader
-        self.policy, self.tolerance = policy, tolerance
+        self.tolerance = tolerance
         self.log = log or (lambda msg: None)
         self.local = threading.local()
         self.after_commit = None  # tests: what happens between the commit and the answer
@@ -309,7 +307,7 @@ class Receiver(object):
             self.log('refused a delivery: %s' % e)
             return self._answer(start_response, '400 Bad Request', {'error': 'signature verification failed'})
         try:
-            result = apply_event(self._conn(), self.reader, event, 'webhook', self.policy)
+            result = apply_event(self._conn(), self.reader, event, 'webhook')
         except psycopg.Error as e:
             self.local.conn = None
             self.log('event %s not taken, the database failed: %s' % (event['id'], str(e).strip()))

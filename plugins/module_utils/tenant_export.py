@@ -80,6 +80,72 @@ def read_tenant(cur, tenant_id):
     return tables
 
 
+# What runs when rows are loaded with session_replication_role = replica and every column given: triggers and
+# rules enabled ALWAYS or REPLICA, CHECK and exclusion constraints, index expressions and predicates, generated
+# columns, and the CHECKs of domain-typed columns, on the table and its partitions. Each with the functions it
+# calls (directly or through an operator) that neither pg_catalog, the platform's migrations nor a superuser own.
+_FOREIGN_CODE = '''
+WITH RECURSIVE rels AS (
+  SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY (%s::oid[])
+  UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN rels r ON i.inhparent = r.oid
+), objs AS (
+  SELECT 'trigger ' || t.tgname AS what, 'pg_catalog.pg_trigger'::pg_catalog.regclass AS classid, t.oid AS objid,
+         t.tgrelid AS rel
+    FROM pg_catalog.pg_trigger t JOIN rels ON t.tgrelid = rels.oid
+   WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
+  UNION ALL
+  SELECT 'rule ' || w.rulename, 'pg_catalog.pg_rewrite'::pg_catalog.regclass, w.oid, w.ev_class
+    FROM pg_catalog.pg_rewrite w JOIN rels ON w.ev_class = rels.oid
+   WHERE w.ev_enabled IN ('A', 'R') AND w.rulename <> '_RETURN'
+  UNION ALL
+  SELECT 'constraint ' || c.conname, 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid, c.conrelid
+    FROM pg_catalog.pg_constraint c JOIN rels ON c.conrelid = rels.oid WHERE c.contype IN ('c', 'x')
+  UNION ALL
+  SELECT 'index ' || pg_catalog.quote_ident(x.relname), 'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid,
+         i.indrelid
+    FROM pg_catalog.pg_index i JOIN rels ON i.indrelid = rels.oid JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid
+  UNION ALL
+  SELECT 'generated column ' || a.attname, 'pg_catalog.pg_attrdef'::pg_catalog.regclass, d.oid, d.adrelid
+    FROM pg_catalog.pg_attrdef d JOIN rels ON d.adrelid = rels.oid
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+   WHERE a.attgenerated <> ''
+  UNION ALL
+  SELECT 'domain ' || c.contypid::pg_catalog.regtype::text || ' of column ' || a.attname,
+         'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid, a.attrelid
+    FROM pg_catalog.pg_attribute a JOIN rels ON a.attrelid = rels.oid
+    JOIN pg_catalog.pg_constraint c ON c.contypid = a.atttypid
+   WHERE a.attnum > 0 AND NOT a.attisdropped
+), calls AS (
+  SELECT o.rel, o.what, o.classid,
+         CASE WHEN d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass THEN op.oprcode::pg_catalog.oid
+              ELSE d.refobjid END AS fn
+    FROM objs o JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
+    LEFT JOIN pg_catalog.pg_operator op ON op.oid = d.refobjid
+   WHERE d.refclassid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass)
+)
+SELECT DISTINCT c.rel::pg_catalog.regclass::text AS "table", c.what, p.oid::pg_catalog.regprocedure::text AS fn
+  FROM calls c JOIN pg_catalog.pg_proc p ON p.oid = c.fn JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+ WHERE p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'platform'::pg_catalog.regnamespace)
+   AND NOT r.rolsuper
+UNION
+SELECT o.rel::pg_catalog.regclass::text, o.what, NULL FROM objs o
+ WHERE o.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+ORDER BY 1, 2, 3
+'''
+AUDIT_STAMP = ('imported_at', 'imported_by')
+
+
+def foreign_code(cur, oids):
+    """Code of other roles that loading rows into these tables would run as this (superuser) session."""
+    return cur.execute(_FOREIGN_CODE, (list(oids),)).fetchall()
+
+
+def _comparable(tables):
+    """Tables as exported, less the stamp the import puts on audit rows."""
+    return [dict(t, rows=[dict((k, v) for k, v in r.items() if k not in AUDIT_STAMP) for r in t['rows']])
+            if t['name'] == 'platform.audit_log' else t for t in tables]
+
+
 def _tenant(cur, slug):
     return cur.execute('SELECT id::text FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
 
@@ -167,7 +233,7 @@ def import_(module, conn):
     cur = conn.cursor()
     row = _tenant(cur, p['tenant'])
     if row is not None:
-        if row['id'] == doc['tenant_id'] and read_tenant(cur, row['id']) == doc['tables']:
+        if row['id'] == doc['tenant_id'] and _comparable(read_tenant(cur, row['id'])) == _comparable(doc['tables']):
             return dict(changed=False, path=p['path'], tenant_id=row['id'], schema_version=version,
                         rows=_counts(doc), diff=dict(before=_counts(doc), after=_counts(doc)))
         raise InputError('tenant: %s already exists in database %s with other rows; import only into a '
@@ -176,6 +242,25 @@ def import_(module, conn):
     unknown = [t['name'] for t in doc['tables'] if t['rows'] and t['name'] not in here]
     if unknown:
         raise InputError('path: the target database has no tenant-scoped table %s' % ', '.join(unknown))
+    # Every row is the file's tenant's, by the target's own tenant column (a doctored file could carry another
+    # tenant's membership or audit rows).
+    for t in doc['tables']:
+        if not t['rows']:
+            continue
+        col = here[t['name']]['col']
+        others = [r for r in t['rows'] if not isinstance(r, dict) or r.get(col) != doc['tenant_id']
+                  or (t['name'] == 'platform.tenants' and r.get('slug') != doc['tenant'])]
+        if others:
+            raise InputError('path: %d row(s) of %s are not tenant %s (%s %s); a tenant export holds one tenant\'s rows'
+                             % (len(others), t['name'], doc['tenant'], col, doc['tenant_id']))
+    # No code of another role may run as this superuser session while the rows load.
+    foreign = foreign_code(cur, [here[t['name']]['oid'] for t in doc['tables'] if t['rows']])
+    if foreign:
+        who = cur.execute('SELECT current_user AS u').fetchone()['u']
+        raise InputError('path: importing would run code that a non-superuser controls, as %s: %s; disable or '
+                         'remove it first' % (who, '; '.join(
+                             '%s %s%s' % (f['table'], f['what'], ' calls ' + f['fn'] if f['fn'] else '')
+                             for f in foreign)))
     # As pg_restore --disable-triggers does: the rows as they were exported (no
     # quota checks, rollups or audit stamps a second time); foreign keys are checked below.
     cur.execute('SET LOCAL session_replication_role = replica')
@@ -193,6 +278,9 @@ def import_(module, conn):
                 ' FROM (SELECT pg_catalog.pg_get_serial_sequence(%s, %s)::regclass AS seq) s,'
                 ' (SELECT max({}) AS m FROM {}) x').format(sql.Identifier(col), table),
                 (table.as_string(cur), col))
+    # imported audit rows say so: their actor and time are what the file claimed
+    cur.execute('UPDATE platform.audit_log SET imported_at = pg_catalog.now(), imported_by = session_user '
+                'WHERE tenant_id = %s', (doc['tenant_id'],))
     cur.execute('SET LOCAL session_replication_role = origin')
     for t in doc['tables']:
         if t['rows']:

@@ -148,15 +148,15 @@ class Table(object):
         self.spec, self.field, self.before = spec, field, before
         self.table = sql.Identifier(spec['schema'], spec['name'])
         self.col = sql.Identifier(spec['tenant_column'])
-        self.statements = []     # (label, Composed statement, params)
+        self.statements = []     # (label, Composed statement, params, run as the table's owner)
         self.warnings = []
 
     @property
     def key(self):
         return '%s.%s' % (self.spec['schema'], self.spec['name'])
 
-    def add(self, label, statement, params=None):
-        self.statements.append((label, statement, params))
+    def add(self, label, statement, params=None, as_owner=False):
+        self.statements.append((label, statement, params, as_owner))
 
     def policy(self, name, p):
         cmd = {'*': 'ALL', 'r': 'SELECT', 'a': 'INSERT', 'w': 'UPDATE', 'd': 'DELETE'}[p['cmd']]
@@ -183,8 +183,10 @@ def plan_present(t, tenant_id, rows_to_fill):
         t.add('add column %s uuid' % spec['tenant_column'], sql.SQL('ALTER TABLE {} ADD COLUMN {} uuid').format(
             t.table, t.col))
     if rows_to_fill:
+        # As the table's owner: its triggers, rules and CHECK expressions run with its rights, never the module's
         t.add('backfill %d row(s) with tenant %s' % (rows_to_fill, spec['backfill_tenant']),
-              sql.SQL('UPDATE {} SET {} = %s WHERE {} IS NULL').format(t.table, t.col, t.col), (tenant_id,))
+              sql.SQL('UPDATE {} SET {} = %s WHERE {} IS NULL').format(t.table, t.col, t.col), (tenant_id,),
+              as_owner=True)
     if col is None or _expr(col['default']) != _expr('platform.current_tenant_id()'):
         t.add('default %s to the session tenant' % spec['tenant_column'], sql.SQL(
             'ALTER TABLE {} ALTER COLUMN {} SET DEFAULT platform.current_tenant_id()').format(t.table, t.col))
@@ -363,8 +365,12 @@ def run(module, conn):
     changed = any(t.statements for t in tables)
     if changed and not module.check_mode:
         for t in tables:
-            for _label, statement, params in t.statements:
+            for _label, statement, params, as_owner in t.statements:
+                if as_owner:
+                    cur.execute(sql.SQL('SET LOCAL ROLE {}').format(sql.Identifier(t.before['owner'])))
                 cur.execute(statement, params)
+                if as_owner:
+                    cur.execute('RESET ROLE')
         for t in tables:
             if t.statements:
                 after = read_table(cur, t.spec['schema'], t.spec['name'], t.spec['tenant_column'],
@@ -379,7 +385,7 @@ def run(module, conn):
         after = getattr(t, 'after', None) or (predict(t) if t.statements else t.before)
         results.append(dict(table=t.key, changed=bool(t.statements), state=public(after)))
     result = dict(changed=changed, tables=results,
-                  actions=['%s: %s' % (t.key, label) for t in tables for label, _s, _p in t.statements])
+                  actions=['%s: %s' % (t.key, s[0]) for t in tables for s in t.statements])
     if module._diff:
         result['diff'] = dict(before=dict((t.key, public(t.before)) for t in tables if t.statements),
                               after=dict((r['table'], r['state']) for r in results if r['changed']))

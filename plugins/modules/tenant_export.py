@@ -23,6 +23,11 @@ description:
     audit stamps do not run a second time); then every foreign key of the loaded rows is checked, identity
     sequences move past the loaded ids, and the transaction commits. Referenced rows outside the tenant (its plan,
     metrics) must exist in the target.
+  - Before any write, an import refuses a file with a row whose tenant column (in the target's schema) is not the
+    file's tenant, and an import that would run code a non-superuser owns as this superuser session (CHECK and
+    exclusion constraints, triggers and rules enabled C(ALWAYS) or C(REPLICA), index expressions, generated columns
+    and domain CHECKs of the receiving tables), naming the table, the object and the function. Imported audit rows
+    get C(imported_at) and C(imported_by), since their actor and time are only what the file says.
   - Needs a superuser login, which row-level security does not filter and which may turn triggers off; run it on
     the db host as C(postgres), like M(selfbase.platform.platform_schema).
   - The file is written with mode 0600 and holds the tenant's data as it is in the database (personal data

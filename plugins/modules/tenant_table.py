@@ -33,8 +33,9 @@ description:
     the tenant
     column with its foreign key and index, and which tenant a row belonged to is lost. It refuses while the table
     holds rows of more than one tenant.
-  - Runs as the table's owner or a superuser (C(ALTER TABLE) needs it). Every change is recorded in
-    C(platform.audit_log) (entity C(tenant_table), key C(<schema>.<table>)).
+  - Runs as the table's owner or a superuser (C(ALTER TABLE) needs it). The backfill runs as the table's owner
+    (C(SET LOCAL ROLE)), so that the owner's triggers, rules and CHECK expressions never run with a superuser's
+    rights. Every change is recorded in C(platform.audit_log) (entity C(tenant_table), key C(<schema>.<table>)).
 extends_documentation_fragment:
   - selfbase.platform.postgres
 attributes:
@@ -103,6 +104,10 @@ options:
       graphql_read:
         description:
           - Whether C(selfbase_graphql) reads every row outside mutations (Hasura's permissions filter GraphQL queries).
+          - With V(true), Hasura's database login, used without C(hasura.user) (its own SQL, or a query in which Hasura
+            does not set it), reads every tenant's rows of this table, as it does for the platform's tables, and Hasura's
+            C(X-Hasura-Tenant-Id) permission is then the only isolation. Keep its login and admin secret as trusted as
+            the control plane's.
           - V(false) filters its reads on C(hasura.user) too, which Hasura sets only in mutations.
         type: bool
         default: true

@@ -30,8 +30,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events  # noqa: E402
 
-POLICY = {"grace_days": 7, "reactivate_suspended": False}
-
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
@@ -78,7 +76,7 @@ def world(tenants, stripe_fake, pg_server, db, billing_login):  # noqa: F811
     post("/v1/webhook_endpoints", url="http://127.0.0.1/webhooks/stripe", enabled_events=["*"])
     dsn = pg_server.conninfo(db, user=billing_login)
     reader = stripe_events.StripeApi(stripe_fake.api_key, stripe_fake.url, API_VERSION, timeout=5, retries=1)
-    receiver = stripe_events.Receiver(dsn, [stripe_fake.secret()], reader, POLICY)
+    receiver = stripe_events.Receiver(dsn, [stripe_fake.secret()], reader)
     server = _Server(("127.0.0.1", 0), _Quiet)
     server.set_app(receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -323,13 +321,13 @@ def test_the_dunning_path_past_due_then_suspended_then_paid(world, billing_login
     inv = fail_renewal(world)
     world.deliver(world.new_events())
     assert tenant_status(world.db, A) == "past_due"
-    assert stripe_events.dunning_tick(conn, POLICY) == []  # within the grace period: access is kept
+    assert stripe_events.dunning_tick(conn) == []  # within the grace period: access is kept
     edge = {r["slug"]: r["status"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
     assert edge["alpha"] == "past_due"
     world.db.execute("UPDATE platform.tenant_dunning SET grace_ends_at = now() - interval '1 second'")
-    assert stripe_events.dunning_tick(conn, POLICY) == [
+    assert stripe_events.dunning_tick(conn) == [
         {"tenant": "alpha", "status_before": "past_due", "status_after": "suspended"}]
-    assert stripe_events.dunning_tick(conn, POLICY) == []
+    assert stripe_events.dunning_tick(conn) == []
     edge = {r["slug"]: r["status"] for r in world.db.execute("SELECT * FROM platform.edge_enforcement(80)")}
     assert edge["alpha"] == "suspended"
     world.fake.pay(inv)
@@ -356,7 +354,7 @@ def test_an_unpaid_or_canceled_subscription_suspends_at_once(world, status):
 @pytest.mark.parametrize("reactivate", [False, True])
 def test_a_tenant_an_operator_suspended_is_reactivated_only_if_the_policy_says_so(world, reactivate):
     world.db.execute("UPDATE platform.tenants SET status = 'suspended' WHERE id = %s", (A,))
-    world.receiver.policy = dict(POLICY, reactivate_suspended=reactivate)
+    world.db.execute("UPDATE platform.billing_policy SET reactivate_suspended = %s", (reactivate,))
     inv = fail_renewal(world)
     world.deliver(world.new_events())
     assert tenant_status(world.db, A) == "suspended"
@@ -409,14 +407,14 @@ def test_reconcile_recovers_the_events_missed_while_the_receiver_was_down(world)
     world.fake.set_status(world.sub["bravo"], "unpaid")
     missed = world.new_events()
     conn = stripe_events.connect(world.dsn)
-    counts = stripe_events.reconcile(conn, world.reader, POLICY)
+    counts = stripe_events.reconcile(conn, world.reader)
     # the set-up's events too: the cursor starts 30 days back
     assert counts["applied"] >= len(missed) and "duplicate" not in counts
     assert tenant_status(world.db, A) == "active" and tenant_status(world.db, B) == "suspended"
     assert {r["id"] for r in ledger(world.db)} >= {e["id"] for e in missed}
     assert set(r["source"] for r in ledger(world.db)) == {"reconcile"}
     # a second run finds nothing new, and so does a delivery arriving late
-    assert set(stripe_events.reconcile(conn, world.reader, POLICY)) <= {"duplicate"}
+    assert set(stripe_events.reconcile(conn, world.reader)) <= {"duplicate"}
     assert {a[1]["outcome"] for a in world.deliver(missed)} == {"duplicate"}
     assert transitions(world.db, B) == [("active", "suspended", "suspended")]
     assert_in_step(world, "alpha", "bravo")
@@ -427,10 +425,10 @@ def test_reconcile_recovers_the_events_missed_while_the_receiver_was_down(world)
 
 BILLING_FUNCTIONS = [
     ("SELECT platform.stripe_event_begin('evt_forged', 'invoice.paid', now(), false, 'in_x', 'webhook')", ()),
-    ("SELECT * FROM platform.stripe_event_apply('evt_forged', '{}', '{}')", ()),
-    ("SELECT * FROM platform.billing_dunning_tick('{}')", ()),
+    ("SELECT * FROM platform.stripe_event_apply('evt_forged', '{}')", ()),
+    ("SELECT * FROM platform.billing_dunning_tick()", ()),
     ("SELECT platform.stripe_sync_cursor(now() + interval '1 year')", ()),
-    ("SELECT * FROM platform.billing_settle(%s, '{\"reactivate_suspended\": true}')", (str(A),)),
+    ("SELECT * FROM platform.billing_settle(%s)", (str(A),)),
 ]
 
 
@@ -440,7 +438,7 @@ def test_the_billing_login_reads_and_writes_no_table_directly(world):
                 "SELECT * FROM platform.tenants", "UPDATE platform.tenants SET status = 'active'",
                 "INSERT INTO platform.stripe_events (id, type, created, livemode, source) "
                 "VALUES ('evt_x', 'a.b', now(), false, 'webhook')", "DELETE FROM platform.tenant_dunning",
-                "SELECT * FROM platform.billing_settle('%s', '{}')" % A):
+                "SELECT * FROM platform.billing_settle('%s')" % A):
         assert isinstance(error(conn, sql), psycopg.errors.InsufficientPrivilege), sql
     conn.close()
 
@@ -463,14 +461,14 @@ def test_the_event_ledger_is_append_only_for_every_login(world, logins, who):
 
 
 def test_with_execute_left_to_public_the_app_could_reactivate_a_suspended_tenant(tenants, logins):  # noqa: F811
-    """The defence is the REVOKE from PUBLIC: without it, any login settles a tenant with a policy of its own."""
+    """The defence is the REVOKE from PUBLIC: without it, any login could settle a tenant's dunning."""
     tenants.execute("UPDATE platform.tenants SET status = 'suspended' WHERE id = %s", (B,))
     tenants.execute("DELETE FROM platform.tenant_dunning WHERE tenant_id = %s", (B,))
     tenants.execute("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
                     "grace_ends_at) VALUES (%s, 'suspended', 'x', 'active', true, now())", (B,))
-    tenants.execute("GRANT EXECUTE ON FUNCTION platform.billing_settle(uuid, jsonb) TO PUBLIC")
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.billing_settle(uuid) TO PUBLIC")
     app = logins("app")
-    app.execute("SELECT * FROM platform.billing_settle(%s, '{}')", (str(B),))
+    app.execute("SELECT * FROM platform.billing_settle(%s)", (str(B),))
     assert tenant_status(tenants, B) == "active"
 
 

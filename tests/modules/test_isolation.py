@@ -41,7 +41,7 @@ EXPECTED = {
     "usage_overages": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "subscriptions": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "audit_log": dict(select="denied", update="denied", delete="denied", insert="denied"),
-    "quota_locks": dict(select="rls", update="rls", delete="denied", insert="rls"),
+    "quota_locks": dict(select="rls", update="denied", delete="denied", insert="denied"),  # lock_quota() writes them (0007)
     "stripe_events": dict(select="denied", update="denied", delete="denied", insert="denied"),
     "invoices": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "customer_payment_state": dict(select="rls", update="denied", delete="denied", insert="denied"),

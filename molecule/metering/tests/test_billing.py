@@ -10,7 +10,9 @@ import sys
 
 import pytest
 import stripe
+import yaml
 
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "tests" / "modules"))
 from molecule_hosts import docker_host, until  # noqa: E402  pylint: disable=wrong-import-position
@@ -99,6 +101,22 @@ def test_the_receiver_runs_hardened_as_its_own_user():
     config = PROXY.file("/etc/selfbase/billing/config.json")
     assert (config.mode, config.user, config.group) == (0o640, "root", "selfbase-billing")
     assert KEY not in PROXY.check_output(f"ps -o args= -p {pid}") and SECRET not in PROXY.check_output("ps -eo args")
+
+
+@pytest.mark.parametrize("login,role", [("billing_meter_proxy", "billing"), ("meter_meter_proxy", "metering")])
+def test_the_service_logins_have_every_session_limit(login, role):
+    """An open transaction of the receiver or the agent cannot hold tenants' rows without bound (migration 0007's
+    round: every login has statement, lock and idle-in-transaction limits)."""
+    wanted = yaml.safe_load((ROOT / f"roles/{role}/defaults/main.yml").read_text())[f"{role}_db_session_settings"]
+    settings = sql("SELECT array_to_string(s.setconfig, ',') FROM pg_db_role_setting s "
+                   "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
+                   f"WHERE r.rolname = '{login}' AND d.datname = 'selfbase'").split(",")
+    assert sorted(settings) == sorted(f"{k}={v}" for k, v in wanted.items())
+
+
+def test_the_dunning_policy_is_stored_by_the_control_plane():
+    """The role's billing_dunning_* values, in the row only the control plane writes (the receiver reads it)."""
+    assert sql("SELECT grace_days || ',' || reactivate_suspended FROM platform.billing_policy") == "7,false"
 
 
 def test_a_tenant_goes_through_dunning_and_the_edge_follows(fake, tenants):

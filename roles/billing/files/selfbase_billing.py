@@ -16,7 +16,7 @@ import stripe_events
 
 DEFAULT_CONFIG = "/etc/selfbase/billing/config.json"
 REQUIRED = {"conninfo": str, "api_key": str, "api_base": str, "api_version": str, "webhook_secrets": list,
-            "tolerance": int, "policy": dict, "sync": dict}
+            "tolerance": int, "sync": dict}
 SYNC = {"reconcile": bool, "overlap": int, "meter_push": bool, "meter_api": str, "settle": int, "lookback": int,
         "workers": int, "metrics_file": str}
 
@@ -36,10 +36,6 @@ def check(config):
         errors.append("webhook_secrets: at most two (the current one and the one being rotated out)")
     if not 1 <= config["tolerance"] <= 3600:
         errors.append("tolerance: 1 to 3600 seconds")
-    if not isinstance(config["policy"].get("grace_days"), int) or config["policy"]["grace_days"] < 0:
-        errors.append("policy.grace_days: an integer >= 0")
-    if not isinstance(config["policy"].get("reactivate_suspended"), bool):
-        errors.append("policy.reactivate_suspended: a boolean")
     if not config["api_key"].startswith(("sk_", "rk_")):
         errors.append("api_key: a secret (sk_) or restricted (rk_) key")
     if config["sync"].get("meter_api") not in ("v1", "v2"):
@@ -85,8 +81,8 @@ def sync(config):
     out, ok = {"started": time.time()}, 1
     try:
         if config["sync"]["reconcile"]:
-            out["reconcile"] = stripe_events.reconcile(conn, client, config["policy"], config["sync"]["overlap"])
-        out["suspended"] = [r["tenant"] for r in stripe_events.dunning_tick(conn, config["policy"])]
+            out["reconcile"] = stripe_events.reconcile(conn, client, config["sync"]["overlap"])
+        out["suspended"] = [r["tenant"] for r in stripe_events.dunning_tick(conn)]
         if config["sync"]["meter_push"]:
             out["meter_push"] = stripe_events.push_usage(conn, client, config["sync"]["settle"],
                                                          config["sync"]["lookback"], config["sync"]["workers"],
@@ -130,7 +126,7 @@ def application(environ, start_response):
     if RECEIVER is None:
         config = load()
         RECEIVER = stripe_events.Receiver(config["conninfo"], config["webhook_secrets"], api(config),
-                                          config["policy"], config["tolerance"], log)
+                                          config["tolerance"], log)
     return RECEIVER(environ, start_response)
 
 

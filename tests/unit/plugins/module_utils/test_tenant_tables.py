@@ -22,7 +22,7 @@ def labels(s, before, tenant_id=None, rows=0):
         tt.plan_present(t, tenant_id, rows)
     else:
         tt.plan_absent(t)
-    return [label for label, _sql, _params in t.statements], t
+    return [s[0] for s in t.statements], t
 
 
 def test_a_bare_table_gets_everything_in_order():
@@ -34,6 +34,12 @@ def test_a_bare_table_gets_everything_in_order():
     assert [g for g in got if g.startswith("grant")] == [
         "grant delete, insert, select, update to selfbase_admin", "grant delete, insert, select, update to selfbase_app",
         "grant delete, insert, select, update to selfbase_graphql"]
+
+
+def test_only_the_backfill_runs_as_the_table_owner():
+    """DML on an application table fires its owner's triggers and CHECKs: never with the module's rights."""
+    _got, t = labels(spec(), BARE, tenant_id="A", rows=3)
+    assert [s[0] for s in t.statements if s[3]] == ["backfill 3 row(s) with tenant None"]
 
 
 def test_the_predicted_state_plans_nothing_more():
