@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -33,6 +34,28 @@ def _vault_example(inventory):
     return {k: VAULT.get(k, "test-secret-" + k + "-0123456789abcdef0123456789") for k in keys}
 
 
+def _facts():
+    """This machine's minimal facts, gathered once, in a fact cache under every inventory host's name: the checks
+    need the facts of a Debian host, not a setup run per host and playbook."""
+    if not _FACTS:
+        cache = pathlib.Path(tempfile.mkdtemp(prefix="selfbase-facts-"))
+        env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache))
+        subprocess.run([str(pathlib.Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
+                        "-m", "ansible.builtin.setup", "-a", "gather_subset=min",
+                        "-e", "ansible_python_interpreter=" + sys.executable],
+                       cwd=ROOT, env=env, capture_output=True, check=True, timeout=120)
+        gathered = next(cache.glob("*localhost"))  # the plugin may prefix the host's name
+        prefix = gathered.name[:-len("localhost")]
+        for inventory in INVENTORIES:
+            for host in _hosts(inventory):
+                (cache / (prefix + host)).write_text(gathered.read_text())
+        _FACTS.append(str(cache))
+    return _FACTS[0]
+
+
+_FACTS = []
+
+
 def _run(inventory, tmp_path, extra=None, limit=None):
     cmd = [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(ROOT / "inventories" / inventory),
            str(PLAYBOOK), "-e", "ansible_connection=local", "-e", "ansible_become=false",
@@ -50,7 +73,8 @@ def _run(inventory, tmp_path, extra=None, limit=None):
     if limit:
         cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_GATHER_SUBSET="min", ANSIBLE_FORKS="10", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="0")
+               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_GATHERING="smart", ANSIBLE_CACHE_PLUGIN="jsonfile",
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=_facts())
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
