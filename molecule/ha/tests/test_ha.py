@@ -191,3 +191,22 @@ def test_backup_from_the_new_topology():
     log = docker("exec", "ha-repo", "cat", "/var/log/pgbackrest/selfbase-backup.log").stdout
     last = log[log.rindex("backup command begin"):]
     assert "standby" in last, last[-2000:]
+
+
+def test_a_restarted_leader_archives_within_archive_timeout():
+    """Patroni restarts the leader in place (no promotion wakes its checkpointer): a quiet leader still
+    ships its last commit within archive_timeout, read from the repository, with no manual check
+    (the on_restart callback, postgresql-wake-checkpointer)."""
+    lead = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    CLUSTER.patronictl(lead, "restart", "selfbase", lead, "--force")
+    CLUSTER.wait_for("the leader back", lambda: CLUSTER.healthy() == lead)
+    psql(RW, "INSERT INTO ha_probe (run, n) VALUES ('restart', 1)")
+    committed = time.time()
+    segment = psql(RW, "SELECT pg_walfile_name(pg_current_wal_lsn())").stdout.strip()
+
+    def newest():
+        return max(a["max"] or "" for a in json.loads(_pgbackrest("--output=json", "info").stdout)[0]["archive"])
+    while newest() < segment and time.time() < committed + 80:
+        time.sleep(2)
+    assert newest() >= segment, f"{segment} not archived after {time.time() - committed:.0f} s"
+    record("restarted_leader_rpo_s", round(time.time() - committed, 1))
