@@ -97,6 +97,9 @@ make_venv() {
 link_collection() {
   mkdir -p "$ROOT/.cache/collections/ansible_collections/selfbase"
   ln -sfn "$ROOT" "$ROOT/.cache/collections/ansible_collections/selfbase/platform"
+  # Mitogen's strategy plugins, at a path Molecule's config can name
+  ln -sfn "$("$VENV/bin/python" -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy" \
+    "$ROOT/.cache/mitogen-strategy"
 }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
