@@ -49,7 +49,9 @@ molecule_scenario() {
   molecule test -s "$scenario" >"$LOGS/molecule-$scenario.log" 2>&1 || rc=1
   printf 'molecule %-10s %-6s %5ss  (log: build/logs/molecule-%s.log)\n' "$scenario" \
     "$([ $rc -eq 0 ] && echo passed || echo failed)" "$(( $(date +%s) - start ))" "$scenario"
-  [ $rc -eq 0 ] || tail -n 80 "$LOGS/molecule-$scenario.log"
+  # the failed tasks with their task headers, then the end of the log
+  [ $rc -eq 0 ] || { grep -B 12 -A 25 -E '^(fatal|failed): |^\S.*FAILED!|^ERROR|^FAILED ' "$LOGS/molecule-$scenario.log" | tail -n 200
+                     tail -n 30 "$LOGS/molecule-$scenario.log"; }
   return $rc
 }
 # Scenarios have their own hosts and networks, so they run side by side
