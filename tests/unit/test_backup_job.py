@@ -65,3 +65,67 @@ def test_every_line_is_valid_exposition_and_labels_are_escaped():
     for line in text.splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or SAMPLE.match(line), line
     assert 'stanza="we\\"ird\\\\"' in text
+
+
+SEG = 16 * 1024 * 1024
+
+
+def _name(segno, timeline=1):
+    return f"{timeline:08X}{segno // (0x100000000 // SEG):08X}{segno % (0x100000000 // SEG):08X}"
+
+
+def test_segment_numbers_run_across_log_files_and_ignore_the_timeline():
+    assert job.segment_number("000000010000000000000005", SEG) == 5
+    assert job.segment_number("0000000300000002000000FF", SEG) == 2 * 256 + 255
+    assert job.segment_number(_name(700, timeline=2), SEG) == 700
+
+
+def test_a_write_counts_from_the_sample_that_sees_it_until_its_segment_is_archived():
+    state = {}
+    assert job.archive_lag(state, 100, 10, 5 * SEG + 100, SEG, _name(4)) == (0, 0)   # first sample: nothing known
+    assert job.archive_lag(state, 115, 11, 5 * SEG + 900, SEG, _name(4)) == (0, 0)   # a write, after 5*SEG+100
+    assert job.archive_lag(state, 130, 11, 5 * SEG + 900, SEG, _name(4)) == (15, 0)
+    assert job.archive_lag(state, 190, 11, 5 * SEG + 900, SEG, _name(4)) == (75, 0)   # e.g. after a restart
+    assert job.archive_lag(state, 205, 11, 6 * SEG, SEG, _name(5)) == (0, 0)   # switched and archived
+    assert state["pending"] == []
+
+
+def test_an_idle_servers_running_xacts_records_are_no_lag():
+    state = {}
+    job.archive_lag(state, 0, 10, 5 * SEG + 100, SEG, _name(4))
+    job.archive_lag(state, 15, 11, 5 * SEG + 900, SEG, _name(4))
+    job.archive_lag(state, 75, 11, 6 * SEG + 40, SEG, _name(5))   # switched; a running-xacts record in segment 6
+    for t in range(90, 2000, 15):   # no transaction since: segment 6 is never switched out
+        assert job.archive_lag(state, t, 11, 6 * SEG + 40, SEG, _name(5)) == (0, 0)
+
+
+def test_unarchived_complete_segments_count_and_the_oldest_write_sets_the_age():
+    state = {}
+    job.archive_lag(state, 0, 10, 5 * SEG, SEG, _name(4))
+    job.archive_lag(state, 15, 12, 7 * SEG + 10, SEG, _name(4))   # writes from segment 5 on
+    job.archive_lag(state, 30, 20, 9 * SEG + 10, SEG, _name(4))   # more in segment 7
+    assert job.archive_lag(state, 45, 20, 9 * SEG + 10, SEG, None) == (30, 4)   # repository unread: last known end
+    assert job.archive_lag(state, 60, 20, 9 * SEG + 10, SEG, _name(6)) == (30, 2)   # 5 and 6 archived, 7 not
+    assert job.archive_lag(state, 75, 20, 9 * SEG + 10, SEG, _name(8)) == (0, 0)
+
+
+def test_one_pending_write_is_kept_per_segment():
+    state = {}
+    job.archive_lag(state, 0, 0, 5 * SEG, SEG, _name(4))
+    for i in range(1, 500):
+        job.archive_lag(state, i, i, 5 * SEG + i, SEG, _name(4))
+    assert state["pending"] == [[1, 5 * SEG]]
+
+
+def test_a_wal_position_that_goes_back_starts_afresh():
+    state = {}
+    job.archive_lag(state, 0, 10, 9 * SEG, SEG, _name(8))
+    job.archive_lag(state, 15, 11, 9 * SEG + 5, SEG, _name(8))
+    assert job.archive_lag(state, 30, 3, 2 * SEG, SEG, _name(1)) == (0, 0)
+    assert "pending" in state and state["pending"] == []
+
+
+def test_the_stanza_options_are_read_from_its_own_section(tmp_path):
+    conf = tmp_path / "pgbackrest.conf"
+    conf.write_text("[global]\npg1-port=1\n\n[selfbase]\npg1-path=/d\npg1-port=5433\n\n[other]\npg1-port=9\n")
+    assert job.stanza_options(str(conf), "selfbase") == {"pg1-path": "/d", "pg1-port": "5433"}

@@ -24,6 +24,9 @@ GROUP_VARS = yaml.safe_load((pathlib.Path(__file__).parents[1] / "molecule.yml")
 PASSPHRASE = GROUP_VARS["backup_cipher_passphrase"]
 ARCHIVE_TIMEOUT = GROUP_VARS["backup_archive_timeout"]
 PROM = f"/var/lib/prometheus/node-exporter/selfbase_backup_{STANZA}.prom"
+LAG = f"/var/lib/prometheus/node-exporter/selfbase_wal_archive_{STANZA}.prom"
+LAG_NONE = {"selfbase_wal_archive_lag_seconds": 0.0, "selfbase_wal_archive_lag_segments": 0.0,
+            "selfbase_wal_archive_repository_read": 1.0}
 
 testinfra_hosts = []
 
@@ -129,6 +132,20 @@ def newest_archived_segment(repo):
     return max(archive["max"] or "" for archive in info(repo)["archive"])
 
 
+def archive_lag(db):
+    """The db host's archive lag sampler's last sample (selfbase-backup-job archive-lag, on a timer)."""
+    text = db.file(LAG).content_string if db.file(LAG).exists else ""
+    samples = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+    return {name: value for name, value in samples.items() if name in LAG_NONE}
+
+
+def wait_for_lag(db, wanted, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not wanted(archive_lag(db)):
+        time.sleep(3)
+    return archive_lag(db)
+
+
 def test_disaster_after_a_restart_the_data_directory_is_destroyed_and_latest_is_restored(hosts):
     """A quiet server, just restarted, archives its last commits within archive_timeout
     without a manual check (postgresql-wake-checkpointer); the host is then lost, with
@@ -148,6 +165,8 @@ def test_disaster_after_a_restart_the_data_directory_is_destroyed_and_latest_is_
         rpo = time.time() - committed
         assert newest_archived_segment(repo) >= segment, f"{name}: {segment} not archived after {rpo:.0f} s"
         assert rpo <= ARCHIVE_TIMEOUT + 20, f"{name}: archived after {rpo:.0f} s"
+        # the sampler reads the same from the repository
+        assert wait_for_lag(hosts[name], LAG_NONE.__eq__, 60) == LAG_NONE, name
     for name in DBS:
         db, major = hosts[name], PAIRS[name][1]
         db.run(f"systemctl kill -s KILL postgresql@{major}-main; pkill -KILL -f '[p]gbackrest.*archive-'")
@@ -198,6 +217,11 @@ def test_broken_archiving_fails_check_and_shows_in_the_archiver_statistics(hosts
             time.sleep(15)
             failing = {name: sql(hosts[name], QUERY_FAILING, db="postgres") for name in DBS}
         assert failing == {name: "1" for name in DBS}
+        # the archive lag sampler sees the unarchived writes, though it cannot read the repository
+        for name in DBS:
+            lag = wait_for_lag(hosts[name], lambda lag: lag.get("selfbase_wal_archive_lag_seconds", 0) > 0, 90)
+            assert lag["selfbase_wal_archive_lag_seconds"] > 0 and lag["selfbase_wal_archive_lag_segments"] >= 1, lag
+            assert lag["selfbase_wal_archive_repository_read"] == 0, lag
     finally:
         for name in DBS:
             assert hosts[name].run(f"mv /root/pgbackrest.conf.good {conf}").rc == 0
@@ -209,6 +233,7 @@ def test_broken_archiving_fails_check_and_shows_in_the_archiver_statistics(hosts
             time.sleep(3)
         assert pgbackrest(hosts[name], "check").rc == 0
         assert sql(hosts[name], QUERY_FAILING, db="postgres") == "0"
+        assert wait_for_lag(hosts[name], LAG_NONE.__eq__, 90) == LAG_NONE, name
 
 
 @pytest.mark.parametrize("name", DBS)

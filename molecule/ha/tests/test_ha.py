@@ -210,3 +210,23 @@ def test_a_restarted_leader_archives_within_archive_timeout():
         time.sleep(2)
     assert newest() >= segment, f"{segment} not archived after {time.time() - committed:.0f} s"
     record("restarted_leader_rpo_s", round(time.time() - committed, 1))
+    # The leader's archive lag sampler, read against the repository, sees that commit archived;
+    # the replicas archive nothing and export no lag.
+    deadline = time.time() + 60
+    while time.time() < deadline and _archive_lag(lead) != LAG_NONE:
+        time.sleep(3)
+    assert _archive_lag(lead) == LAG_NONE
+    for member in CLUSTER.names:
+        if member != lead:
+            assert docker("exec", member, "test", "!", "-e", LAG_FILE, check=False).returncode == 0, member
+
+
+LAG_FILE = "/var/lib/prometheus/node-exporter/selfbase_wal_archive_selfbase.prom"
+LAG_NONE = {"selfbase_wal_archive_lag_seconds": 0.0, "selfbase_wal_archive_lag_segments": 0.0,
+            "selfbase_wal_archive_repository_read": 1.0}
+
+
+def _archive_lag(member):
+    out = docker("exec", member, "cat", LAG_FILE, check=False).stdout
+    samples = dict(line.split("{", 1)[0:1] + line.rsplit(" ", 1)[1:] for line in out.splitlines() if line[:1] != "#")
+    return {name: float(value) for name, value in samples.items() if name in LAG_NONE}
