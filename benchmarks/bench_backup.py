@@ -158,7 +158,7 @@ pg1-socket-path={server.host}
         # nothing of this run restored: every commit since the start is lost
         rpo = commits[-1][1] - (by_id[last] if last else started)
         return {"run": n, "wake_after_start": wake, "loss_after_start_seconds": round(lost_at - started, 1),
-                "commits": len(commits), "lost_commits": len([i for i, _ in commits if i > last]),
+                "commits": len(commits), "lost_commits": len([c for c in commits if c[0] > last]),
                 "rpo_seconds": round(rpo, 1), "evidence": evidence}
 
     def newest_archived(self):
@@ -194,6 +194,12 @@ def writer(server, stop, commits, first):
                 return
             commits.append((i, time.time()))
             time.sleep(0.02)
+
+
+def rpo_row(r):
+    wake = "" if r["wake_after_start"] else " WITHOUT the wake-up"
+    return [f"RPO, loss {r['run']} at {r['loss_after_start_seconds']} s after a restart{wake} "
+            f"({r['lost_commits']}/{r['commits']} lost)", r["rpo_seconds"]]
 
 
 def main():
@@ -265,9 +271,7 @@ def main():
             ["pg_dump -Fc", round(t_dump, 1)],
             ["pg_restore", round(t_pg_restore, 1)],
             ["restore speed-up (pg_restore / pgBackRest)", round(ratio, 2)],
-        ] + [[f"RPO, loss {r['run']} at {r['loss_after_start_seconds']} s after a restart"
-               f"{'' if r['wake_after_start'] else ' WITHOUT the wake-up'} ({r['lost_commits']}/{r['commits']} lost)",
-               r["rpo_seconds"]] for r in runs] + [
+        ] + [rpo_row(r) for r in runs] + [
             [f"worst RPO with the wake-up (archive_timeout {args.archive_timeout} s)", worst],
         ], ["measure", "seconds"])
         print("targets:", results["targets"])
