@@ -217,7 +217,7 @@ def test_database_search_path_cannot_shadow_what_modules_call(run, schema, db_ow
 
 
 def test_inventories_do_not_make_a_login_the_database_owner():
-    for path in [*ROOT.glob("inventories/*/group_vars/all/main.yml"), ROOT / "molecule/default/molecule.yml"]:
+    for path in ROOT.glob("inventories/*/group_vars/all/main.yml"):
         text = path.read_text()
         owners = re.findall(r"postgresql_databases:\s*\n\s*(?:#.*\n\s*)*- \{name: [^,]+, owner: ([^}]+)\}", text)
         assert owners == ["postgres"], (path, owners)

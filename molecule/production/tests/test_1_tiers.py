@@ -1,0 +1,234 @@
+"""Verify the production topology across tiers, after site.yml converged inventories/production's shape.
+
+Tenant traffic through both proxies to both api hosts, metered by each proxy's agent through its local
+HAProxy into the cluster's leader; the api hosts' database objects made through the cluster path; every
+Prometheus target up and every alert group loaded; billing in step with the Stripe fake. Then site.yml
+again the way AWX runs it (the scenario's idempotence check) and in check mode: nothing to change.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+import ansible_runner
+import pytest
+import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
+# pylint: disable=wrong-import-position
+from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
+from patroni_cluster import Cluster  # noqa: E402
+
+testinfra_hosts = []
+ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+SITE = ROOT / "playbooks" / "site.yml"
+NET = "172.30.89."
+DB = ["prod-db1", "prod-db2", "prod-db3"]
+API = {"prod-api1": NET + "21", "prod-api2": NET + "22"}
+EDGE = {"prod-edge1": NET + "31", "prod-edge2": NET + "32"}
+MON, MON_ADDR = "prod-mon1", NET + "41"
+HOSTS = DB + list(API) + list(EDGE) + [MON, "prod-backup1"]
+VAULT = yaml.safe_load(
+    (pathlib.Path(__file__).resolve().parents[1] / "inventory/group_vars/all/vault.yml").read_text())
+PROM_AUTH = "admin:" + VAULT["vault_monitoring_prometheus_web_password"]
+STRIPE = "http://172.30.89.1:12112"
+CLUSTER = Cluster(DB, "prod-api1", None)
+
+
+def _env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_FORCE_COLOR="false", ANSIBLE_PIPELINING="true")
+
+
+def _leader():
+    return CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+
+
+def _psql(sql, member=None):
+    """Run SQL as postgres on the leader (or the given member); returns the completed command."""
+    return _host(member or _leader()).run("runuser -u postgres -- psql -d selfbase -v ON_ERROR_STOP=1 -qXAtc %s", sql)
+
+
+def _curl(edge, name, path="/hello", *args):
+    return _host(MON).run("curl -sk --max-time 10 --resolve %s:443:%s" + " %s" * len(args) + " https://%s%s",
+                          name, EDGE[edge], *args, name, path)
+
+
+@pytest.mark.parametrize("edge", list(EDGE))
+@pytest.mark.parametrize("name,slug", [("acme.example.com", "acme"), ("app.acme.com", "acme"),
+                                       ("globex.example.com", "globex")])
+def test_tenant_domain_reaches_the_app_with_its_tenant(edge, name, slug):
+    # From the monitoring host, through nginx on each proxy over TLS, to the
+    # stand-in app on the api hosts; a spoofed header is replaced.
+    cmd = _curl(edge, name, "/hello", "--fail", "-H", "X-Tenant-Slug: evil")
+    assert cmd.rc == 0, cmd.stderr
+    echoed = json.loads(cmd.stdout)
+    headers = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert headers["x-tenant-slug"] == [slug]  # one value: the client's is gone
+    assert echoed["path"] == "/hello"
+
+
+def test_both_api_hosts_serve_the_tenant_app():
+    # nginx balances over both api hosts: each one's echo service sees requests.
+    for _round in range(8):
+        for edge in EDGE:
+            assert _curl(edge, "initech.example.com", "/spread", "--fail", "-o", "/dev/null").rc == 0
+    for edge in EDGE:
+        log = _host(edge).run("grep -h '\"uri\":\"/spread\"' /var/log/nginx/access.json").stdout
+        upstreams = {json.loads(line)["upstream"] for line in log.splitlines()}
+        assert upstreams == {addr + ":3000" for addr in API.values()}, (edge, upstreams)
+
+
+@pytest.mark.parametrize("edge", list(EDGE))
+def test_unknown_tenant_is_refused(edge):
+    cmd = _curl(edge, "nobody.example.com", "/", "-o", "/dev/null", "-w", "%{http_code}")
+    assert cmd.stdout == "421"
+
+
+@pytest.mark.parametrize("edge", list(EDGE))
+def test_requests_through_each_proxy_are_metered(edge):
+    """Each proxy's agent records what its nginx served (the requests above) through its own login, by way
+    of its local HAProxy to the leader."""
+    login = "meter_" + edge.replace("-", "_")
+    query = ("SELECT COALESCE(sum(e.quantity), 0) FROM platform.usage_events e JOIN platform.tenants t "
+             "ON t.id = e.tenant_id WHERE t.slug = 'acme' AND e.metric = 'api_requests' "
+             f"AND e.idempotency_key LIKE 'edge/{login}/%'")
+    until(lambda: int(_psql(query).stdout.strip() or 0) >= 2, 60)
+    assert int(_psql(query).stdout.strip()) >= 2
+    # its session goes through the local HAProxy's leader port (nothing else on a proxy uses the database)
+    sessions = _host(edge).run("ss -Htn state established '( dport = :5002 )'").stdout
+    assert EDGE[edge] + ":5002" in sessions, sessions
+
+
+def test_api_hosts_created_their_objects_through_the_cluster():
+    """Hasura's and auth's logins, grants, metadata database and session limits, made on the leader by the
+    api hosts' database tasks, are on every member (replicated), and the logins reach the leader through
+    each api host's HAProxy."""
+    for member in DB:
+        roles = _psql("SELECT string_agg(r.rolname || ':' || (s.setconfig IS NOT NULL)::text, ',' ORDER BY r.rolname) "
+                      "FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid "
+                      "AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = 'selfbase') "
+                      "WHERE r.rolname IN ('hasura', 'auth')", member)
+        assert roles.stdout.strip() == "auth:true,hasura:true", (member, roles.stdout, roles.stderr)
+        meta = _psql("SELECT count(*) FROM pg_database WHERE datname = 'hasura_metadata'", member)
+        assert meta.stdout.strip() == "1", member
+        schemas = _psql("SELECT string_agg(nspname || ':' || pg_get_userbyid(nspowner), ',' ORDER BY nspname) "
+                        "FROM pg_namespace WHERE nspname IN ('auth', 'hdb_catalog')", member)
+        assert schemas.stdout.strip() == "auth:auth,hdb_catalog:hasura", member
+    password = _secret("hasura_db_password")
+    for api, addr in API.items():
+        for port in ("5000", "5002"):
+            res = _host(api).run("PGPASSWORD=%s psql 'host=%s port=%s dbname=selfbase user=hasura sslmode=prefer' "
+                                 "-XAtqc 'SELECT pg_is_in_recovery()'", password, addr, port)
+            assert res.rc == 0 and res.stdout.strip() == "f", (api, port, res.stderr)
+
+
+def _secret(name):
+    """A password the roles generated once and keep in the controller's secrets directory."""
+    return (pathlib.Path(INVENTORY).parent / ".secrets" / name).read_text().strip()
+
+
+def _prometheus(path):
+    cmd = _host(MON).run("curl -s --fail -u %s http://%s:9090%s", PROM_AUTH, MON_ADDR, path)
+    assert cmd.rc == 0, cmd.stderr
+    return json.loads(cmd.stdout)["data"]
+
+
+def test_prometheus_scrapes_every_target_on_every_host():
+    targets = _prometheus("/api/v1/targets")["activeTargets"]
+    node = {t["labels"]["instance"].split(":")[0] for t in targets if t["labels"]["job"] == "node"}
+    assert node == set(HOSTS)
+
+    def down():
+        found = _prometheus("/api/v1/targets")["activeTargets"]
+        return [(t["labels"]["job"], t["labels"]["instance"]) for t in found if t["health"] != "up"]
+    until(lambda: not down(), 90)
+    assert not down()
+    jobs = {t["labels"]["job"] for t in _prometheus("/api/v1/targets")["activeTargets"]}
+    assert jobs >= {"node", "postgres", "nginx", "prometheus", "alertmanager", "etcd", "haproxy"}, jobs
+
+
+def test_cluster_backup_metering_and_billing_alerts_are_loaded():
+    rules = {r["name"] for g in _prometheus("/api/v1/rules")["groups"] for r in g["rules"]}
+    expected = {"PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
+                "BackupMissing", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown", "MeteringLagHigh",
+                "BillingSyncFailing", "MeterPushBacklog", "StripeEventsDelayed", "TenantQuotaExceeded"}
+    assert expected <= rules, sorted(expected - rules)
+
+
+def test_hard_quota_is_enforced_by_postgresql():
+    # acme may have 25 members (data/tenants.yml); the 26th insert is refused
+    # with the platform's SQLSTATE. Rolled back, so the environment stays converged.
+    sql = ("BEGIN; INSERT INTO platform.tenant_members (tenant_id, user_id) "
+           "SELECT t.id, gen_random_uuid() FROM platform.tenants t, generate_series(1, %d) WHERE t.slug = 'acme'; ROLLBACK;")
+    assert _psql(sql % 25).rc == 0
+    refused = _psql(sql % 26)
+    assert refused.rc != 0
+    assert "members" in refused.stderr and "quota" in refused.stderr.lower()
+
+
+def test_tenant_isolation_holds_after_the_full_converge():
+    # The application role sees only the tenant it acts for, and nothing
+    # without one (RLS forced on every tenant table).
+    gid = _psql("SELECT id FROM platform.tenants WHERE slug = 'globex'").stdout.strip()
+    cmd = _psql("BEGIN; SET LOCAL ROLE selfbase_app; SET LOCAL app.tenant_id = '%s'; "
+                "SELECT string_agg(slug, ',') FROM platform.tenants; ROLLBACK;" % gid)
+    assert cmd.rc == 0, cmd.stderr
+    assert cmd.stdout.strip().splitlines()[-1] == "globex"
+    cmd = _psql("BEGIN; SET LOCAL ROLE selfbase_app; SELECT count(*) FROM platform.tenants; ROLLBACK;")
+    assert cmd.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_billing_reached_stripe_and_the_database():
+    # The price book is in Stripe (the contract fake) and in PostgreSQL, and
+    # the paying tenants' subscriptions are mirrored.
+    req = urllib.request.Request(STRIPE + "/v1/products?limit=100",
+                                 headers={"Authorization": "Bearer " + VAULT["vault_stripe_api_key"]})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        products = json.load(resp)["data"]
+    assert sorted(p["metadata"]["plan_code"] for p in products) == ["pro", "starter"]
+    plans = _psql("SELECT string_agg(code || ':' || (stripe_product_id IS NOT NULL)::text, ',' ORDER BY code) "
+                  "FROM platform.plans")
+    assert plans.stdout.strip() == "pro:true,starter:true"
+    subs = _psql("SELECT string_agg(t.slug || ':' || s.status, ',' ORDER BY t.slug) FROM platform.subscriptions s "
+                 "JOIN platform.tenants t ON t.id = s.tenant_id")
+    got = dict(item.split(":") for item in subs.stdout.strip().split(","))
+    assert set(got) == {"acme", "initech"} and set(got.values()) <= {"active", "trialing"}, got
+
+
+def test_billing_service_runs_on_both_api_hosts():
+    for api in API:
+        assert _host(api).service("selfbase-billing").is_running, api
+
+
+def test_site_through_ansible_runner_changes_nothing():
+    """The way AWX runs a job template: ansible-runner, artifacts checked, and with
+    Ansible's own strategy, as users run the roles (Molecule's runs use Mitogen's)."""
+    with tempfile.TemporaryDirectory() as data:
+        run = ansible_runner.run(private_data_dir=data, playbook=str(SITE), inventory=os.path.dirname(INVENTORY),
+                                 envvars=dict(_env(), ANSIBLE_STRATEGY="ansible.builtin.linear"), quiet=True)
+        assert run.status == "successful", run.stdout.read()[-3000:]
+        assert run.rc == 0
+        stats = run.stats
+        assert not stats["failures"] and not stats["dark"]
+        assert set(stats["ok"]) >= set(HOSTS)  # and localhost, where the billing modules run
+        # this is the scenario's idempotence check: name what changed
+        changed = ["%s: %s" % (e["event_data"]["host"], e["event_data"]["task"])
+                   for e in run.events if e["event"] == "runner_on_ok" and e["event_data"].get("res", {}).get("changed")]
+        assert not stats["changed"] and not changed, (stats["changed"], changed)
+
+
+def test_check_mode_on_the_converged_environment_predicts_nothing():
+    env = dict(_env(), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", os.path.dirname(INVENTORY),
+           "--check", str(SITE)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the json callback's document, then profile_tasks' table (molecule's config)
+    stats = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("{"):])[0]["stats"]
+    assert set(stats) == set(HOSTS) | {"localhost"}
+    assert all(s["changed"] == 0 and s["failures"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
