@@ -104,9 +104,9 @@ link_collection() {
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
 # Packages: postgresql (server binaries for tests), pgbackrest (benchmarks/bench_backup.py),
-# and the shell linter for ansible-test sanity.
+# prometheus (promtool for the unit tests) and the shell linter for ansible-test sanity.
 command -v dockerd >/dev/null || apt_install docker.io
-apt_install debootstrap postgresql pgbackrest rsync shellcheck
+apt_install debootstrap postgresql pgbackrest rsync shellcheck prometheus
 start_dockerd
 # The images build while pip fills the virtualenv: debootstrap and pip wait on
 # different things.
