@@ -19,38 +19,23 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
-from patroni_cluster import Cluster  # noqa: E402
+from production_hosts import API, DB, EDGE, HOSTS, MON, MON_ADDR, psql as _psql  # noqa: E402
 
 testinfra_hosts = []
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SITE = ROOT / "playbooks" / "site.yml"
-NET = "172.30.89."
-DB = ["prod-db1", "prod-db2", "prod-db3"]
-API = {"prod-api1": NET + "21", "prod-api2": NET + "22"}
-EDGE = {"prod-edge1": NET + "31", "prod-edge2": NET + "32"}
-MON, MON_ADDR = "prod-mon1", NET + "41"
-HOSTS = DB + list(API) + list(EDGE) + [MON, "prod-backup1"]
 VAULT = yaml.safe_load(
     (pathlib.Path(__file__).resolve().parents[1] / "inventory/group_vars/all/vault.yml").read_text())
 PROM_AUTH = "admin:" + VAULT["vault_monitoring_prometheus_web_password"]
 STRIPE = "http://172.30.89.1:12112"
-CLUSTER = Cluster(DB, "prod-api1", None)
 
 
 def _env():
     return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"), ANSIBLE_NOCOLOR="1",
                 ANSIBLE_FORCE_COLOR="false", ANSIBLE_PIPELINING="true")
-
-
-def _leader():
-    return CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
-
-
-def _psql(sql, member=None):
-    """Run SQL as postgres on the leader (or the given member); returns the completed command."""
-    return _host(member or _leader()).run("runuser -u postgres -- psql -d selfbase -v ON_ERROR_STOP=1 -qXAtc %s", sql)
 
 
 def _curl(edge, name, path="/hello", *args):

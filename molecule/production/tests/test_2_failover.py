@@ -12,25 +12,22 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import docker_host as _host, until  # noqa: E402
-from patroni_cluster import Cluster, docker  # noqa: E402
+from patroni_cluster import docker  # noqa: E402
+from production_hosts import CLUSTER, EDGE, leader as _leader, psql  # noqa: E402
 
 testinfra_hosts = []
-NET = "172.30.89."
-DB = ["prod-db1", "prod-db2", "prod-db3"]
-EDGE = {"prod-edge1": NET + "31", "prod-edge2": NET + "32"}
-CLUSTER = Cluster(DB, "prod-api1", None)
 UNBILLED = {402, 403, 429}  # metering_unbilled_statuses
 TRAFFIC = "/tmp/failover-traffic.txt"
 
 
 def _metered(leader):
     """Per tenant, the api_requests the edges' agents recorded."""
-    out = _host(leader).run(
-        "runuser -u postgres -- psql -d selfbase -XAtqc %s",
+    out = psql(
         "SELECT t.slug || ' ' || sum(e.quantity) FROM platform.usage_events e JOIN platform.tenants t ON t.id = e.tenant_id "
-        "WHERE e.metric = 'api_requests' AND e.idempotency_key LIKE 'edge/%' GROUP BY t.slug")
+        "WHERE e.metric = 'api_requests' AND e.idempotency_key LIKE 'edge/%' GROUP BY t.slug", leader)
     assert out.rc == 0, out.stderr
     return {slug: int(n) for slug, n in (line.split() for line in out.stdout.splitlines())}
 
@@ -53,7 +50,7 @@ def _statuses():
 
 
 def test_killing_the_leader_loses_and_doubles_no_metered_request():
-    old = CLUSTER.wait_for("a healthy cluster", CLUSTER.healthy)
+    old = _leader()
     # about two requests a second per tenant through each proxy for a minute, for two tenants, from the monitoring host
     loop = ("for i in $(seq 90); do for e in %s; do for t in initech globex; do "
             "curl -sk -o /dev/null -w '%%{http_code}\\n' --max-time 5 --resolve $t.example.com:443:$e "
