@@ -1,7 +1,8 @@
-"""Failover and switchover of the Patroni cluster, and the cost of pooling, on the `ha` scenario's hosts.
+"""Failover and switchover of the Patroni cluster, and the cost of pooling, on the `production` scenario's hosts.
 
-Needs the Molecule scenario `ha` converged (`molecule converge -s ha`): three db hosts and a client with
-HAProxy, synchronous mode on. Measured in one run:
+Needs the Molecule scenario `production` converged (`molecule converge -s production`): three db hosts and,
+among the clients with HAProxy, prod-api1; synchronous mode on. The writer logs in as a test login of its own
+(ha_probe, created here as in the scenario's verify). Measured in one run:
 1. for each timing preset (fast, default, patroni; set through `patronictl edit-config`), --failovers kills
    (default 5) of the leader's container (`docker kill`) while a writer on the client commits a
    numbered row every 100 ms through HAProxy's read-write port: the RTO is the time from the kill to
@@ -9,7 +10,7 @@ HAProxy, synchronous mode on. Measured in one run:
 2. --switchovers switchovers (default 5, fast preset): the longest pause between acknowledged commits;
 3. pgbench's simple-update script (-N) with --clients clients (50) for --seconds seconds (20), on the
    client: through HAProxy and PgBouncer (port 5000), and straight to the leader's PostgreSQL.
-The preset is left at fast, as the scenario sets it.
+Switchovers run with the default preset, which the cluster is left at, as inventories/production sets it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ sys.path.insert(0, str(_pg.ROOT / "molecule" / "resources"))
 # pylint: disable=wrong-import-position
 from patroni_cluster import Cluster, docker, longest_pause_after, outage_end_after  # noqa: E402
 
-PASSWORD = "molecule-ha-Pw-3b8e"
-DSN = "host={host} port={port} dbname=appdb user=app password=" + PASSWORD
+PASSWORD = "molecule-prod-probe-5d1f"
+DSN = "host={host} port={port} dbname=selfbase user=ha_probe password=" + PASSWORD
 PRESETS = {"fast": {"ttl": 10, "loop_wait": 2, "retry_timeout": 4}, "default": {"ttl": 20, "loop_wait": 5, "retry_timeout": 5},
            "patroni": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}}
-MEMBERS = {"ha-db1": "172.30.90.11", "ha-db2": "172.30.90.12", "ha-db3": "172.30.90.13"}
+CLIENT = "172.30.89.21"  # prod-api1, where HAProxy listens
+MEMBERS = {"prod-db1": "172.30.89.11", "prod-db2": "172.30.89.12", "prod-db3": "172.30.89.13"}
 
 
 def set_preset(cluster, name):
@@ -93,7 +95,12 @@ def main():
     parser.add_argument("--name", default="failover", help="results file name (benchmarks/results/NAME.json)")
     opts = parser.parse_args()
 
-    cluster = Cluster(list(MEMBERS), "ha-client", DSN.format(host="127.0.0.1", port=5000))
+    cluster = Cluster(list(MEMBERS), "prod-api1", DSN.format(host=CLIENT, port=5000))
+    lead = cluster.wait_for("a healthy cluster", cluster.healthy)
+    docker("exec", lead, "runuser", "-u", "postgres", "--", "psql", "-d", "selfbase", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c",
+           "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ha_probe') THEN "
+           f"CREATE ROLE ha_probe LOGIN CONNECTION LIMIT 60 PASSWORD '{PASSWORD}'; END IF; END $$; "
+           "ALTER ROLE ha_probe CONNECTION LIMIT 60; CREATE SCHEMA IF NOT EXISTS ha_probe AUTHORIZATION ha_probe")
     cluster.prepare_probe()
     results = {"presets": {}, "switchover": None, "pgbench": None}
     for preset in opts.presets.split(","):
@@ -103,7 +110,7 @@ def main():
                                       "acked_lost": sum(r[1] for r in runs), "acked": sum(r[2] for r in runs),
                                       "runs": runs}
         _pg.log(f"{preset}: {results['presets'][preset]['rto_s']}")
-    set_preset(cluster, "fast")
+    set_preset(cluster, "default")
     runs = [switchover(cluster, f"switchover-{i}") for i in range(opts.switchovers)]
     results["switchover"] = {"pause_s": spread([r[0] for r in runs]), "acked_lost": sum(r[1] for r in runs),
                              "acked": sum(r[2] for r in runs), "runs": runs}
@@ -118,7 +125,7 @@ def main():
     docker("exec", cluster.client, "pgbench", "-i", "-q", "-s", "10", direct)
     rounds = {"pooled": [], "direct": []}
     for _round in range(2):  # alternated, so that drift on the shared machine hits both
-        rounds["pooled"].append(pgbench(cluster, DSN.format(host="127.0.0.1", port=5000), opts.clients, opts.seconds))
+        rounds["pooled"].append(pgbench(cluster, DSN.format(host=CLIENT, port=5000), opts.clients, opts.seconds))
         rounds["direct"].append(pgbench(cluster, direct, opts.clients, opts.seconds))
     tps = {k: statistics.median(v) for k, v in rounds.items()}
     results["pgbench"] = {"clients": opts.clients, "seconds": opts.seconds, "script": "simple-update (-N)",

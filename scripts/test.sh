@@ -45,6 +45,8 @@ stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2
 # One scenario with its own log; the line it prints goes to the stage log.
 molecule_scenario() {
   local scenario=$1 start rc=0
+  # the first (longest) scenario is the suite's critical path: the others yield the cores to it
+  [ "$scenario" = "$CRITICAL" ] || renice -n 10 -p $$ >/dev/null
   start=$(date +%s)
   molecule test -s "$scenario" >"$LOGS/molecule-$scenario.log" 2>&1 || rc=1
   printf 'molecule %-10s %-6s %5ss  (log: build/logs/molecule-%s.log)\n' "$scenario" \
@@ -58,10 +60,10 @@ molecule_scenario() {
 # (SELFBASE_MOLECULE_JOBS at a time, longest first), so that one waiting on a
 # service or an alert timer leaves the cores to the others.
 stage_molecule() {
-  local longest=(production backup ha monitoring metering api common nginx) all=() s
+  local longest=(production backup monitoring metering api common nginx) all=() s
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
   export -f molecule_scenario
-  export LOGS
+  export LOGS CRITICAL=${longest[0]}
   { for s in "${longest[@]}"; do [[ " ${all[*]} " == *" $s "* ]] && echo "$s"; done
     for s in "${all[@]}"; do [[ " ${longest[*]} " == *" $s "* ]] || echo "$s"; done; } \
     | xargs -P "${SELFBASE_MOLECULE_JOBS:-3}" -I{} bash -c "molecule_scenario {}"
@@ -86,22 +88,37 @@ report_stage() {
   [ "$stage" != molecule ] || while IFS= read -r line; do report+=("  $line"); done < <(grep '^molecule ' "$LOGS/$stage.log")
 }
 # lint, sanity, build and unit each keep one core busy at most, so they run
-# side by side; modules and molecule use every core and run alone.
+# side by side; modules uses every core. With other stages, molecule (its
+# longest scenario is the suite's critical path) starts first, at normal
+# priority, and the others run beside it at lower priority (nice 10), filling
+# the cores while its scenarios wait on services, failovers and timers.
+early=""
+if [ ${#STAGES[@]} -gt 1 ] && [[ " ${STAGES[*]} " == *" molecule "* ]]; then early=molecule; fi
+niced() { if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; "$@"); else "$@"; fi; }
+pending_pids=()
 finish_pending() {
   local stage
-  wait
+  [ ${#pending_pids[@]} -eq 0 ] || wait "${pending_pids[@]}"
   for stage in "${pending[@]}"; do report_stage "$stage"; done
-  pending=()
+  pending=() pending_pids=()
 }
+if [ -n "$early" ]; then
+  echo "== molecule (log: build/logs/molecule.log), first, beside the other stages"
+  rm -f "$LOGS/molecule.result"
+  run_stage molecule &
+  early_pid=$!
+fi
 for stage in "${STAGES[@]}"; do
+  [ "$stage" != "$early" ] || continue
   echo "== $stage (log: build/logs/$stage.log)"
   rm -f "$LOGS/$stage.result"
   case $stage in
-    lint|sanity|build|unit) run_stage "$stage" & pending+=("$stage") ;;
-    *) finish_pending; run_stage "$stage"; report_stage "$stage" ;;
+    lint|sanity|build|unit) niced run_stage "$stage" & pending+=("$stage") pending_pids+=($!) ;;
+    *) finish_pending; niced run_stage "$stage"; report_stage "$stage" ;;
   esac
 done
 finish_pending
+if [ -n "$early" ]; then wait "$early_pid"; report_stage molecule; fi
 
 echo
 echo "== summary"

@@ -1,6 +1,6 @@
 """A Patroni cluster of systemd containers, driven with docker: its members as patronictl sees them, the
 health of replication, and a writer on the client that commits a numbered row every 100 ms through
-HAProxy. Shared by the `ha` scenario's tests and benchmarks/bench_failover.py."""
+HAProxy. Shared by the `production` scenario's tests and benchmarks/bench_failover.py."""
 
 import json
 import subprocess

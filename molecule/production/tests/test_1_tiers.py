@@ -16,21 +16,17 @@ import urllib.request
 
 import ansible_runner
 import pytest
-import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
-from production_hosts import API, DB, EDGE, HOSTS, MON, MON_ADDR, psql as _psql  # noqa: E402
+from production_hosts import API, DB, EDGE, HOSTS, MON, MON_ADDR, STRIPE, VAULT, psql as _psql, secret  # noqa: E402
 
 testinfra_hosts = []
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SITE = ROOT / "playbooks" / "site.yml"
-VAULT = yaml.safe_load(
-    (pathlib.Path(__file__).resolve().parents[1] / "inventory/group_vars/all/vault.yml").read_text())
 PROM_AUTH = "admin:" + VAULT["vault_monitoring_prometheus_web_password"]
-STRIPE = "http://172.30.89.1:12112"
 
 
 def _env():
@@ -104,17 +100,12 @@ def test_api_hosts_created_their_objects_through_the_cluster():
         schemas = _psql("SELECT string_agg(nspname || ':' || pg_get_userbyid(nspowner), ',' ORDER BY nspname) "
                         "FROM pg_namespace WHERE nspname IN ('auth', 'hdb_catalog')", member)
         assert schemas.stdout.strip() == "auth:auth,hdb_catalog:hasura", member
-    password = _secret("hasura_db_password")
+    password = secret("hasura_db_password")
     for api, addr in API.items():
         for port in ("5000", "5002"):
             res = _host(api).run("PGPASSWORD=%s psql 'host=%s port=%s dbname=selfbase user=hasura sslmode=prefer' "
                                  "-XAtqc 'SELECT pg_is_in_recovery()'", password, addr, port)
             assert res.rc == 0 and res.stdout.strip() == "f", (api, port, res.stderr)
-
-
-def _secret(name):
-    """A password the roles generated once and keep in the controller's secrets directory."""
-    return (pathlib.Path(INVENTORY).parent / ".secrets" / name).read_text().strip()
 
 
 def _prometheus(path):

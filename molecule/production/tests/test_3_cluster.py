@@ -1,0 +1,180 @@
+"""The Patroni cluster of the production shape under a writer that commits a numbered row every 100 ms through
+prod-api1's HAProxy (after test_2_failover's leader kill): reads on a replica, PgBouncer's refusal of superusers,
+a switchover with switchover.yml, the loss of an etcd member, the members' metrics, a rolling upgrade with
+upgrade.yml, and the backups: a full backup from the new topology and the WAL of a leader restarted in place.
+Every row the writer saw acknowledged must be on the leader afterwards (synchronous mode)."""
+
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# pylint: disable=wrong-import-position
+from patroni_cluster import docker, longest_pause_after  # noqa: E402
+from production_hosts import (API, BACKUP, CLUSTER, DB, DIRECT, MON, NET, PROBE_DSN, PROBE_PASSWORD, RO, RW,  # noqa: E402
+                              leader, playbook, prepare_writer)
+
+testinfra_hosts = []
+LAG_FILE = "/var/lib/prometheus/node-exporter/selfbase_wal_archive_selfbase.prom"
+LAG_NONE = {"selfbase_wal_archive_lag_seconds": 0.0, "selfbase_wal_archive_lag_segments": 0.0,
+            "selfbase_wal_archive_repository_read": 1.0}
+
+
+def _psql(dsn, sql, check=True):
+    return CLUSTER.psql(sql, dsn=dsn, check=check)
+
+
+def _pgbackrest(*args):
+    return docker("exec", BACKUP, "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=selfbase", *args, check=False)
+
+
+def _archive_lag(member):
+    out = docker("exec", member, "cat", LAG_FILE, check=False).stdout
+    samples = dict(line.split("{", 1)[0:1] + line.rsplit(" ", 1)[1:] for line in out.splitlines() if line[:1] != "#")
+    return {name: float(value) for name, value in samples.items() if name in LAG_NONE}
+
+
+def test_one_leader_and_two_streaming_replicas_one_synchronous():
+    lead = leader()
+    view = CLUSTER.members()
+    assert {m["Member"] for m in view} == set(DB) and lead in DB
+    assert [m["Role"] for m in view].count("Sync Standby") == 1, view
+
+
+def test_writes_through_rw_and_reads_through_ro():
+    prepare_writer()
+    _psql(RW, "INSERT INTO ha_probe (run, n) VALUES ('probe', -1) ON CONFLICT DO NOTHING")
+    assert _psql(RW, "SELECT pg_is_in_recovery()").stdout.strip() == "f"
+    assert _psql(DIRECT, "SELECT pg_is_in_recovery()").stdout.strip() == "f"
+    # The read-only port reaches a replica, where the row has arrived and writes are refused.
+    CLUSTER.wait_for("the row on a replica",
+                     lambda: _psql(RO, "SELECT count(*) FROM ha_probe WHERE n = -1").stdout.strip() == "1", 30)
+    assert _psql(RO, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+    refused = _psql(RO, "INSERT INTO ha_probe (run, n) VALUES ('probe', -2)", check=False)
+    assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+
+
+def test_pgbouncer_refuses_superusers_and_hides_verifiers():
+    lead = leader()
+    CLUSTER.leader_sql(lead, f"DROP ROLE IF EXISTS ha_super; CREATE ROLE ha_super SUPERUSER LOGIN PASSWORD '{PROBE_PASSWORD}'")
+    try:
+        # The superuser's password works on the direct port (pg_hba allows the network)...
+        assert _psql(PROBE_DSN.format(port=5002, user="ha_super"), "SELECT current_user").stdout.strip() == "ha_super"
+        # ...but PgBouncer's lookup never returns a superuser's verifier, so the pool refuses it.
+        pooled = _psql(PROBE_DSN.format(port=5000, user="ha_super"), "SELECT 1", check=False)
+        assert pooled.returncode != 0 and "FATAL" in pooled.stderr, pooled.stdout
+    finally:
+        CLUSTER.leader_sql(lead, "DROP ROLE ha_super")
+    # The lookup function is PgBouncer's alone: a login cannot read verifiers with it.
+    res = _psql(DIRECT, "SELECT * FROM pgbouncer.user_lookup('ha_probe')", check=False)
+    assert res.returncode != 0 and "permission denied" in res.stderr
+
+
+def test_switchover_pause_and_no_loss():
+    leader()
+    candidate = next(m["Member"] for m in CLUSTER.members() if m["Role"] == "Sync Standby")
+    out = CLUSTER.start_writer(40, "switchover")
+    time.sleep(4)
+    started = time.time()
+    run = playbook("switchover.yml", "-e", f"selfbase_switchover_candidate={candidate}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    result = CLUSTER.writer_result(out, 40)
+    assert CLUSTER.leader() == candidate
+    assert not CLUSTER.lost(result, out)
+    assert longest_pause_after(result, started) < 30
+    CLUSTER.wait_for("the old leader streaming again", CLUSTER.healthy, 120)
+
+
+def test_losing_an_etcd_member_keeps_the_leader():
+    lead = leader()
+    other = next(m for m in DB if m != lead)
+    docker("exec", other, "systemctl", "stop", "etcd")
+    try:
+        out = CLUSTER.start_writer(45, "etcd")
+        result = CLUSTER.writer_result(out, 45)
+        # More than two ttl (20 s) without the member: no failover, no failed write.
+        assert CLUSTER.leader() == lead
+        assert not result["failed"], result["failed"][:3]
+        assert not CLUSTER.lost(result, out)
+    finally:
+        docker("exec", other, "systemctl", "start", "etcd")
+
+
+def test_cluster_metrics_reach_prometheus_format():
+    lead = leader()
+    for name in DB:
+        text = docker("exec", name, "cat", "/var/lib/prometheus/node-exporter/selfbase_patroni.prom").stdout
+        assert "selfbase_patroni_up 1" in text and "None" not in text
+        assert f'patroni_primary{{scope="selfbase"}} {1 if name == lead else 0}' in text
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    etcd = docker("exec", MON, "python3", "-c", fetch, f"http://{NET}11:2381/metrics").stdout
+    assert "etcd_server_has_leader 1" in etcd
+    for address in API.values():
+        haproxy = docker("exec", MON, "python3", "-c", fetch, f"http://{address}:8404/metrics").stdout
+        assert 'haproxy_backend_active_servers{proxy="postgres_rw"} 1' in haproxy
+
+
+def test_rolling_upgrade_switches_over_once_and_loses_nothing():
+    """upgrade.yml on the db hosts: replicas one at a time, then a switchover, then the old leader."""
+    old = leader()
+    timeline = next(m["TL"] for m in CLUSTER.members() if m["Member"] == old)
+    out = CLUSTER.start_writer(900, "upgrade")
+    time.sleep(3)
+    started = time.time()
+    run = playbook("upgrade.yml", "--limit", "db")
+    CLUSTER.stop_writer(out)
+    result = CLUSTER.writer_result(out, 5)
+    assert run.returncode == 0, run.stdout[-3000:]
+    new = leader()
+    assert new != old
+    # One change of leader (a switchover), and writes paused only for it.
+    assert next(m["TL"] for m in CLUSTER.members() if m["Member"] == new) == timeline + 1
+    assert not CLUSTER.lost(result, out)
+    assert longest_pause_after(result, started) < 30
+
+
+def test_backup_from_the_new_topology():
+    """After the failover and switchovers, a full backup taken on the repository host copies from a replica,
+    and WAL from the current leader reaches the repository."""
+    leader()
+    before = json.loads(_pgbackrest("--output=json", "info").stdout)[0]
+    res = _pgbackrest("--type=full", "backup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    info = json.loads(_pgbackrest("--output=json", "info").stdout)[0]
+    assert info["status"]["code"] == 0
+    new = [b for b in info["backup"] if b["label"] not in {old["label"] for old in before["backup"]}]
+    assert len(new) == 1 and new[0]["type"] == "full", info["backup"]
+    check = _pgbackrest("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = docker("exec", BACKUP, "cat", "/var/log/pgbackrest/selfbase-backup.log").stdout
+    last = log[log.rindex("backup command begin"):]
+    assert "standby" in last, last[-2000:]
+
+
+def test_a_restarted_leader_archives_within_archive_timeout():
+    """Patroni restarts the leader in place (no promotion wakes its checkpointer): a quiet leader still
+    ships its last commit within archive_timeout, read from the repository, with no manual check
+    (the on_restart callback, postgresql-wake-checkpointer)."""
+    lead = leader()
+    CLUSTER.patronictl(lead, "restart", "selfbase", lead, "--force")
+    CLUSTER.wait_for("the leader back", lambda: CLUSTER.healthy() == lead)
+    _psql(RW, "INSERT INTO ha_probe (run, n) VALUES ('restart', 1) ON CONFLICT DO NOTHING")
+    committed = time.time()
+    segment = _psql(RW, "SELECT pg_walfile_name(pg_current_wal_lsn())").stdout.strip()
+
+    def newest():
+        return max(a["max"] or "" for a in json.loads(_pgbackrest("--output=json", "info").stdout)[0]["archive"])
+    while newest() < segment and time.time() < committed + 80:
+        time.sleep(2)
+    assert newest() >= segment, f"{segment} not archived after {time.time() - committed:.0f} s"
+    # The leader's archive lag sampler, read against the repository, sees that commit archived;
+    # the replicas archive nothing and export no lag.
+    deadline = time.time() + 60
+    while time.time() < deadline and _archive_lag(lead) != LAG_NONE:
+        time.sleep(3)
+    assert _archive_lag(lead) == LAG_NONE
+    for member in DB:
+        if member != lead:
+            assert docker("exec", member, "test", "!", "-e", LAG_FILE, check=False).returncode == 0, member

@@ -1,0 +1,69 @@
+"""A point-in-time restore of the whole Patroni cluster with playbooks/restore.yml (last: it replaces the
+cluster). Rows committed before the target come back on every member, rows committed after it on none, the
+restored member leads a new timeline with both others streaming from it, and the tiers use it again."""
+
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# pylint: disable=wrong-import-position
+from molecule_hosts import docker_host as _host  # noqa: E402
+from patroni_cluster import docker  # noqa: E402
+from production_hosts import BACKUP, CLUSTER, DB, EDGE, MON, RO, RW, leader, playbook, prepare_writer  # noqa: E402
+
+testinfra_hosts = []
+ROWS = 50
+
+
+def _count(dsn, run):
+    return int(CLUSTER.psql(f"SELECT count(*) FROM ha_probe WHERE run = '{run}'", dsn=dsn).stdout.strip())
+
+
+def _timeline(member):
+    return next(m["TL"] for m in CLUSTER.members() if m["Member"] == member)
+
+
+def test_a_cluster_is_not_restored_one_member_at_a_time():
+    lead = leader()
+    out = playbook("restore.yml", "--limit", DB[1], "-e", "backup_restore_confirm=true")
+    assert out.returncode != 0
+    assert "restored as a whole" in out.stdout + out.stderr, out.stdout[-3000:]
+    # refused before anything stopped
+    assert CLUSTER.healthy() == lead
+
+
+def test_point_in_time_restore_of_the_cluster():
+    old = leader()
+    prepare_writer()
+    CLUSTER.psql("DELETE FROM ha_probe WHERE run LIKE 'pitr-%'")  # verify may run again on the same hosts
+    CLUSTER.psql(f"INSERT INTO ha_probe (run, n) SELECT 'pitr-before', g FROM generate_series(1, {ROWS}) g")
+    target = CLUSTER.psql("SELECT clock_timestamp()").stdout.strip()
+    time.sleep(2)
+    CLUSTER.psql(f"INSERT INTO ha_probe (run, n) SELECT 'pitr-after', g FROM generate_series(1, {ROWS}) g")
+    # both inserts archived: check switches the WAL segment and waits for it in the repository
+    check = docker("exec", BACKUP, "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=selfbase", "check", check=False)
+    assert check.returncode == 0, check.stderr
+    timeline = _timeline(old)
+
+    out = playbook("restore.yml", "-e", "backup_restore_confirm=true", "-e", "backup_restore_type=time",
+                   "-e", f"backup_restore_target='{target}'")
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert "recovered to" in out.stdout
+
+    lead = CLUSTER.wait_for("the restored cluster, every member streaming", CLUSTER.healthy, 300)
+    assert lead == DB[0]  # backup_restore_member: the first db host
+    assert _timeline(lead) > timeline
+    # every row before the target and none after, on the leader and on a replica
+    assert (_count(RW, "pitr-before"), _count(RW, "pitr-after")) == (ROWS, 0)
+    CLUSTER.wait_for("the replicas", lambda: _count(RO, "pitr-before") == ROWS)
+    assert _count(RO, "pitr-after") == 0
+    for member in DB:
+        assert _host(member).run("ls -d /var/lib/postgresql/15/main.pre-restore-*").rc == 0, member
+    # writes go to the restored leader again, and the tenants are served through both proxies
+    CLUSTER.psql("INSERT INTO ha_probe (run, n) VALUES ('pitr-after-restore', 1)")
+    for address in EDGE.values():
+        code = _host(MON).run("curl -sk -o /dev/null -w '%%{http_code}' --max-time 10 "
+                              "--resolve initech.example.com:443:%s https://initech.example.com/restored", address)
+        assert code.stdout == "200", (address, code.stdout, code.stderr)
