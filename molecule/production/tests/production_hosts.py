@@ -55,10 +55,10 @@ def prepare_writer():
     CLUSTER.prepare_probe()
 
 
-def playbook(name, *args):
+def playbook(name, *args, timeout=None):
     """Run playbooks/NAME against the scenario's inventory, as a user would; the completed process."""
     root = pathlib.Path(__file__).resolve().parents[3]
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(root / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
                ANSIBLE_NOCOLOR="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     return subprocess.run(["ansible-playbook", "-i", os.path.dirname(INVENTORY), str(root / "playbooks" / name), *args],
-                          env=env, capture_output=True, text=True, check=False)
+                          env=env, capture_output=True, text=True, check=False, timeout=timeout)
