@@ -96,12 +96,7 @@ def main():
     opts = parser.parse_args()
 
     cluster = Cluster(list(MEMBERS), "prod-api1", DSN.format(host=CLIENT, port=5000))
-    lead = cluster.wait_for("a healthy cluster", cluster.healthy)
-    docker("exec", lead, "runuser", "-u", "postgres", "--", "psql", "-d", "selfbase", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c",
-           "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ha_probe') THEN "
-           f"CREATE ROLE ha_probe LOGIN CONNECTION LIMIT 60 PASSWORD '{PASSWORD}'; END IF; END $$; "
-           "ALTER ROLE ha_probe CONNECTION LIMIT 60; CREATE SCHEMA IF NOT EXISTS ha_probe AUTHORIZATION ha_probe")
-    cluster.prepare_probe()
+    cluster.prepare_probe(PASSWORD, connection_limit=60)
     results = {"presets": {}, "switchover": None, "pgbench": None}
     for preset in opts.presets.split(","):
         set_preset(cluster, preset)

@@ -98,7 +98,14 @@ class Cluster:
             time.sleep(1)
         raise AssertionError(f"timed out waiting for {what}: {self.members()}")
 
-    def prepare_probe(self):
+    def prepare_probe(self, password, connection_limit=20):
+        """The probe's test login ha_probe with its own schema (made as postgres on the leader), and its table."""
+        lead = self.wait_for("a healthy cluster", self.healthy)
+        docker("exec", lead, "runuser", "-u", "postgres", "--", "psql", "-d", "selfbase", "-XAtq", "-v", "ON_ERROR_STOP=1",
+               "-c", "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ha_probe') THEN "
+               f"CREATE ROLE ha_probe LOGIN PASSWORD '{password}'; END IF; END $$; "
+               f"ALTER ROLE ha_probe CONNECTION LIMIT {int(connection_limit)}; "
+               "CREATE SCHEMA IF NOT EXISTS ha_probe AUTHORIZATION ha_probe")
         self.psql("CREATE TABLE IF NOT EXISTS ha_probe (run text, n int, at timestamptz NOT NULL DEFAULT now(), "
                   "PRIMARY KEY (run, n))")
 

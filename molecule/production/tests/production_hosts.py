@@ -48,11 +48,7 @@ def secret(name):
 
 def prepare_writer():
     """The writer's login, schema and table ha_probe (idempotent)."""
-    res = psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ha_probe') THEN "
-               f"CREATE ROLE ha_probe LOGIN CONNECTION LIMIT 20 PASSWORD '{PROBE_PASSWORD}'; END IF; END $$; "
-               "CREATE SCHEMA IF NOT EXISTS ha_probe AUTHORIZATION ha_probe")
-    assert res.rc == 0, res.stderr
-    CLUSTER.prepare_probe()
+    CLUSTER.prepare_probe(PROBE_PASSWORD)
 
 
 def playbook(name, *args, timeout=None):
