@@ -1,7 +1,9 @@
 """Backups, point-in-time and disaster restores, a drill, broken archiving and a
 wrong passphrase, on real hosts: each Debian release has a db host and a
-repository host that talk through pgBackRest's TLS server."""
+repository host that talk through pgBackRest's TLS server. bk-repo-bookworm keeps
+its repository in S3 (moto's server), bk-repo-trixie on its disk."""
 
+import base64
 import json
 import os
 import pathlib
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import boto3
 import pytest
 import yaml
 
@@ -28,7 +31,20 @@ LAG = f"/var/lib/prometheus/node-exporter/selfbase_wal_archive_{STANZA}.prom"
 LAG_NONE = {"selfbase_wal_archive_lag_seconds": 0.0, "selfbase_wal_archive_lag_segments": 0.0,
             "selfbase_wal_archive_repository_read": 1.0}
 
+# bk-repo-bookworm's repository: the bucket on moto's S3 server (prepare), read here from the controller.
+S3_DB = "bk-db-bookworm"
+S3_REPO_VARS = yaml.safe_load((pathlib.Path(__file__).parents[1] / "molecule.yml").read_text())[
+    "provisioner"]["inventory"]["host_vars"][PAIRS[S3_DB][0]]
+S3_BUCKET, S3_PREFIX = S3_REPO_VARS["backup_repo_s3_bucket"], S3_REPO_VARS["backup_repo_path"].strip("/")
+
 testinfra_hosts = []
+
+
+def s3_client():
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{GROUP_VARS['molecule_s3_moto_port']}",
+                        region_name=S3_REPO_VARS["backup_repo_s3_region"],
+                        aws_access_key_id=S3_REPO_VARS["backup_repo_s3_key"],
+                        aws_secret_access_key=S3_REPO_VARS["backup_repo_s3_key_secret"])
 
 
 def sql(host, query, db="selfbase"):
@@ -246,5 +262,28 @@ def test_a_wrong_passphrase_cannot_read_the_repository(hosts, name):
     right = repo.run(read.format(PASSPHRASE)).stdout
     assert '"status":{"code":0' in right
     # the repository's files are ciphertext (OpenSSL's salted format), not pgBackRest's plain ini
-    head = repo.run(f"head -c 8 /var/lib/pgbackrest/backup/{STANZA}/backup.info | base64").stdout.strip()
+    if name == S3_DB:
+        head = base64.b64encode(s3_client().get_object(Bucket=S3_BUCKET, Key=f"{S3_PREFIX}/backup/{STANZA}/backup.info",
+                                                       Range="bytes=0-7")["Body"].read()).decode()
+    else:
+        head = repo.run(f"head -c 8 /var/lib/pgbackrest/backup/{STANZA}/backup.info | base64").stdout.strip()
     assert head == "U2FsdGVkX18="   # "Salted__"
+
+
+def test_one_repository_is_in_s3_over_verified_tls(hosts):
+    """bk-repo-bookworm keeps its repository in the bucket (moto's S3 server behind HAProxy's TLS), not on disk;
+    pgBackRest checks the endpoint's certificate: with another CA it refuses the endpoint."""
+    repo = hosts[PAIRS[S3_DB][0]]
+
+    def keys(prefix):  # the first 1,000 are enough here
+        return [o["Key"] for o in s3_client().list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix).get("Contents", [])]
+
+    backups = keys(f"{S3_PREFIX}/backup/{STANZA}/")
+    assert f"{S3_PREFIX}/backup/{STANZA}/backup.info" in backups
+    assert any("F/" in k for k in backups), backups[:20]   # a full backup's files
+    assert any(k.endswith(".zst") for k in keys(f"{S3_PREFIX}/archive/{STANZA}/"))   # WAL segments
+    assert not repo.file("/var/lib/pgbackrest/backup").exists
+    other_ca = pgbackrest(repo, "--repo1-storage-ca-file=/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt info")
+    # info reports a stanza it cannot read in its output, with exit code 0
+    assert "unable to verify certificate presented by 's3.selfbase.test:9443'" in other_ca.stdout, other_ca.stdout
+    assert info(repo)["status"]["code"] == 0   # with the host's CA store
