@@ -275,12 +275,12 @@ def test_one_repository_is_in_s3_over_verified_tls(hosts):
     pgBackRest checks the endpoint's certificate: with another CA it refuses the endpoint."""
     repo = hosts[PAIRS[S3_DB][0]]
 
-    def keys(prefix):  # the first 1,000 are enough here
+    def keys(prefix):  # the first 1,000, in key order
         return [o["Key"] for o in s3_client().list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix).get("Contents", [])]
 
+    assert s3_client().head_object(Bucket=S3_BUCKET, Key=f"{S3_PREFIX}/backup/{STANZA}/backup.info")["ContentLength"] > 0
     backups = keys(f"{S3_PREFIX}/backup/{STANZA}/")
-    assert f"{S3_PREFIX}/backup/{STANZA}/backup.info" in backups
-    assert any("F/" in k for k in backups), backups[:20]   # a full backup's files
+    assert any("F/backup.manifest" in k for k in backups), backups[:20]   # a full backup
     assert any(k.endswith(".zst") for k in keys(f"{S3_PREFIX}/archive/{STANZA}/"))   # WAL segments
     assert not repo.file("/var/lib/pgbackrest/backup").exists
     other_ca = pgbackrest(repo, "--repo1-storage-ca-file=/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt info")
