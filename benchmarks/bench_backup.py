@@ -113,12 +113,15 @@ pg1-socket-path={server.host}
                         f"--recovery-option=restore_command={self.pgbr_cmd} --pg1-path={target_dir}{get} "
                         "archive-get %f \"%p\"")
         t1 = time.monotonic()
-        opts = f"-p {port} -k {self.s.host} -c listen_addresses='' -c archive_mode=off"
-        as_pg([f"{self.s.bin}/pg_ctl", "-D", target_dir, "-w", "-t", "3600", "-l", f"{target_dir}.log",
-               "-o", opts, "start"])
+        self.start_copy(target_dir, port)
         while self.sql(port, "SELECT pg_is_in_recovery()") == "t":
             time.sleep(0.1)
         return t1 - t0, time.monotonic() - t1
+
+    def start_copy(self, target_dir, port):
+        """Start a restored copy beside the server, on its own port, without archiving."""
+        as_pg([f"{self.s.bin}/pg_ctl", "-D", target_dir, "-w", "-t", "3600", "-l", f"{target_dir}.log", "-o",
+               f"-p {port} -k {self.s.host} -c listen_addresses='' -c archive_mode=off", "start"])
 
     def start(self):
         as_pg([f"{self.s.bin}/pg_ctl", "-D", self.s.datadir, "-w", "-l", os.path.join(self.base, "log"),
@@ -287,29 +290,29 @@ def settings_costs(server, b):
         rows.append({"setting": name, "restore_seconds": round(t_files, 1), "recovery_until_open_seconds":
                      round(t_open, 1), **extra})
 
-    labels, backups = {}, []
+    backups = []
     for ctype, level in (("zst", 3), ("zst", 1), ("zst", 9), ("lz4", 1), ("none", 0)):
         t = timed(b.pgbackrest, "backup", "--type=full", f"--compress-type={ctype}", f"--compress-level={level}")
         newest = json.loads(b.pgbackrest("info", "--output=json").stdout)[0]["backup"][-1]
-        labels[ctype, level] = newest["label"]
         backups.append((f"compress-type={ctype}" + (f" compress-level={level}" if ctype != "none" else ""),
                         newest["label"], t, newest["info"]["repository"]["delta"]))
     b.stop(server.datadir)   # one server on the spool while the copies recover
     for name, label, t, size in backups:   # each backup alone: recovery to its end, then promoted
         restore(name, f"--set={label}", backup_seconds=round(t, 1), repository_bytes=size)
-    role = f"--set={labels['zst', 3]}"
+    role_label = backups[0][1]   # zst 3, the role's
+    role = f"--set={role_label}"
     restore("process-max=1 (zst 3)", role, "--process-max=1")
     # delta: over a copy that was opened and written to since (a replica being rebuilt, a failed drill)
     restore("restore before a delta restore (zst 3)", role, keep=True)
-    as_pg(["sh", "-c", f"{server.bin}/pg_ctl -D {target} -w -l {target}.log -o \"-p {port} -k {server.host} "
-           f"-c listen_addresses='' -c archive_mode=off\" start && {server.bin}/pgbench -n -t 2000 -h {server.host} "
-           f"-p {port} bench && {server.bin}/pg_ctl -D {target} -w -m fast stop"])
+    b.start_copy(target, port)
+    as_pg([f"{server.bin}/pgbench", "-n", "-t", "2000", "-h", server.host, "-p", str(port), "bench"])
+    b.stop(target)
     restore("delta=y over that copy after 2,000 pgbench transactions (zst 3)", role, "--delta")
     # archive-get: WAL written after the backup, replayed from the repository one segment per call or queued
     b.start()
     b.sql(server.port, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1500000", db="bench")
     b.pgbackrest("check")   # switches the segment and waits for it in the repository
-    wal = b.sql(server.port, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{b.stop_lsn(labels['zst', 3])}')")
+    wal = b.sql(server.port, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{b.stop_lsn(role_label)}')")
     b.stop(server.datadir)
     extra = {"wal_bytes_after_backup": int(float(wal))}
     restore("archive-get synchronous: one segment per call, the WAL since the backup (zst 3)", role,
@@ -332,7 +335,7 @@ def main():
     args = p.parse_args()
     settings = dict(_pg.SERVER_SETTINGS, fsync="on", synchronous_commit="on", full_page_writes="on")
     sizes, skipped, costs, runs = [], [], [], []
-    for n, gb in enumerate(float(x) for x in args.sizes.split(",")):
+    for gb in (float(x) for x in args.sizes.split(",")):
         with _pg.Server(settings) as server:
             free = shutil.disk_usage(server.base).free
             if free < 4 * gb * 2**30 * 1.1:
@@ -342,7 +345,7 @@ def main():
             b = Bench(server, args.archive_timeout)
             b.enable_archiving()
             sizes.append(compare(server, b, gb))
-            if n == 0:   # the settings and the RPO on the first (smallest) size
+            if len(sizes) == 1:   # the settings and the RPO on the first size measured
                 costs = settings_costs(server, b)
                 b.pgbackrest("backup", "--type=full")
                 rng = random.Random(args.seed)
@@ -353,6 +356,8 @@ def main():
                        "-o", f"{b.opts} -c archive_mode=off", "start"])
             conf = open(b.conf, encoding="utf-8").read()
             host = _pg.machine(server)
+    if not sizes:
+        raise SystemExit(f"no size fits on this disk: {skipped}")
     worst = max((r["rpo_seconds"] for r in runs if r["wake_after_start"]), default=None)
     worst_unfixed = max((r["rpo_seconds"] for r in runs if not r["wake_after_start"]), default=None)
     speedup = min(r["speedup_vs_pg_restore"] for r in sizes)
