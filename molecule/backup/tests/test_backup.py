@@ -31,10 +31,12 @@ LAG = f"/var/lib/prometheus/node-exporter/selfbase_wal_archive_{STANZA}.prom"
 LAG_NONE = {"selfbase_wal_archive_lag_seconds": 0.0, "selfbase_wal_archive_lag_segments": 0.0,
             "selfbase_wal_archive_repository_read": 1.0}
 
+HOST_VARS = yaml.safe_load((pathlib.Path(__file__).parents[1] / "molecule.yml").read_text())[
+    "provisioner"]["inventory"]["host_vars"]
+
 # bk-repo-bookworm's repository: the bucket on moto's S3 server (prepare), read here from the controller.
 S3_DB = "bk-db-bookworm"
-S3_REPO_VARS = yaml.safe_load((pathlib.Path(__file__).parents[1] / "molecule.yml").read_text())[
-    "provisioner"]["inventory"]["host_vars"][PAIRS[S3_DB][0]]
+S3_REPO_VARS = HOST_VARS[PAIRS[S3_DB][0]]
 S3_BUCKET, S3_PREFIX = S3_REPO_VARS["backup_repo_s3_bucket"], S3_REPO_VARS["backup_repo_path"].strip("/")
 
 testinfra_hosts = []
@@ -102,13 +104,58 @@ def test_only_the_repository_host_holds_the_passphrase(hosts, name):
     assert db.run("grep -rl molecule-backup-passphrase /etc /var/lib/postgresql").stdout == ""
 
 
+def unit_state(host, unit):
+    """systemctl's is-enabled and is-active of a unit (testinfra refuses a unit that does not exist). For a
+    unit without a file, is-enabled says not-found on Debian 13 and nothing on Debian 12's systemd 252."""
+    return tuple(host.run(f"systemctl {verb} {unit}").stdout.strip() for verb in ("is-enabled", "is-active"))
+
+
+def policy(db):
+    """The backup policy of db's stanza: the role's defaults and db's own host vars (not its repository host's)."""
+    defaults = yaml.safe_load((PROJECT / "roles" / "backup" / "defaults" / "main.yml").read_text())
+    return {**defaults, **HOST_VARS[db]}
+
+
 @pytest.mark.parametrize("name", DBS)
-def test_timers_are_scheduled(hosts, name):
-    repo = hosts[PAIRS[name][0]]
-    for job in ("full", "diff", "verify"):
-        timer = repo.service(f"selfbase-backup-{job}@{STANZA}.timer")
-        assert timer.is_enabled and timer.is_running, job
-    assert not repo.file("/etc/systemd/system/selfbase-backup-drill@.timer").exists
+def test_each_stanza_is_scheduled_and_kept_by_its_own_policy(hosts, name):
+    """bk-db-trixie's stanza is backed up every 6 hours, without differentials, and kept 30 days (host vars);
+    bk-db-bookworm's keeps the defaults. Each repository host follows its db host, not its own vars."""
+    repo, want = hosts[PAIRS[name][0]], policy(name)
+    for job in ("full", "diff", "verify", "drill"):
+        unit, calendar = f"selfbase-backup-{job}@{STANZA}.timer", want[f"backup_schedule_{job}"]
+        if calendar:
+            timer = repo.service(unit)
+            assert f"\nOnCalendar={calendar}\n" in repo.file(f"/etc/systemd/system/{unit}").content_string, unit
+            assert timer.is_enabled and timer.is_running, unit
+        else:
+            assert not repo.file(f"/etc/systemd/system/{unit}").exists, unit
+            assert unit_state(repo, unit) in (("not-found", "inactive"), ("", "inactive")), unit
+    assert not repo.run("ls /etc/systemd/system/ | grep -E '^selfbase-backup-[a-z]+@\\.timer$'").stdout
+    out = repo.run(f"runuser -u postgres -- pgbackrest --stanza={STANZA} --log-level-console=info expire --dry-run")
+    assert out.rc == 0, out.stderr
+    assert f"--repo1-retention-full={want['backup_retention_full']} " in out.stdout, out.stdout
+    assert f"--repo1-retention-full-type={want['backup_retention_full_type']} " in out.stdout, out.stdout
+
+
+def test_timers_of_earlier_versions_are_replaced_by_one_per_stanza(hosts):
+    """Earlier versions had one timer template per job: a converge disables their instances, removes
+    them, and schedules the stanza's own timers (here, diff is not part of bk-db-trixie's policy)."""
+    repo = hosts["bk-repo-trixie"]
+    for job, calendar in (("verify", "*-*-* 04:30:00"), ("diff", "Mon..Sat *-*-* 01:00:00")):
+        repo.run(f"rm -f /etc/systemd/system/selfbase-backup-{job}@{STANZA}.timer")
+        repo.run(f"printf '[Timer]\\nOnCalendar={calendar}\\n\\n[Install]\\nWantedBy=timers.target\\n' "
+                 f"> '/etc/systemd/system/selfbase-backup-{job}@.timer'")
+    assert repo.run(f"systemctl daemon-reload && systemctl enable --now selfbase-backup-diff@{STANZA}.timer "
+                    f"selfbase-backup-verify@{STANZA}.timer").rc == 0
+    out = playbook("database.yml", "--limit", "bk-db-trixie,bk-repo-trixie")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert not repo.file("/etc/systemd/system/selfbase-backup-verify@.timer").exists
+    assert not repo.file("/etc/systemd/system/selfbase-backup-diff@.timer").exists
+    verify = repo.service(f"selfbase-backup-verify@{STANZA}.timer")
+    assert unit_state(repo, f"selfbase-backup-diff@{STANZA}.timer") == ("not-found", "inactive")   # Debian 13
+    assert verify.is_enabled and verify.is_running
+    link = repo.file(f"/etc/systemd/system/timers.target.wants/selfbase-backup-verify@{STANZA}.timer")
+    assert link.linked_to == f"/etc/systemd/system/selfbase-backup-verify@{STANZA}.timer"
 
 
 def test_restore_over_a_live_cluster_needs_confirmation(hosts):

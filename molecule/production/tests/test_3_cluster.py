@@ -153,6 +153,32 @@ def test_backup_from_the_new_topology():
     assert "standby" in last, last[-2000:]
 
 
+def test_the_patroni_stanza_is_kept_and_scheduled_by_its_policy():
+    """The repository host reads the cluster's retention from the stanza's own section, after its three members
+    and before backup-standby, and runs one timer per scheduled job of the stanza. Its configuration validator
+    parses every stanza's section: a value run into the next line there is refused, where parsing the global
+    section alone accepted it."""
+    def current(option):
+        out = _pgbackrest("help", "backup", option).stdout
+        return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("current: "))
+    assert (current("repo1-retention-full"), current("repo1-retention-full-type")) == ("2", "count")
+    timers = docker("exec", BACKUP, "systemctl", "list-timers", "--all", "--no-legend", "selfbase-backup-*").stdout
+    assert sorted(line.split()[-2] for line in timers.splitlines()) == [
+        "selfbase-backup-diff@selfbase.timer", "selfbase-backup-full@selfbase.timer",
+        "selfbase-backup-verify@selfbase.timer"], timers
+    conf = "/etc/pgbackrest/pgbackrest.conf"
+    broken = "/root/pgbackrest-broken.conf"
+    docker("exec", BACKUP, "sh", "-c",
+           f"sed '/^repo1-retention-full-type=/{{N;s/\\n//}}' {conf} > {broken}")
+    validate = "/usr/local/libexec/selfbase/pgbackrest-validate-conf"
+    ok = docker("exec", BACKUP, validate, conf, check=False)
+    assert ok.returncode == 0, ok.stderr
+    refused = docker("exec", BACKUP, validate, broken, check=False)
+    assert refused.returncode != 0 and "repo1-retention-full-type" in refused.stderr, refused.stderr
+    global_only = docker("exec", BACKUP, "pgbackrest", f"--config={broken}", "help", "backup", check=False)
+    assert global_only.returncode == 0 and "ERROR" not in global_only.stdout + global_only.stderr
+
+
 def test_a_restarted_leader_archives_within_archive_timeout():
     """Patroni restarts the leader in place (no promotion wakes its checkpointer): a quiet leader still
     ships its last commit within archive_timeout, read from the repository, with no manual check
