@@ -168,6 +168,21 @@ def test_auth_env(auth_env, hasura_env):
         "AUTH_SMTP_AUTH_METHOD": "PLAIN"}
 
 
+def test_auth_signup_is_hardened(auth_env):
+    """auth's own defaults (services/auth/go/cmd/serve.go) are a 3-character minimum password, no rate limits and
+    no breached-password check. The role's: 9 characters, HIBP, and every limit on, with auth's own values for the
+    ones the inventory leaves out and Go durations for the intervals."""
+    assert auth_env["AUTH_PASSWORD_MIN_LENGTH"] == "9"
+    assert auth_env["AUTH_PASSWORD_HIBP_ENABLED"] == "true"
+    assert {k: v for k, v in auth_env.items() if k.startswith("AUTH_RATE_LIMIT_")} == {
+        "AUTH_RATE_LIMIT_ENABLE": "true",
+        "AUTH_RATE_LIMIT_GLOBAL_BURST": "100", "AUTH_RATE_LIMIT_GLOBAL_INTERVAL": "60s",
+        "AUTH_RATE_LIMIT_BRUTE_FORCE_BURST": "10", "AUTH_RATE_LIMIT_BRUTE_FORCE_INTERVAL": "300s",
+        "AUTH_RATE_LIMIT_SIGNUPS_BURST": "5", "AUTH_RATE_LIMIT_SIGNUPS_INTERVAL": "600s",
+        "AUTH_RATE_LIMIT_EMAIL_BURST": "10", "AUTH_RATE_LIMIT_EMAIL_INTERVAL": "3600s",
+        "AUTH_RATE_LIMIT_SMS_BURST": "10", "AUTH_RATE_LIMIT_SMS_INTERVAL": "3600s"}
+
+
 @pytest.mark.parametrize("role,name", [("hasura", "hasura.env"), ("auth", "auth.env")])
 def test_env_validator_refuses_a_bad_file(role, name):
     """The validator the roles run before writing: a short JWT key is refused, naming the variable only."""
@@ -364,6 +379,18 @@ def test_auth_migrations_can_grant_to_the_nhost_roles(auth_env, hasura_env):
         assert res.rc == 0 and res.stdout.split() == ["60", "1"], res.stderr
     finally:
         _as(auth_url, "DROP FUNCTION IF EXISTS auth.probe_create; DROP TABLE IF EXISTS auth.probe_clients")
+
+
+def test_auth_migrations_run_without_the_request_timeouts(auth_env):
+    """auth's migrations get a connection of their own (POSTGRES_MIGRATIONS_CONNECTION): the same login and
+    database, without its statement and lock timeouts, so a long migration is not cancelled half-way and the
+    version left dirty. The login's own sessions keep every limit."""
+    show = "SHOW statement_timeout; SHOW lock_timeout; SHOW idle_in_transaction_session_timeout"
+    serving = _as(auth_env["POSTGRES_CONNECTION"], show)
+    assert serving.rc == 0 and serving.stdout.split() == ["30s", "5s", "1min"], serving.stderr
+    migrations = _as(auth_env["POSTGRES_MIGRATIONS_CONNECTION"], show + "; SELECT current_user")
+    assert migrations.rc == 0 and migrations.stdout.split() == ["0", "0", "1min", "auth"], migrations.stderr
+    assert auth_env["POSTGRES_MIGRATIONS_CONNECTION"].startswith(auth_env["POSTGRES_CONNECTION"] + "&")
 
 
 # Secrets never reach the output --------------------------------------------------

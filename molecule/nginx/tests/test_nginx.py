@@ -97,6 +97,27 @@ def test_spoofed_tenant_header_is_overwritten(host, client, ca, name, expected):
     assert res.json()["headers"].get("x-tenant-slug") == expected
 
 
+@pytest.mark.parametrize("origin,reaches", [
+    (f"https://{BASE}", True),
+    (f"https://acme.{BASE}", True),
+    ("https://app.acme.test", True),                # custom domain
+    ("https://shop.globex.test", True),
+    ("http://localhost:3000", True),                # nginx_auth_cors_origins
+    ("https://evil.example.test", False),
+    (f"https://nobody.{BASE}", False),              # slug not in the tenant list
+    ("https://gone.example.test", False),           # deleted tenant's domain
+    (f"http://acme.{BASE}", False),                 # not https
+    (f"https://acme.{BASE}.evil.test", False),
+])
+def test_only_platform_and_tenant_origins_reach_auth(host, client, ca, origin, reaches):
+    """auth grants any Origin it is sent, with credentials; nginx passes only the platform's and the served
+    tenants' on. The API host passes every Origin (Hasura applies its own CORS list), so the echo shows it."""
+    res = _curl(client, host, ca, f"auth.{BASE}", args=f"-H 'Origin: {origin}'")
+    assert res.json()["headers"].get("origin") == ([origin] if reaches else None)
+    control = _curl(client, host, ca, f"api.{BASE}", args=f"-H 'Origin: {origin}'")
+    assert control.json()["headers"].get("origin") == [origin]
+
+
 @pytest.mark.parametrize("name,header", [
     ("evil.example.test", ""),                      # unknown host
     (f"nobody.{BASE}", ""),                         # slug not in the tenant list
