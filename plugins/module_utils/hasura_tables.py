@@ -245,6 +245,17 @@ def find_source(metadata, source_name):
                       % (source_name, ', '.join(s.get('name', '?') for s in metadata.get('sources') or []) or 'none'))
 
 
+# Hasura's defaults when a stored source leaves them out (server/src-lib/Hasura/Backends/Postgres/Connection/
+# Settings.hs, FromJSON PostgresSourceConnInfo).
+SOURCE_SETTING_DEFAULTS = {'use_prepared_statements': False, 'isolation_level': 'read-committed'}
+
+
+def source_settings(metadata, source_name, names):
+    """{name: value} of the listed connection settings the source has stored (Hasura's default when absent)."""
+    info = (find_source(metadata, source_name).get('configuration') or {}).get('connection_info') or {}
+    return dict((name, info.get(name, SOURCE_SETTING_DEFAULTS[name])) for name in names)
+
+
 def owned_tables(metadata, source_name, keys):
     """{schema.name: normalised table object} of the tracked tables among keys."""
     out = {}
@@ -255,10 +266,13 @@ def owned_tables(metadata, source_name, keys):
     return out
 
 
-def merge(metadata, source_name, wanted, state):
-    """A copy of the metadata with the owned tables merged in; every other object is left as exported."""
+def merge(metadata, source_name, wanted, state, settings=None):
+    """A copy of the metadata with the owned tables and connection settings merged in; every other object is left
+    as exported."""
     metadata = copy.deepcopy(metadata)
     source = find_source(metadata, source_name)
+    if settings:
+        source.setdefault('configuration', {}).setdefault('connection_info', {}).update(settings)
     tables = []
     for entry in source.get('tables') or []:
         key = exported_key(entry)
@@ -310,15 +324,18 @@ def wanted_tables(p):
 def sync(module, client, wanted):
     """Merge the owned tables into Hasura's metadata (one retry after a concurrent change); the module's result."""
     p = module.params
+    # only the connection settings the task gives are owned
+    settings = dict((k, v) for k, v in (p.get('source_settings') or {}).items() if v is not None)
     result = dict(changed=False, retried=False)
     written = False
     try:
         for attempt in (1, 2):
             version, metadata = client.export_metadata()
-            new_metadata = merge(metadata, p['source'], dict(wanted), p['state'])
+            new_metadata = merge(metadata, p['source'], dict(wanted), p['state'], settings)
             before = owned_tables(metadata, p['source'], wanted)
             after = owned_tables(new_metadata, p['source'], wanted)
-            result['changed'] = before != after
+            settings_before = source_settings(metadata, p['source'], settings)
+            result['changed'] = before != after or settings_before != settings
             if not result['changed'] or module.check_mode:
                 break
             try:
@@ -348,6 +365,9 @@ def sync(module, client, wanted):
             intended = after
             version, metadata = client.export_metadata()
             after = owned_tables(metadata, p['source'], wanted)
+            if source_settings(metadata, p['source'], settings) != settings:
+                module.warn('Hasura stored the source\'s connection settings differently from what was sent: %s'
+                            % source_settings(metadata, p['source'], settings))
             if after != intended:
                 module.warn('Hasura stored these owned tables differently from what was sent, so the next run may '
                             'report a change again: %s'
@@ -362,6 +382,10 @@ def sync(module, client, wanted):
 
     result['resource_version'] = version
     result['tables'] = [after[k] for k in wanted if k in after]
+    result['source_settings'] = dict(settings_before, **settings)
     if module._diff:
         result['diff'] = dict(before=before, after=after)
+        if settings:
+            result['diff']['before']['source_settings'] = settings_before
+            result['diff']['after']['source_settings'] = result['source_settings']
     return result

@@ -46,6 +46,24 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  source_settings:
+    description:
+      - Connection settings of the source (its C(configuration.connection_info)) that the module owns. Only the
+        settings given are compared and set; the database URL and every other setting are left as stored.
+      - Hasura reads these from its environment (E(HASURA_GRAPHQL_USE_PREPARED_STATEMENTS), ...) only when it creates
+        the C(default) source, on its first start with an empty metadata catalog; afterwards only the database URL
+        comes from the environment. A setting changed later (for example prepared statements switched off for
+        PgBouncer's transaction pooling) takes effect only through the metadata, which this option writes.
+      - Applied with either O(state).
+    type: dict
+    suboptions:
+      use_prepared_statements:
+        description: Whether Hasura prepares statements on the source (Hasura's default when absent is V(false)).
+        type: bool
+      isolation_level:
+        description: Transaction isolation level of Hasura's queries on the source.
+        type: str
+        choices: [read-committed, repeatable-read, serializable]
   tenant_session_variable:
     description:
       - Session variable that carries the tenant of the request, used by the tenant-scoped shorthand. nhost/auth
@@ -200,6 +218,9 @@ EXAMPLES = r'''
   selfbase.platform.hasura_metadata:
     endpoint: "http://127.0.0.1:8080"
     admin_secret: "{{ hasura_admin_secret }}"
+    # behind PgBouncer's transaction pooling: no prepared statements, also on a source created earlier
+    source_settings:
+      use_prepared_statements: false
     tables:
       # read-only for tenant users: their own tenant row
       - schema: platform
@@ -299,6 +320,11 @@ diff:
   sample:
     before: {}
     after: {"platform.projects": {"table": {"schema": "platform", "name": "projects"}}}
+source_settings:
+  description: The owned connection settings of the source after the run (in check mode, as they would be).
+  returned: always
+  type: dict
+  sample: {use_prepared_statements: false}
 retried:
   description: Whether the write conflicted with a concurrent change once and was merged and sent again.
   returned: always
@@ -326,6 +352,10 @@ def main():
     argument_spec.update(
         source=dict(type='str', default='default'),
         state=dict(type='str', default='present', choices=['present', 'absent']),
+        source_settings=dict(type='dict', options=dict(
+            use_prepared_statements=dict(type='bool'),
+            isolation_level=dict(type='str', choices=['read-committed', 'repeatable-read', 'serializable']),
+        )),
         tenant_session_variable=dict(type='str', default='X-Hasura-Tenant-Id'),
         tables=dict(type='list', elements='dict', required=True, options=dict(
             schema=dict(type='str', default='public'),

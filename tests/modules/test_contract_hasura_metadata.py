@@ -140,6 +140,38 @@ def test_check_then_apply_then_noop(fake, run):
     assert len(fake.writes()) == 1
 
 
+def test_source_settings_stored_on_the_first_start_are_brought_in_line(fake, run):
+    """Hasura stored the default source's settings on its first start (prepared statements on, the fake's initial
+    metadata); only the URL is read from the environment afterwards. A deployment moved behind PgBouncer's
+    transaction pooling needs them off in the metadata: the module owns the settings a task gives, and only them."""
+    tables = [{"schema": "platform", "name": "tenants"}]
+    ok(run({"tables": tables}))
+
+    def info():
+        return fake.export()["sources"][0]["configuration"]["connection_info"]
+    stored = copy.deepcopy(info())
+    assert stored["use_prepared_statements"] is True
+    writes = len(fake.writes())
+    args = {"tables": tables, "source_settings": {"use_prepared_statements": False}}
+
+    res = ok(run(args, check=True, diff=True))
+    assert res["changed"] is True and len(fake.writes()) == writes
+    assert res["source_settings"] == {"use_prepared_statements": False}
+    assert res["diff"]["before"]["source_settings"] == {"use_prepared_statements": True}
+    assert res["diff"]["after"]["source_settings"] == {"use_prepared_statements": False}
+
+    res = ok(run(args, diff=True))
+    assert res["changed"] is True and len(fake.writes()) == writes + 1
+    # the URL, the pool and the isolation level are kept as stored
+    assert info() == dict(stored, use_prepared_statements=False)
+    res = ok(run(args))
+    assert res["changed"] is False and len(fake.writes()) == writes + 1
+
+    # a setting the task leaves out is not touched
+    ok(run({"tables": tables, "source_settings": {"isolation_level": "repeatable-read"}}))
+    assert info() == dict(stored, use_prepared_statements=False, isolation_level="repeatable-read")
+
+
 def test_explicit_permissions_refine_the_shorthand(fake, run):
     table = {"schema": "platform", "name": "projects", "tenant_column": "tenant_id", "tenant_roles": ["user"],
              "columns": ["id", "tenant_id", "name", "description"],
@@ -312,6 +344,7 @@ BAD = [
      "tables[0] (public.p).array_relationships[0].name: x is used twice"),
     ({"tenant_session_variable": "tenant_id", "tables": [{"name": "p"}]}, "tenant_session_variable must be"),
     ({"tables": [{"name": "p", "tenant_operations": ["select", "upsert"]}]}, "upsert"),
+    ({"tables": [{"name": "p"}], "source_settings": {"isolation_level": "snapshot"}}, "isolation_level"),
 ]
 
 

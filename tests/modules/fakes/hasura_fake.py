@@ -138,10 +138,29 @@ def initial_metadata():
     }
 
 
+ISOLATION_LEVELS = ("read-committed", "repeatable-read", "serializable")
+
+
+def _connection_info_error(info):
+    """What Hasura's FromJSON PostgresSourceConnInfo refuses (Connection/Settings.hs), or None."""
+    if not isinstance(info, dict) or "database_url" not in info:
+        return 'key "database_url" not found'
+    if not isinstance(info.get("use_prepared_statements", False), bool):
+        return "parsing Bool failed, expected Boolean"
+    if info.get("isolation_level", "read-committed") not in ISOLATION_LEVELS:
+        return "expected read-committed, repeatable-read or serializable"
+    return None
+
+
 def _export_form(metadata):
     """How Hasura exports what was stored."""
     metadata = copy.deepcopy(metadata)
     for source in metadata.get("sources", []):
+        info = source.get("configuration", {}).get("connection_info")
+        if isinstance(info, dict):
+            # non-optional fields of PostgresSourceConnInfo: always exported, with the parser's defaults
+            info.setdefault("use_prepared_statements", False)
+            info.setdefault("isolation_level", "read-committed")
         for table in source.get("tables", []):
             config = table.get("configuration")
             if config:
@@ -295,7 +314,11 @@ class FakeHasura:
         if unknown or not isinstance(metadata, dict) or metadata.get("version") != 3:
             return 400, {"path": "$.args", "error": "unexpected keys %s or metadata version" % sorted(unknown),
                          "code": "parse-failed"}
-        for source in metadata.get("sources", []):
+        for index, source in enumerate(metadata.get("sources", [])):
+            error = _connection_info_error(source.get("configuration", {}).get("connection_info"))
+            if error:
+                return 400, {"path": "$.args.metadata.sources[%d].configuration.connection_info" % index,
+                             "error": error, "code": "parse-failed"}
             for table in source.get("tables", []):
                 for kind, required in (("select", ("columns", "filter")), ("insert", ("check",)),
                                        ("update", ("columns", "filter")), ("delete", ("filter",))):
