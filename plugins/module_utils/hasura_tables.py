@@ -365,9 +365,10 @@ def sync(module, client, wanted):
             intended = after
             version, metadata = client.export_metadata()
             after = owned_tables(metadata, p['source'], wanted)
-            if source_settings(metadata, p['source'], settings) != settings:
+            stored = source_settings(metadata, p['source'], settings)
+            if stored != settings:
                 module.warn('Hasura stored the source\'s connection settings differently from what was sent: %s'
-                            % source_settings(metadata, p['source'], settings))
+                            % stored)
             if after != intended:
                 module.warn('Hasura stored these owned tables differently from what was sent, so the next run may '
                             'report a change again: %s'
