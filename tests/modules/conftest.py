@@ -79,8 +79,9 @@ class Runner:
         return run_play(play, check=check, diff=diff)[0]
 
 
-def run_play(play, check=False, diff=False):
-    """Run one play through ansible-playbook on localhost; returns the result of each task, in order."""
+def run_play(play, check=False, diff=False, named=False):
+    """Run one play through ansible-playbook on localhost; returns the result of each task, in order (with named,
+    as (task name, result) pairs)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
         json.dump([play], fh)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
@@ -96,7 +97,10 @@ def run_play(play, check=False, diff=False):
         out = json.loads(proc.stdout)
     except ValueError:
         raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}")
-    return [t["hosts"]["localhost"] for t in out["plays"][0]["tasks"]]
+    tasks = out["plays"][0]["tasks"]
+    if named:
+        return [(t["task"]["name"], t["hosts"]["localhost"]) for t in tasks]
+    return [t["hosts"]["localhost"] for t in tasks]
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 from conftest import COLLECTIONS, Runner
-from fakes.hasura_fake import FakeHasura, initial_metadata
+from fakes.hasura_fake import FakeHasura, apply_auth_metadata, initial_metadata
 
 SECRET = "s3cr3t-admin-Secret-value-4f1c"
 TENANT = {"tenant_id": {"_eq": "X-Hasura-Tenant-Id"}}
@@ -250,7 +250,7 @@ def test_concurrent_change_is_merged_and_retried_once(fake, run):
     security_keys = {"table": {"schema": "auth", "name": "user_security_keys"},
                      "object_relationships": [{"name": "user", "using": {"foreign_key_constraint_on": "user_id"}}]}
     # auth starts and applies its own metadata between our export and our replace
-    fake.before_replace.append(lambda f: f.concurrent_write(
+    fake.before_write.append(lambda f: f.concurrent_write(
         lambda md: md["sources"][0]["tables"].append(copy.deepcopy(security_keys))))
     res = ok(run({"tables": platform_tables()}))
     assert res["changed"] is True and res["retried"] is True
@@ -267,7 +267,7 @@ def test_persistent_conflict_fails_clearly(fake, run):
     def bump(f):
         f.concurrent_write(lambda md: md.setdefault("inherited_roles", []).append(
             {"role_name": "r%d" % f.resource_version, "role_set": ["user"]}))
-    fake.before_replace.extend([bump, bump])
+    fake.before_write.extend([bump, bump])
     res = run({"tables": platform_tables()})
     assert res["failed"] is True
     assert "changed by someone else" in res["msg"] and "twice" in res["msg"] and "nothing was written" in res["msg"]
@@ -429,7 +429,7 @@ def test_missing_secret_runs_as_the_unauthorized_role(fake, run):
 def test_inconsistency_is_found_before_a_stale_version(fake, run):
     """Hasura builds the new metadata before it compares resource_version: an inconsistent write that is also
     stale is refused as inconsistent (400), and the module does not retry it."""
-    fake.before_replace.append(lambda f: f.concurrent_write(lambda md: md.setdefault("inherited_roles", [])))
+    fake.before_write.append(lambda f: f.concurrent_write(lambda md: md.setdefault("inherited_roles", [])))
     del fake.db_tables[("platform", "projects")]
     res = run({"tables": platform_tables()})
     assert res["failed"] is True and res["retried"] is False
@@ -437,13 +437,39 @@ def test_inconsistency_is_found_before_a_stale_version(fake, run):
     assert [w["status"] for w in fake.writes()] == [400]
 
 
-def test_seeded_auth_tables_are_those_auth_049_tracks(fake, run):
-    """auth 0.49 tracks user_security_keys (users.securityKeys) and the OAuth2 tables of migration 00020; the
-    module keeps every one of them, relationships included."""
-    tracked = {k for k in fake.tables() if k.startswith("auth.")}
-    assert {"auth.user_security_keys", "auth.oauth2_clients", "auth.oauth2_client_types",
-            "auth.oauth2_auth_requests", "auth.oauth2_authorization_codes", "auth.oauth2_refresh_tokens"} <= tracked
-    assert "securityKeys" in [r["name"] for r in fake.tables()["auth.users"]["array_relationships"]]
+def test_seeded_auth_tables_are_those_auth_tracks(fake, run):
+    """The fake starts with what auth's own requests build: its 13 tables, each with the 9 root fields auth names
+    (select_by_pk "user", which auth's claims query reads), its relationships and no permission. The module keeps
+    every one of them."""
+    tables = {k: v for k, v in fake.tables().items() if k.startswith("auth.")}
+    assert len(tables) == 13 and {"auth.user_security_keys", "auth.oauth2_clients", "auth.oauth2_auth_requests",
+                                  "auth.oauth2_authorization_codes", "auth.oauth2_refresh_tokens"} <= set(tables)
+    assert all(len(t["configuration"]["custom_root_fields"]) == 9 for t in tables.values())
+    assert tables["auth.users"]["configuration"]["custom_root_fields"]["select_by_pk"] == "user"
+    assert not [k for t in tables.values() for k in t if k.endswith("_permissions")]
+    assert "securityKeys" in [r["name"] for r in tables["auth.users"]["array_relationships"]]
     before = others(fake)
     ok(run({"tables": platform_tables()}))
     assert others(fake) == before
+
+
+def test_auth_restarting_keeps_the_platform_tables_and_the_tenant_relationship(fake, run):
+    """On every start auth tracks its tables again: already-tracked, so it sets their customization and creates
+    only the relationships a table lacks. The platform's tables and the tenant relationship survive it."""
+    ok(run({"tables": platform_tables()}))
+    fake.db_tables[("platform", "tenant_members")] = ["id", "tenant_id", "user_id"]
+    status, _ = fake.call({"type": "pg_track_table", "args": {"source": "default",
+                                                              "table": {"schema": "platform", "name": "tenant_members"}}})
+    assert status == 200
+    status, _ = fake.call({"type": "pg_create_array_relationship", "args": {
+        "source": "default", "table": {"schema": "auth", "name": "users"}, "name": "tenantMemberships",
+        "using": {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_members"},
+                                           "column_mapping": {"id": "user_id"}}}}})
+    assert status == 200
+    before, calls = fake.export(), len(fake.requests)
+    apply_auth_metadata(fake.call)
+    kinds = [r["type"] for r in fake.requests[calls:]]
+    assert kinds.count("pg_track_table") == 13 and kinds.count("pg_set_table_customization") == 13
+    assert [r["body"]["args"]["name"] for r in fake.requests[calls:]
+            if r["type"].startswith("pg_create_") and r["status"] == 200] == []
+    assert fake.export() == before

@@ -14,9 +14,13 @@ What it mimics, from Hasura's documentation and error messages:
   is built (and found inconsistent) before the resource_version is compared, so an inconsistent write with a stale
   version gets 400, not 409; every accepted write increments resource_version;
 - get_inconsistent_metadata: tables (and array relationship targets) that are not in the configured database, and
-  permission columns that the database table does not have.
+  permission columns that the database table does not have;
+- pg_track_table (already-tracked, not-exists), pg_set_table_customization, pg_create_object_relationship and
+  pg_create_array_relationship (already-exists; a manual relationship to an untracked table is refused): the calls
+  auth makes on every start and the auth role makes for the tenant relationship (table_command).
 
-Tests configure the database (db_tables), interleave concurrent writers (before_replace) or database changes after
+The metadata it starts with is what auth's own requests build (auth_track_requests, apply_auth_metadata).
+Tests configure the database (db_tables), interleave concurrent writers (before_write) or database changes after
 a write (after_replace), and read the request log (requests)."""
 
 from __future__ import annotations
@@ -24,105 +28,142 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def _auth_table(name, custom, columns, object_rels=(), array_rels=(), select=None, delete=None, is_enum=False):
-    entry = {
-        "table": {"name": name, "schema": "auth"},
-        "configuration": {
-            "column_config": dict((c, {"custom_name": n}) for c, n in columns.items()),
-            "custom_column_names": dict(columns),
-            "custom_name": custom,
-            "custom_root_fields": {
-                "delete": "delete" + custom[0].upper() + custom[1:],
-                "insert": "insert" + custom[0].upper() + custom[1:],
-                "select": custom,
-                "select_aggregate": custom + "Aggregate",
-                "update": "update" + custom[0].upper() + custom[1:],
-            },
-        },
-    }
-    if is_enum:
-        entry["is_enum"] = True
-    if object_rels:
-        entry["object_relationships"] = [{"name": n, "using": {"foreign_key_constraint_on": c}} for n, c in object_rels]
-    if array_rels:
-        entry["array_relationships"] = [
-            {"name": n, "using": {"foreign_key_constraint_on": {"column": c, "table": {"name": t, "schema": "auth"}}}}
-            for n, t, c in array_rels]
-    if select:
-        entry["select_permissions"] = [{"role": "user", "permission": select}]
-    if delete:
-        entry["delete_permissions"] = [{"role": "user", "permission": delete}]
-    return entry
+ROOT_FIELDS = ("select", "select_by_pk", "select_aggregate", "select_stream", "insert", "insert_one", "update",
+               "update_by_pk", "update_many", "delete", "delete_by_pk")
 
 
-def auth_tables():
-    """What nhost/auth tracks in schema auth, with its customised names, relationships and permissions."""
+def _auth_track(name, custom, singular, columns, objects=(), arrays=(), **top):
+    """One of auth's pg_track_table requests: the 9 root fields auth sets, its column names, and the relationships
+    it creates afterwards (sent inside args, where Hasura's parser does not read them)."""
+    plural, single = custom[0].upper() + custom[1:], singular[0].upper() + singular[1:]
+    fields = {"select": custom, "select_by_pk": singular, "select_aggregate": custom + "Aggregate",
+              "insert": "insert" + plural, "insert_one": "insert" + single, "update": "update" + plural,
+              "update_by_pk": "update" + single, "delete": "delete" + plural, "delete_by_pk": "delete" + single}
+    args = {"source": "default", "table": {"schema": "auth", "name": name},
+            "configuration": {"custom_name": custom, "custom_root_fields": fields, "custom_column_names": columns}}
+    if objects:
+        args["object_relationships"] = [{"name": n, "using": {"foreign_key_constraint_on": c}} for n, c in objects]
+    if arrays:
+        args["array_relationships"] = [
+            {"name": n, "using": {"foreign_key_constraint_on": {"table": {"schema": "auth", "name": t},
+                                                                "columns": [c]}}} for n, t, c in arrays]
+    return dict(top, type="pg_track_table", args=args)
+
+
+_CREATED, _UPDATED, _USER = {"created_at": "createdAt"}, {"updated_at": "updatedAt"}, {"user_id": "userId"}
+
+
+def auth_track_requests():
+    """What auth sends Hasura on every start: authTables() in nhost/nhost services/auth/go/migrations/hasura.go,
+    applied by internal/lib/hasura/metadata (ApplyMetadata). No permissions: auth creates none. is_enum is sent
+    beside args, not in them, so Hasura never reads it."""
     return [
-        _auth_table("provider_requests", "authProviderRequests", {"id": "id", "options": "options"}),
-        _auth_table("providers", "authProviders", {"id": "id"},
-                    array_rels=[("userProviders", "user_providers", "provider_id")]),
-        _auth_table("refresh_token_types", "authRefreshTokenTypes", {}, is_enum=True,
-                    array_rels=[("refreshTokens", "refresh_tokens", "type")]),
-        _auth_table("refresh_tokens", "authRefreshTokens",
-                    {"created_at": "createdAt", "expires_at": "expiresAt", "refresh_token_hash": "refreshTokenHash",
-                     "user_id": "userId"},
-                    object_rels=[("user", "user_id")],
-                    select={"columns": ["id", "created_at", "expires_at", "metadata", "type", "user_id"],
-                            "filter": {"user_id": {"_eq": "X-Hasura-User-Id"}}},
-                    delete={"filter": {"_and": [{"user_id": {"_eq": "X-Hasura-User-Id"}}, {"type": {"_eq": "pat"}}]}}),
-        _auth_table("roles", "authRoles", {"role": "role"},
-                    array_rels=[("userRoles", "user_roles", "role"), ("usersByDefaultRole", "users", "default_role")]),
-        _auth_table("user_providers", "authUserProviders",
-                    {"access_token": "accessToken", "created_at": "createdAt", "provider_id": "providerId",
-                     "user_id": "userId"},
-                    object_rels=[("provider", "provider_id"), ("user", "user_id")]),
-        _auth_table("user_roles", "authUserRoles", {"created_at": "createdAt", "user_id": "userId"},
-                    object_rels=[("roleByRole", "role"), ("user", "user_id")]),
-        _auth_table("user_security_keys", "authUserSecurityKeys",
-                    {"credential_id": "credentialId", "credential_public_key": "credentialPublicKey", "id": "id",
-                     "user_id": "userId"},
-                    object_rels=[("user", "user_id")]),
-        _auth_table("users", "users",
-                    {"avatar_url": "avatarUrl", "created_at": "createdAt", "default_role": "defaultRole",
-                     "display_name": "displayName", "email_verified": "emailVerified", "last_seen": "lastSeen"},
-                    object_rels=[("defaultRoleByRole", "default_role")],
-                    array_rels=[("refreshTokens", "refresh_tokens", "user_id"), ("roles", "user_roles", "user_id"),
-                                ("securityKeys", "user_security_keys", "user_id"),
-                                ("userProviders", "user_providers", "user_id")]),
-        # the OAuth2 provider tables of migration 00020 (auth 0.46 and later)
-        _auth_table("oauth2_client_types", "authOauth2ClientTypes", {}, is_enum=True,
-                    array_rels=[("oauth2Clients", "oauth2_clients", "type")]),
-        _auth_table("oauth2_clients", "authOauth2Clients",
-                    {"client_id": "clientId", "client_name": "clientName", "created_at": "createdAt",
-                     "created_by": "createdBy", "redirect_uris": "redirectUris", "updated_at": "updatedAt"},
-                    array_rels=[("authRequests", "oauth2_auth_requests", "client_id"),
-                                ("refreshTokens", "oauth2_refresh_tokens", "client_id")]),
-        _auth_table("oauth2_auth_requests", "authOauth2AuthRequests",
-                    {"client_id": "clientId", "created_at": "createdAt", "expires_at": "expiresAt",
-                     "redirect_uri": "redirectUri", "user_id": "userId"},
-                    object_rels=[("client", "client_id"), ("user", "user_id")]),
-        _auth_table("oauth2_authorization_codes", "authOauth2AuthorizationCodes",
-                    {"auth_request_id": "authRequestId", "code_hash": "codeHash", "created_at": "createdAt",
-                     "expires_at": "expiresAt"},
-                    object_rels=[("authRequest", "auth_request_id")]),
-        _auth_table("oauth2_refresh_tokens", "authOauth2RefreshTokens",
-                    {"client_id": "clientId", "created_at": "createdAt", "expires_at": "expiresAt",
-                     "token_hash": "tokenHash", "user_id": "userId"},
-                    object_rels=[("client", "client_id"), ("user", "user_id")]),
+        _auth_track("provider_requests", "authProviderRequests", "authProviderRequest",
+                    {"id": "id", "options": "options"}),
+        _auth_track("refresh_token_types", "authRefreshTokenTypes", "authRefreshTokenType",
+                    {"value": "value", "comment": "comment"},
+                    arrays=[("refreshTokens", "refresh_tokens", "type")], is_enum=True),
+        _auth_track("refresh_tokens", "authRefreshTokens", "authRefreshToken",
+                    {"refresh_token_hash": "refreshTokenHash", "expires_at": "expiresAt", **_CREATED, **_USER},
+                    objects=[("user", "user_id")]),
+        _auth_track("roles", "authRoles", "authRole", {"role": "role"},
+                    arrays=[("userRoles", "user_roles", "role"), ("usersByDefaultRole", "users", "default_role")]),
+        _auth_track("user_providers", "authUserProviders", "authUserProvider",
+                    {"id": "id", "access_token": "accessToken", "refresh_token": "refreshToken",
+                     "provider_id": "providerId", "provider_user_id": "providerUserId", **_CREATED, **_UPDATED,
+                     **_USER},
+                    objects=[("user", "user_id"), ("provider", "provider_id")]),
+        _auth_track("user_roles", "authUserRoles", "authUserRole", {"id": "id", "role": "role", **_CREATED, **_USER},
+                    objects=[("user", "user_id"), ("roleByRole", "role")]),
+        _auth_track("users", "users", "user",
+                    {"id": "id", "last_seen": "lastSeen", "disabled": "disabled", "display_name": "displayName",
+                     "avatar_url": "avatarUrl", "locale": "locale", "email": "email", "phone_number": "phoneNumber",
+                     "password_hash": "passwordHash", "email_verified": "emailVerified",
+                     "phone_number_verified": "phoneNumberVerified", "new_email": "newEmail",
+                     "otp_method_last_used": "otpMethodLastUsed", "otp_hash": "otpHash",
+                     "otp_hash_expires_at": "otpHashExpiresAt", "default_role": "defaultRole",
+                     "is_anonymous": "isAnonymous", "totp_secret": "totpSecret", "active_mfa_type": "activeMfaType",
+                     "ticket": "ticket", "ticket_expires_at": "ticketExpiresAt",
+                     "webauthn_current_challenge": "currentChallenge", **_CREATED, **_UPDATED},
+                    objects=[("defaultRoleByRole", "default_role")],
+                    arrays=[("userProviders", "user_providers", "user_id"), ("roles", "user_roles", "user_id"),
+                            ("refreshTokens", "refresh_tokens", "user_id"),
+                            ("securityKeys", "user_security_keys", "user_id"),
+                            ("oauth2AuthRequests", "oauth2_auth_requests", "user_id"),
+                            ("oauth2RefreshTokens", "oauth2_refresh_tokens", "user_id")]),
+        _auth_track("providers", "authProviders", "authProvider", {"id": "id"},
+                    arrays=[("userProviders", "user_providers", "provider_id")]),
+        _auth_track("user_security_keys", "authUserSecurityKeys", "authUserSecurityKey",
+                    {"id": "id", "credential_id": "credentialId", "credential_public_key": "credentialPublicKey",
+                     **_USER},
+                    objects=[("user", "user_id")]),
+        _auth_track("oauth2_clients", "authOauth2Clients", "authOauth2Client",
+                    {"client_id": "clientId", "client_secret_hash": "clientSecretHash",
+                     "redirect_uris": "redirectUris", "scopes": "scopes", "type": "type", "metadata": "metadata",
+                     "metadata_document_fetched_at": "metadataDocumentFetchedAt", "created_by": "createdBy",
+                     **_CREATED, **_UPDATED},
+                    objects=[("createdByUser", "created_by")],
+                    arrays=[("authRequests", "oauth2_auth_requests", "client_id"),
+                            ("oauth2RefreshTokens", "oauth2_refresh_tokens", "client_id")]),
+        _auth_track("oauth2_auth_requests", "authOauth2AuthRequests", "authOauth2AuthRequest",
+                    {"id": "id", "client_id": "clientId", "scopes": "scopes", "redirect_uri": "redirectUri",
+                     "state": "state", "nonce": "nonce", "response_type": "responseType",
+                     "code_challenge": "codeChallenge", "code_challenge_method": "codeChallengeMethod",
+                     "resource": "resource", "done": "done", "auth_time": "authTime", "expires_at": "expiresAt",
+                     **_CREATED, **_USER},
+                    objects=[("client", "client_id"), ("user", "user_id")],
+                    arrays=[("authorizationCodes", "oauth2_authorization_codes", "auth_request_id"),
+                            ("refreshTokens", "oauth2_refresh_tokens", "auth_request_id")]),
+        _auth_track("oauth2_authorization_codes", "authOauth2AuthorizationCodes", "authOauth2AuthorizationCode",
+                    {"id": "id", "code_hash": "codeHash", "auth_request_id": "authRequestId",
+                     "expires_at": "expiresAt", **_CREATED},
+                    objects=[("authRequest", "auth_request_id")]),
+        _auth_track("oauth2_refresh_tokens", "authOauth2RefreshTokens", "authOauth2RefreshToken",
+                    {"id": "id", "token_hash": "tokenHash", "auth_request_id": "authRequestId",
+                     "client_id": "clientId", "scopes": "scopes", "expires_at": "expiresAt", **_CREATED, **_USER},
+                    objects=[("authRequest", "auth_request_id"), ("client", "client_id"), ("user", "user_id")]),
     ]
 
 
-def initial_metadata():
+def apply_auth_metadata(call):
+    """auth's ApplyMetadata through call(body) -> (status, answer): track each table (on already-tracked, set its
+    customization instead), then create each relationship the table does not have yet, skipping already-exists."""
+    requests = auth_track_requests()
+    for request in requests:
+        status, answer = call(request)
+        if status == 400 and answer.get("code") == "already-tracked":
+            status, answer = call({"type": "pg_set_table_customization",
+                                   "args": {k: request["args"][k] for k in ("source", "table", "configuration")}})
+        if status != 200:
+            raise AssertionError("auth's metadata failed: %s" % answer)
+    for request in requests:
+        args = request["args"]
+        for kind in ("object", "array"):
+            for rel in args.get(kind + "_relationships", []):
+                using = rel["using"]["foreign_key_constraint_on"]
+                if kind == "object":
+                    using = [using]
+                status, answer = call({"type": "pg_create_%s_relationship" % kind, "args": {
+                    "source": args["source"], "table": args["table"], "name": rel["name"],
+                    "using": {"foreign_key_constraint_on": using}}})
+                if status != 200 and answer.get("code") != "already-exists":
+                    raise AssertionError("auth's relationship failed: %s" % answer)
+
+
+def empty_metadata():
+    """A fresh Hasura's metadata: the default source from HASURA_GRAPHQL_DATABASE_URL, no tables."""
     return {
         "version": 3,
         "sources": [
             {
                 "name": "default",
                 "kind": "postgres",
-                "tables": auth_tables(),
+                "tables": [],
                 "configuration": {
                     "connection_info": {
                         "database_url": {"from_env": "HASURA_GRAPHQL_DATABASE_URL"},
@@ -134,11 +175,128 @@ def initial_metadata():
                 },
             }
         ],
-        "inherited_roles": [{"role_name": "member", "role_set": ["user"]}],
     }
 
 
+def initial_metadata():
+    """The metadata once auth has started: a fresh Hasura's, with auth's tables applied by auth's own requests."""
+    metadata = empty_metadata()
+    apply_auth_metadata(lambda body: table_command(metadata, None, body))
+    metadata["inherited_roles"] = [{"role_name": "member", "role_set": ["user"]}]
+    return metadata
+
+
+def _error(status, code, error, path="$.args"):
+    return status, {"path": path, "error": error, "code": code}
+
+
+def _columns(db_tables, ref):
+    """The table's columns when the test configured them, else None (any column exists)."""
+    return None if db_tables is None else db_tables.get(ref)
+
+
+def _root_field_clash(source):
+    seen = {}
+    for table in source.get("tables", []):
+        fields = (table.get("configuration") or {}).get("custom_root_fields") or {}
+        for name in fields.values():
+            if name and name in seen and seen[name] != table["table"]:
+                return name
+            seen[name] = table["table"]
+    return None
+
+
+def table_command(metadata, db_tables, body):
+    """pg_track_table, pg_set_table_customization and pg_create_{object,array}_relationship on metadata (changed in
+    place only when accepted), as Hasura's metadata API answers them (Hasura/RQL/DDL/Schema/Table.hs,
+    Relationship.hs). db_tables: {(schema, name): columns or None}, or None when every table exists."""
+    kind, args = body.get("type"), body.get("args")
+    if not isinstance(args, dict) or not isinstance(args.get("table"), (dict, str)):
+        return _error(400, "parse-failed", 'key "table" not found')
+    source = next((s for s in metadata["sources"] if s["name"] == args.get("source", "default")), None)
+    if source is None:
+        return _error(400, "not-exists", 'source with name "%s" does not exist' % args.get("source"))
+    ref = _ref(args["table"])
+    qualified = '"%s.%s"' % ref
+    tracked = next((t for t in source["tables"] if _ref(t["table"]) == ref), None)
+    config = args.get("configuration") or {}
+    unknown = set(config.get("custom_root_fields") or {}) - set(ROOT_FIELDS)
+    if unknown:
+        return _error(400, "parse-failed", "unexpected custom root fields %s" % sorted(unknown),
+                      "$.args.configuration.custom_root_fields")
+    columns = _columns(db_tables, ref)
+    missing = [c for c in (config.get("custom_column_names") or {}) if columns is not None and c not in columns]
+    if missing:
+        return _error(400, "not-exists", 'column "%s" does not exist in table %s' % (missing[0], qualified))
+    new = copy.deepcopy(source)
+    if kind == "pg_track_table":
+        if tracked is not None:
+            return _error(400, "already-tracked", "view/table already tracked: %s" % qualified)
+        if db_tables is not None and ref not in db_tables:
+            return _error(400, "not-exists", "no such table/view exists in source: %s" % qualified)
+        entry = {"table": {"schema": ref[0], "name": ref[1]}}
+        if config:
+            entry["configuration"] = copy.deepcopy(config)
+        if args.get("is_enum"):
+            entry["is_enum"] = True
+        new["tables"].append(entry)
+    elif tracked is None:
+        return _error(400, "not-exists", "table %s does not exist in source: %s" % (qualified, source["name"]))
+    elif kind == "pg_set_table_customization":
+        next(t for t in new["tables"] if _ref(t["table"]) == ref)["configuration"] = copy.deepcopy(config)
+    else:
+        status, answer = _relationship(new, tracked, ref, args, kind, db_tables)
+        if status != 200:
+            return status, answer
+    clash = _root_field_clash(new)
+    if clash:
+        return _error(400, "unexpected", "cannot continue due to new inconsistent metadata: root field %s is "
+                                         "defined more than once" % clash)
+    source.clear()
+    source.update(new)
+    return 200, {"message": "success"}
+
+
+def _relationship(source, tracked, ref, args, kind, db_tables):
+    name = args.get("name")
+    fields = [r["name"] for k in ("object_relationships", "array_relationships") for r in tracked.get(k, [])]
+    if name in fields or (_columns(db_tables, ref) or []).count(name):
+        return _error(400, "already-exists", 'field "%s" already exists in table "%s.%s"' % ((name,) + ref))
+    using = args.get("using") or {}
+    manual = using.get("manual_configuration")
+    fkey = using.get("foreign_key_constraint_on")
+    if kind == "pg_create_array_relationship" and manual:
+        remote, mapping = _ref(manual.get("remote_table")), manual.get("column_mapping") or {}
+        if not any(_ref(t["table"]) == remote for t in source["tables"]):
+            return _error(400, "unexpected", "cannot continue due to new inconsistent metadata: in table "
+                                             '"%s.%s": in relationship "%s": table "%s.%s" is not tracked'
+                                             % (ref + (name,) + remote))
+        for side, cols in ((ref, list(mapping)), (remote, list(mapping.values()))):
+            known = _columns(db_tables, side)
+            if known is not None and [c for c in cols if c not in known]:
+                return _error(400, "unexpected", 'cannot continue due to new inconsistent metadata: column "%s" '
+                                                 'does not exist in "%s.%s"'
+                                                 % (([c for c in cols if c not in known][0],) + side))
+        stored = {"manual_configuration": copy.deepcopy(manual)}
+    elif kind == "pg_create_array_relationship" and isinstance(fkey, dict) and "table" in fkey:
+        cols = fkey.get("columns") or ([fkey["column"]] if "column" in fkey else [])
+        stored = {"foreign_key_constraint_on": {"table": fkey["table"], "column": cols[0]} if len(cols) == 1 else
+                  {"table": fkey["table"], "columns": cols}}
+    elif kind == "pg_create_object_relationship" and fkey:
+        cols = [fkey] if isinstance(fkey, str) else list(fkey)
+        stored = {"foreign_key_constraint_on": cols[0] if len(cols) == 1 else cols}
+    else:
+        return _error(400, "parse-failed", "this fake takes foreign_key_constraint_on, or manual_configuration for "
+                                           "array relationships", "$.args.using")
+    table = next(t for t in source["tables"] if _ref(t["table"]) == ref)
+    table.setdefault(kind[len("pg_create_"):-len("_relationship")] + "_relationships", []).append(
+        {"name": name, "using": stored})
+    return 200, None
+
+
 ISOLATION_LEVELS = ("read-committed", "repeatable-read", "serializable")
+TABLE_COMMANDS = ("pg_track_table", "pg_set_table_customization", "pg_create_object_relationship",
+                  "pg_create_array_relationship")
 
 
 def _connection_info_error(info):
@@ -205,7 +363,7 @@ class FakeHasura:
         self.db_tables = db_tables if db_tables is not None else {
             _ref(t["table"]): None for s in self.metadata["sources"] for t in s.get("tables", [])}
         self.requests = []
-        self.before_replace = []  # callables(fake), one popped per replace_metadata: a concurrent writer
+        self.before_write = []  # callables(fake), one popped per write (replace_metadata, pg_*): a concurrent writer
         self.after_replace = []  # callables(fake), one popped after a stored replace_metadata
         self.lock = threading.RLock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -234,6 +392,16 @@ class FakeHasura:
 
     def writes(self):
         return [r for r in self.requests if r["type"] == "replace_metadata"]
+
+    def call(self, body):
+        """POST body to /v1/metadata with the admin secret, as a client would: (status, answer)."""
+        request = urllib.request.Request(self.endpoint + "/v1/metadata", data=json.dumps(body).encode(), headers={
+            "Content-Type": "application/json", "X-Hasura-Admin-Secret": self.admin_secret})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def concurrent_write(self, change):
         """Someone else (auth, the console) changes the metadata: change(metadata) in place."""
@@ -302,6 +470,13 @@ class FakeHasura:
                 return 200, {"is_consistent": not found, "inconsistent_objects": found}
             if kind == "replace_metadata":
                 return self._replace(body)
+            if kind in TABLE_COMMANDS:
+                if self.before_write:
+                    self.before_write.pop(0)(self)
+                status, answer = table_command(self.metadata, self.db_tables, body)
+                if status == 200:
+                    self.resource_version += 1
+                return status, answer
         return 400, {"path": "$.type", "error": 'unknown metadata command "%s"' % kind, "code": "parse-failed"}
 
     def _replace(self, body):
@@ -327,8 +502,8 @@ class FakeHasura:
                             if key not in perm["permission"]:
                                 return 400, {"path": "$.args.metadata", "error": 'key "%s" not found' % key,
                                              "code": "parse-failed"}
-        if self.before_replace:
-            self.before_replace.pop(0)(self)
+        if self.before_write:
+            self.before_write.pop(0)(self)
         found = self.inconsistent_objects(metadata)
         if found and not args.get("allow_inconsistent_metadata"):
             answer = {"path": "$.args", "error": "cannot continue due to inconsistent metadata", "code": "unexpected"}
