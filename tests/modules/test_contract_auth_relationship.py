@@ -5,12 +5,23 @@ ansible-playbook on localhost against the fake, which starts with the metadata a
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
-from conftest import run_play
-from fakes.hasura_fake import FakeHasura, empty_metadata, initial_metadata, table_command
+import yaml
+from conftest import Runner, run_play
+from fakes.hasura_fake import FakeHasura, apply_auth_metadata, empty_metadata, initial_metadata, table_command
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SECRET = "auth-role-Admin-secret-9d2f"
 MEMBERS = ("platform", "tenant_members")
+CHOICES = ("platform", "tenant_choices")
+CREATE = "Create the tenant relationships the claims read"
+MEMBERSHIPS = {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_members"},
+                                        "column_mapping": {"id": "user_id"}}}
+CHOICE = {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_choices"},
+                                   "column_mapping": {"id": "user_id"}}}
 RELATIONSHIP = {"type": "pg_create_array_relationship", "args": {
     "source": "default", "table": {"schema": "auth", "name": "users"}, "name": "tenantMemberships",
     "using": {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_members"},
@@ -20,14 +31,20 @@ RELATIONSHIP = {"type": "pg_create_array_relationship", "args": {
 def auth_db():
     tables = {("auth", t["table"]["name"]): None for t in initial_metadata()["sources"][0]["tables"]}
     tables[MEMBERS] = ["id", "tenant_id", "user_id", "role", "created_at"]
+    tables[CHOICES] = ["user_id", "tenant_id", "chosen_at"]
     return tables
+
+
+def track(fake, *tables):
+    for schema, name in tables:
+        assert fake.call({"type": "pg_track_table", "args": {"table": {"schema": schema, "name": name}}})[0] == 200
 
 
 @pytest.fixture()
 def fake():
-    """Hasura once auth has started and hasura_metadata has tracked platform.tenant_members."""
+    """Hasura once auth has started and hasura_metadata has tracked the platform's tables."""
     with FakeHasura(admin_secret=SECRET, db_tables=auth_db()) as f:
-        assert f.call({"type": "pg_track_table", "args": {"table": {"schema": MEMBERS[0], "name": MEMBERS[1]}}})[0] == 200
+        track(f, MEMBERS, CHOICES)
         yield f
 
 
@@ -39,48 +56,77 @@ def run_step(fake):
     return {name.split(" : ", 1)[1]: result for name, result in run_play(play, named=True)[1:]}
 
 
-def relationships(fake):
-    return {r["name"]: r["using"] for r in fake.tables()["auth.users"].get("array_relationships", [])}
+def relationships(fake, kind="array"):
+    return {r["name"]: r["using"] for r in fake.tables()["auth.users"].get(kind + "_relationships", [])}
 
 
 def creates(fake):
-    return [r["status"] for r in fake.requests if r["type"] == "pg_create_array_relationship"]
+    return [(r["body"]["args"]["name"], r["status"]) for r in fake.requests if r["type"].startswith("pg_create_")]
 
 
-def test_the_relationship_is_created_once_then_found(fake):
-    results = run_step(fake)
-    create = results["Create the tenant relationship the claims read"]
+def test_the_relationships_are_created_once_then_found(fake):
+    create = run_step(fake)[CREATE]
     assert create["changed"] is True and not create.get("failed")
-    assert relationships(fake)["tenantMemberships"] == {"manual_configuration": {
-        "remote_table": {"schema": "platform", "name": "tenant_members"}, "column_mapping": {"id": "user_id"}}}
+    assert relationships(fake)["tenantMemberships"] == MEMBERSHIPS
+    assert relationships(fake, "object")["tenantChoice"] == CHOICE
     # auth's own relationships are untouched
     assert {"roles", "refreshTokens", "securityKeys", "userProviders"} <= set(relationships(fake))
+    assert "defaultRoleByRole" in relationships(fake, "object")
 
-    again = run_step(fake)
-    assert again["Create the tenant relationship the claims read"].get("skipped") is True
-    assert creates(fake) == [200]
+    again = run_step(fake)[CREATE]
+    assert again.get("skipped") is True and again["changed"] is False
+    assert creates(fake) == [("tenantMemberships", 200), ("tenantChoice", 200)]
+
+
+def test_only_the_missing_relationship_is_created(fake):
+    """An upgrade from a version with tenantMemberships only: the choice is added, the memberships kept."""
+    assert fake.call(RELATIONSHIP)[0] == 200
+    run_step(fake)
+    assert creates(fake) == [("tenantMemberships", 200), ("tenantChoice", 200)]
+    assert relationships(fake, "object")["tenantChoice"] == CHOICE
 
 
 def test_another_host_creating_it_first_is_not_an_error(fake):
-    """Between the role's lookup and its request, another API host creates the relationship: Hasura answers
-    400 already-exists, which the step takes as done, unchanged."""
+    """Between the role's lookup and its request, another API host creates the memberships relationship: Hasura
+    answers 400 already-exists, which the step takes as done, unchanged, and it goes on to the next."""
     fake.before_write.append(lambda f: table_command(f.metadata, f.db_tables, RELATIONSHIP))
-    results = run_step(fake)
-    create = results["Create the tenant relationship the claims read"]
-    assert not create.get("failed") and create["changed"] is False
-    assert creates(fake) == [400]
-    assert fake.requests[-1]["status"] == 400
+    create = run_step(fake)[CREATE]
+    assert not create.get("failed")
+    assert [r["changed"] for r in create["results"]] == [False, True]
+    assert creates(fake) == [("tenantMemberships", 400), ("tenantChoice", 200)]
     assert list(relationships(fake)).count("tenantMemberships") == 1
 
 
-@pytest.mark.parametrize("state", ["members untracked", "fresh Hasura"])
+@pytest.mark.parametrize("state", ["platform tables untracked", "fresh Hasura"])
 def test_a_relationship_hasura_refuses_fails_the_step(state):
-    """Hasura refuses the relationship while platform.tenant_members is untracked (hasura_metadata has not run), or
-    while auth has not tracked auth.users (auth has not started): the step fails and nothing is stored."""
-    metadata = initial_metadata() if state == "members untracked" else empty_metadata()
+    """Hasura refuses the relationships while the platform's tables are untracked (hasura_metadata has not run),
+    or while auth has not tracked auth.users (auth has not started): the step fails and nothing is stored."""
+    metadata = initial_metadata() if state == "platform tables untracked" else empty_metadata()
     with FakeHasura(admin_secret=SECRET, db_tables=auth_db(), metadata=metadata) as fake:
         before = fake.export()
-        results = run_step(fake)
-        assert results["Create the tenant relationship the claims read"].get("failed") is True
-        assert creates(fake) == [400]
+        assert run_step(fake)[CREATE].get("failed") is True
+        assert [status for _, status in creates(fake)] == [400, 400]
         assert fake.export() == before
+
+
+def test_a_fresh_hasura_gets_the_claims_relationships_in_the_roles_order():
+    """The order of a first converge: auth starts and tracks its tables, the hasura role applies its default tables
+    with hasura_metadata, then the auth role creates the relationships. Users read and switch only their own
+    choice."""
+    tables = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())["hasura_metadata_tables"]
+    db = auth_db()
+    db.update({("platform", t["name"]): None for t in tables})
+    with FakeHasura(admin_secret=SECRET, db_tables=db, metadata=empty_metadata()) as fake:
+        apply_auth_metadata(fake.call)
+        res = Runner(None, None)("hasura_metadata", {"endpoint": fake.endpoint, "admin_secret": SECRET,
+                                                     "tables": tables}, login=False)
+        assert res.get("failed") is not True and res["changed"] is True, res
+        assert run_step(fake)[CREATE]["changed"] is True
+        assert relationships(fake, "object")["tenantChoice"] == CHOICE
+        assert relationships(fake)["tenantMemberships"] == MEMBERSHIPS
+        own = {"user_id": {"_eq": "X-Hasura-User-Id"}}
+        choices = fake.tables()["platform.tenant_choices"]
+        assert [(p["role"], p["permission"]["filter"]) for p in choices["select_permissions"]] == [("user", own)]
+        assert [(p["role"], p["permission"]["columns"], p["permission"]["filter"], p["permission"]["check"])
+                for p in choices["update_permissions"]] == [("user", ["tenant_id"], own, own)]
+        assert "insert_permissions" not in choices and "delete_permissions" not in choices

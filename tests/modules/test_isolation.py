@@ -24,7 +24,7 @@ B = uuid.UUID("bbbbbbbb-0000-4000-8000-000000000002")
 TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
-    "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes",
+    "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
 ])
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
@@ -47,6 +47,8 @@ EXPECTED = {
     "customer_payment_state": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "tenant_dunning": dict(select="rls", update="denied", delete="denied", insert="denied"),
     "meter_pushes": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    # written by keep_tenant_choice() (0008), switched by the user through Hasura
+    "tenant_choices": dict(select="denied", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -59,7 +61,7 @@ def key(table):
 
 def update_sql(table):
     # a column selfbase_app may update where it may update at all
-    col = "name" if table == "tenants" else key(table)
+    col = {"tenants": "name", "tenant_members": "role"}.get(table, key(table))
     return f"UPDATE platform.{table} SET {col} = {col} WHERE {key(table)} = %s"
 
 
@@ -95,6 +97,8 @@ def insert_for(table, tenant, event_id=None):
                                    "has_payment_method) VALUES (%s, 'cus_new', false)", (t,)),
         "tenant_dunning": ("INSERT INTO platform.tenant_dunning (tenant_id, state, reason, prior_status, owns_status, "
                            "grace_ends_at) VALUES (%s, 'past_due', 'x', 'active', true, now())", (t,)),
+        "tenant_choices": ("INSERT INTO platform.tenant_choices (user_id, tenant_id) VALUES (%s, %s)",
+                           (str(uuid.uuid4()), t)),
         "meter_pushes": ("INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, "
                          "stripe_customer_id, stripe_meter_id) VALUES ('sb_new', %s, 'bandwidth_bytes', now(), 1, 1, "
                          "'cus_x', 'mtr_x')", (t,)),
@@ -259,7 +263,9 @@ def test_app_acting_for_a_cannot_touch_b(tenants, pg_server, db, app_user):
             if exp["update"] == "rls" and table != "tenants":
                 # moving one of A's rows to B is refused too
                 err = _error(app, f"UPDATE platform.{table} SET tenant_id = %s WHERE tenant_id = %s", (B, A))
-                assert err.sqlstate == "42501" and RLS_VIOLATION in str(err), (table, err)
+                # members only get roles since 0008: their tenant_id is not the app's to change at all
+                wall = PERMISSION_DENIED if table == "tenant_members" else RLS_VIOLATION
+                assert err.sqlstate == "42501" and wall in str(err), (table, err)
 
         # the same statements do reach A's rows (so the zero counts above are RLS, not a bad WHERE);
         # rolled back

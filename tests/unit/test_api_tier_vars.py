@@ -74,24 +74,48 @@ def test_preflight_refuses_verification_without_smtp(given, passes):
     assert all(_render("{{ %s }}" % cond, given) for cond in that) is passes
 
 
-def _export(users_relationships):
+def _export(users_relationships, objects=()):
     users = {"table": {"schema": "auth", "name": "users"}}
     if users_relationships is not None:
         users["array_relationships"] = [{"name": n, "using": {}} for n in users_relationships]
+    if objects:
+        users["object_relationships"] = [{"name": n, "using": {}} for n in objects]
     return {"json": {"resource_version": 3, "metadata": {"version": 3, "sources": [
         {"name": "default", "kind": "postgres", "tables": [{"table": {"schema": "platform", "name": "tenants"}}, users]}]}}}
 
 
-@pytest.mark.parametrize("relationships,present", [
-    (None, False), ([], False), (["roles"], False), (["roles", "tenantMemberships"], True)])
-def test_auth_is_published_only_once_the_relationship_exists(relationships, present):
-    """auth's port is published only when the metadata export has the relationship on auth.users."""
-    assert _render("{{ _auth_relationship_present }}", {"__auth_metadata": _export(relationships)}) is present
+@pytest.mark.parametrize("relationships,objects,missing", [
+    (None, (), ["tenantMemberships", "tenantChoice"]), ([], (), ["tenantMemberships", "tenantChoice"]),
+    (["roles"], ["defaultRoleByRole"], ["tenantMemberships", "tenantChoice"]),
+    (["roles", "tenantMemberships"], (), ["tenantChoice"]),
+    (["roles", "tenantMemberships"], ["tenantChoice"], [])])
+def test_auth_is_published_only_once_both_relationships_exist(relationships, objects, missing):
+    """auth's port is published only when the metadata export has both relationships on auth.users; the step
+    creates only those missing."""
+    given = {"__auth_metadata": _export(relationships, objects)}
+    assert [q["args"]["name"] for q in _render("{{ _auth_relationships_missing }}", given)] == missing
+    assert _render("{{ _auth_relationship_present }}", given) is (not missing)
     tasks = yaml.safe_load((AUTH / "tasks" / "service.yml").read_text())
     names = [t["name"] for t in tasks]
-    # the only published start before the relationship is created is the one that needs it present
+    # the only published start before the relationships are created is the one that needs them present
+    found = tasks[names.index("Note whether the relationship was found")]["ansible.builtin.set_fact"]
+    assert found["__auth_relationship_found"] == "{{ ansible_check_mode or _auth_relationship_present }}"
     run = tasks[names.index("Run the auth container")]
-    assert run["vars"]["container_service_published"] == "{{ ansible_check_mode or _auth_relationship_present }}"
+    assert run["vars"]["container_service_published"] == "{{ __auth_relationship_found }}"
     block = tasks[names.index("Create the tenant relationship, then publish auth")]["block"]
-    assert [t["name"] for t in block][-2:] == ["Create the tenant relationship the claims read",
-                                               "Publish the auth container"]
+    assert [t["name"] for t in block][-2:] == ["Create the tenant relationship", "Publish the auth container"]
+
+
+@pytest.mark.parametrize("claims,passes", [
+    ({"tenant-id": "tenantChoice.tenant_id", "tenant-ids": "tenantMemberships[].tenant_id"}, True),
+    # the first membership of an unordered read: not the user's choice
+    ({"tenant-id": "tenantMemberships[0].tenant_id"}, False),
+    # a list, which Hasura cannot take as x-hasura-tenant-id
+    ({"tenant-id": "tenantChoice[*].tenant_id"}, False),
+    ({"tenant-id": "tenantChoice.tenant_id", "tenant-ids": "memberships[].tenant_id"}, False),
+    ({"tenant-ids": "tenantMemberships[].tenant_id"}, False)])
+def test_preflight_takes_the_tenant_id_from_the_choice(claims, passes):
+    tasks = yaml.safe_load((AUTH / "tasks" / "preflight.yml").read_text())
+    task = next(t for t in tasks if t["name"] == "Check that the tenant claims follow the tenant relationships")
+    given = dict(task["vars"], auth_jwt_custom_claims=claims)
+    assert all(_render("{{ %s }}" % cond, given) for cond in task["ansible.builtin.assert"]["that"]) is passes

@@ -156,7 +156,7 @@ def test_auth_env(auth_env, hasura_env):
     assert auth_env["POSTGRES_CONNECTION"] == f"postgres://auth:{password}@api-db:5432/selfbase?sslmode=require"
     assert auth_env["HASURA_GRAPHQL_GRAPHQL_URL"] == "http://hasura:8080/v1/graphql"
     assert json.loads(auth_env["AUTH_JWT_CUSTOM_CLAIMS"]) == {
-        "tenant-id": "tenantMemberships[0].tenant_id", "tenant-ids": "tenantMemberships[].tenant_id"}
+        "tenant-id": "tenantChoice.tenant_id", "tenant-ids": "tenantMemberships[].tenant_id"}
     assert json.loads(auth_env["AUTH_JWT_CUSTOM_CLAIMS_DEFAULTS"]) == {"tenant-id": "00000000-0000-0000-0000-000000000000"}
     assert auth_env["AUTH_USER_DEFAULT_ROLE"] == "user"
     assert auth_env["AUTH_USER_DEFAULT_ALLOWED_ROLES"] == "user,me"

@@ -265,7 +265,7 @@ def _relationship(source, tracked, ref, args, kind, db_tables):
     using = args.get("using") or {}
     manual = using.get("manual_configuration")
     fkey = using.get("foreign_key_constraint_on")
-    if kind == "pg_create_array_relationship" and manual:
+    if manual:
         remote, mapping = _ref(manual.get("remote_table")), manual.get("column_mapping") or {}
         if not any(_ref(t["table"]) == remote for t in source["tables"]):
             return _error(400, "unexpected", "cannot continue due to new inconsistent metadata: in table "
@@ -286,8 +286,8 @@ def _relationship(source, tracked, ref, args, kind, db_tables):
         cols = [fkey] if isinstance(fkey, str) else list(fkey)
         stored = {"foreign_key_constraint_on": cols[0] if len(cols) == 1 else cols}
     else:
-        return _error(400, "parse-failed", "this fake takes foreign_key_constraint_on, or manual_configuration for "
-                                           "array relationships", "$.args.using")
+        return _error(400, "parse-failed", "this fake takes foreign_key_constraint_on or manual_configuration",
+                      "$.args.using")
     table = next(t for t in source["tables"] if _ref(t["table"]) == ref)
     table.setdefault(kind[len("pg_create_"):-len("_relationship")] + "_relationships", []).append(
         {"name": name, "using": stored})
