@@ -458,13 +458,12 @@ def test_auth_restarting_keeps_the_platform_tables_and_the_tenant_relationship(f
     only the relationships a table lacks. The platform's tables and the tenant relationship survive it."""
     ok(run({"tables": platform_tables()}))
     fake.db_tables[("platform", "tenant_members")] = ["id", "tenant_id", "user_id"]
-    status, _ = fake.call({"type": "pg_track_table", "args": {"source": "default",
-                                                              "table": {"schema": "platform", "name": "tenant_members"}}})
-    assert status == 200
-    status, _ = fake.call({"type": "pg_create_array_relationship", "args": {
+    assert fake.call({"type": "pg_track_table", "args": {
+        "source": "default", "table": {"schema": "platform", "name": "tenant_members"}}})[0] == 200
+    status = fake.call({"type": "pg_create_array_relationship", "args": {
         "source": "default", "table": {"schema": "auth", "name": "users"}, "name": "tenantMemberships",
         "using": {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_members"},
-                                           "column_mapping": {"id": "user_id"}}}}})
+                                           "column_mapping": {"id": "user_id"}}}}})[0]
     assert status == 200
     before, calls = fake.export(), len(fake.requests)
     apply_auth_metadata(fake.call)

@@ -67,13 +67,13 @@ def two_tenants(tenants, logins):  # noqa: F811
 def test_a_user_in_two_tenants_keeps_the_chosen_tenant_until_they_switch(two_tenants, logins):
     hasura = logins("hasura")
     # the first membership is the choice; an unrelated change (a role) does not move it
-    assert [claim(hasura, U) for _ in range(3)] == [A, A, A]
+    assert [claim(hasura, U) for attempt in range(3)] == [A, A, A]
     two_tenants.execute("UPDATE platform.tenant_members SET role = 'admin' WHERE tenant_id = %s AND user_id = %s",
                         (A, U))
     assert claim(hasura, U) == A
     # the user switches to B, in a mutation with a token for A: every token from then on carries B
     assert switch(hasura, U, A, B) == 1
-    assert [claim(hasura, U) for _ in range(3)] == [B, B, B]
+    assert [claim(hasura, U) for attempt in range(3)] == [B, B, B]
     assert claim(hasura, V) == A
     # and back, still holding a token for A (the row is theirs whatever tenant their token carries)
     assert switch(hasura, U, B, A) == 1 and claim(hasura, U) == A
