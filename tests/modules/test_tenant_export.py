@@ -88,12 +88,44 @@ def test_export_then_import_moves_exactly_one_tenant(source, run, target, tmp_pa
     assert check["changed"] is True, check
     assert tconn.execute("SELECT count(*) AS n FROM platform.tenants").fetchone()["n"] == 0   # rolled back
     res = trun("tenant_export", dict(args, state="imported"), diff=True)
-    assert res["changed"] is True, res
+    assert res["changed"] is True, json.dumps(res)[:1500]
     for table, col in TABLES:
         assert rows(tconn, table, col) == rows(source, table, col), table
     # the rollups were not counted twice, and new rows get fresh ids
     tconn.execute("INSERT INTO platform.tenant_domains (tenant_id, domain) VALUES (%s, 'more.example.com')", (A,))
     assert trun("tenant_export", dict(args, state="imported"))["changed"] is False
+
+
+def test_imported_members_get_a_tenant_choice(source, run, target, tmp_path):
+    """Choices are the users' and stay out of the file; the load turns the trigger off, so the import gives each
+    loaded member without a choice their oldest membership, and keeps the choice of one who has one."""
+    owner = source.execute("SELECT user_id FROM platform.tenant_members WHERE tenant_id = %s", (A,)).fetchone()["user_id"]
+    path = str(tmp_path / "acme.json")
+    assert "platform.tenant_choices" not in run("tenant_export", {"tenant": "acme", "path": path})["rows"]
+    tconn, trun = target
+    other = uuid.uuid4()
+    tconn.execute("INSERT INTO platform.tenants (id, slug, name) VALUES (%s, 'initech', 'Initech')", (other,))
+    for n, user in enumerate((owner, uuid.uuid4())):  # ids past the file's: the load keeps its ids
+        tconn.execute("INSERT INTO platform.tenant_members (id, tenant_id, user_id) OVERRIDING SYSTEM VALUE "
+                      "VALUES (%s, %s, %s)", (1000 + n, other, user))
+    tconn.execute("DELETE FROM platform.tenant_choices WHERE user_id <> %s", (owner,))  # a member of before 0008
+    res = trun("tenant_export", {"tenant": "acme", "path": path, "state": "imported"})
+    assert res["changed"] is True, json.dumps(res)[:1500]
+    chosen = dict((r["user_id"], r["tenant_id"]) for r in tconn.execute(
+        "SELECT user_id, tenant_id FROM platform.tenant_choices").fetchall())
+    assert chosen[owner] == other  # kept
+    added = source.execute("SELECT user_id FROM platform.tenant_members WHERE tenant_id = %s", (A,)).fetchall()
+    assert all(r["user_id"] in chosen for r in added)
+
+
+def test_a_loaded_member_without_a_choice_gets_one(source, run, target, tmp_path):
+    path = str(tmp_path / "acme.json")
+    run("tenant_export", {"tenant": "acme", "path": path})
+    tconn, trun = target
+    assert trun("tenant_export", {"tenant": "acme", "path": path, "state": "imported"})["changed"] is True
+    members = tconn.execute("SELECT user_id FROM platform.tenant_members WHERE tenant_id = %s", (A,)).fetchall()
+    assert members and all(tconn.execute("SELECT tenant_id FROM platform.tenant_choices WHERE user_id = %s",
+                                         (r["user_id"],)).fetchone()["tenant_id"] == A for r in members)
 
 
 def test_a_tenant_that_exists_with_other_rows_is_refused(source, run, target, tmp_path):
