@@ -289,7 +289,8 @@ def test_graphql_read_policies():
     rows = _sql("SELECT tablename, cmd, array_to_string(roles, ',') FROM pg_policies "
                 "WHERE schemaname = 'platform' AND policyname = 'graphql_read' ORDER BY tablename")
     assert rows.splitlines() == [f"{t}|SELECT|selfbase_graphql" for t in
-                                 ("projects", "tenant_domains", "tenant_invitations", "tenant_members", "tenants")]
+                                 ("projects", "tenant_choices", "tenant_domains", "tenant_invitations", "tenant_members",
+                                  "tenants")]
 
 
 def test_graphql_role_reads_the_tracked_columns_of_an_extra_table(hasura_env):
