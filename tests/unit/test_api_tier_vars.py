@@ -119,3 +119,26 @@ def test_preflight_takes_the_tenant_id_from_the_choice(claims, passes):
     task = next(t for t in tasks if t["name"] == "Check that the tenant claims follow the tenant relationships")
     given = dict(task["vars"], auth_jwt_custom_claims=claims)
     assert all(_render("{{ %s }}" % cond, given) for cond in task["ansible.builtin.assert"]["that"]) is passes
+
+
+@pytest.mark.parametrize("entry,passes", [
+    ({"schema": "platform", "name": "projects", "tenant_column": "tenant_id"}, True),
+    # one row per user, no tenant column: its permissions say who reads it
+    ({"schema": "platform", "name": "tenant_choices",
+      "permissions": {"user": {"select": {"columns": ["tenant_id"], "filter": {"user_id": {"_eq": "X-Hasura-User-Id"}}}}}},
+     True),
+    ({"schema": "platform", "name": "tenant_choices"}, False),
+    ({"schema": "platform", "name": "tenant_choices", "tenant_column": "Tenant-Id", "permissions": {"user": {}}}, False),
+])
+def test_hasura_preflight_takes_a_table_without_tenant_column_only_with_permissions(entry, passes):
+    tasks = yaml.safe_load((ROOT / "roles" / "hasura" / "tasks" / "preflight.yml").read_text())
+    that = next(t for t in tasks if t["name"] == "Check the metadata tables")["ansible.builtin.assert"]["that"]
+    assert all(_render("{{ %s }}" % cond, {"item": entry}) for cond in that) is passes
+
+
+def test_the_hasura_roles_default_tables_pass_its_preflight():
+    tasks = yaml.safe_load((ROOT / "roles" / "hasura" / "tasks" / "preflight.yml").read_text())
+    that = next(t for t in tasks if t["name"] == "Check the metadata tables")["ansible.builtin.assert"]["that"]
+    tables = yaml.safe_load((ROOT / "roles" / "hasura" / "defaults" / "main.yml").read_text())["hasura_metadata_tables"]
+    assert "tenant_choices" in [t["name"] for t in tables]
+    assert all(_render("{{ %s }}" % cond, {"item": t}) for t in tables for cond in that)
