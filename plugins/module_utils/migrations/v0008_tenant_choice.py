@@ -14,7 +14,7 @@ SQL = r"""
 -- selfbase platform schema, version 0008: each user's chosen tenant.
 DO $roles$
 BEGIN
-  -- Owns keep_tenant_choice(): the only code that writes choices for users. Nobody logs in as it.
+  -- Owns keep_tenant_choice(), which gives users their first or next choice. Nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'selfbase_choice_definer') THEN
     CREATE ROLE selfbase_choice_definer NOLOGIN NOBYPASSRLS;
   END IF;

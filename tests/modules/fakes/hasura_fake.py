@@ -231,7 +231,7 @@ def table_command(metadata, db_tables, body):
     new = copy.deepcopy(source)
     if kind == "pg_track_table":
         if tracked is not None:
-            return _error(400, "already-tracked", "view/table already tracked: %s" % qualified)
+            return _error(400, "already-tracked", "view/table already tracked : %s" % qualified)
         if db_tables is not None and ref not in db_tables:
             return _error(400, "not-exists", "no such table/view exists in source: %s" % qualified)
         entry = {"table": {"schema": ref[0], "name": ref[1]}}
