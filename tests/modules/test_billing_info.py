@@ -23,6 +23,8 @@ def mirrors(tenants, run):  # noqa: F811
     tenants.execute("UPDATE platform.subscriptions SET stripe_price_id = 'price_y', status = 'canceled', "
                     "started_at = '2026-08-01', canceled_at = '2026-10-20', billing_cycle = 'year' "
                     "WHERE tenant_id = %s", (B,))
+    # the seeded invoice is dated now(): move it before these, so that their order does not depend on today
+    tenants.execute("UPDATE platform.invoices SET created = '2026-09-05' WHERE tenant_id = %s", (A,))
     for n, status in enumerate(["paid", "paid", "open"]):
         tenants.execute("INSERT INTO platform.invoices (stripe_invoice_id, tenant_id, stripe_customer_id, number, status, "
                         "currency, amount_due, amount_paid, amount_remaining, attempt_count, created) VALUES "
@@ -39,7 +41,7 @@ def test_each_tenant_with_its_subscription_dunning_payment_method_usage_and_invo
     assert alpha["subscription"]["status"] == "past_due" and alpha["plan"] == "iso"
     assert alpha["dunning"]["state"] == "past_due" and alpha["dunning"]["reason"] == "seeded"
     assert alpha["payment_method"] == {"present": True, "brand": "visa", "last4": "4242"}
-    assert [i["number"] for i in alpha["invoices"]] == ["ALPHA-0002", "ALPHA-0001"]
+    assert [i["number"] for i in alpha["invoices"]] == ["ALPHA-0002", "ALPHA-0001"], alpha["invoices"]
     assert alpha["amount_due"] == {"usd": 2900}
     assert {u["metric"] for u in alpha["usage"]} >= {"api_requests", "bandwidth_bytes"}
 
