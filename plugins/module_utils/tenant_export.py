@@ -133,13 +133,8 @@ SELECT o.rel::pg_catalog.regclass::text, o.what, NULL FROM objs o
 ORDER BY 1, 2, 3
 '''
 AUDIT_STAMP = ('imported_at', 'imported_by')
-_CHOOSE = '''
-INSERT INTO platform.tenant_choices (user_id, tenant_id)
-SELECT DISTINCT ON (m.user_id) m.user_id, m.tenant_id FROM platform.tenant_members m
- WHERE m.user_id IN (SELECT n.user_id FROM platform.tenant_members n WHERE n.tenant_id = %s)
- ORDER BY m.user_id, m.created_at, m.id
-ON CONFLICT (user_id) DO NOTHING
-'''
+_CHOOSE = ('SELECT platform.choose_oldest_tenant(ARRAY(SELECT m.user_id FROM platform.tenant_members m '
+           'WHERE m.tenant_id = %s))')
 
 
 def foreign_code(cur, oids):
@@ -294,7 +289,7 @@ def import_(module, conn):
             _orphans(cur, t['name'], t['tenant_column'], doc['tenant_id'])
     # A choice is the user's, not the tenant's (migration 0008): a loaded member without one gets their oldest
     # membership, as the trigger the load turned off would have given them.
-    if cur.execute("SELECT pg_catalog.to_regclass('platform.tenant_choices') IS NOT NULL AS x").fetchone()['x']:
+    if cur.execute("SELECT pg_catalog.to_regprocedure('platform.choose_oldest_tenant(uuid[])') IS NOT NULL AS x").fetchone()['x']:
         cur.execute(_CHOOSE, (doc['tenant_id'],))
     if module.check_mode:
         conn.rollback()

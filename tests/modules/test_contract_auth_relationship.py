@@ -24,8 +24,7 @@ CHOICE = {"manual_configuration": {"remote_table": {"schema": "platform", "name"
                                    "column_mapping": {"id": "user_id"}}}
 RELATIONSHIP = {"type": "pg_create_array_relationship", "args": {
     "source": "default", "table": {"schema": "auth", "name": "users"}, "name": "tenantMemberships",
-    "using": {"manual_configuration": {"remote_table": {"schema": "platform", "name": "tenant_members"},
-                                       "column_mapping": {"id": "user_id"}}}}}
+    "using": MEMBERSHIPS}}
 
 
 def auth_db():

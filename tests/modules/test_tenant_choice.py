@@ -177,7 +177,7 @@ def test_the_app_gives_roles_but_does_not_move_members(two_tenants, logins):
 def test_existing_members_get_their_oldest_membership_as_the_choice(two_tenants):
     """The migration's backfill, run on members of before 0008: every user with a membership gets their oldest."""
     two_tenants.execute("DELETE FROM platform.tenant_choices")
-    two_tenants.execute(re.search(r"^INSERT INTO platform.tenant_choices.*?;$", MIGRATION.read_text(), re.S | re.M).group(0))
+    two_tenants.execute(re.search(r"^SELECT platform.choose_oldest_tenant.*?;$", MIGRATION.read_text(), re.M).group(0))
     rows = two_tenants.execute("""
         SELECT m.user_id, (SELECT o.tenant_id FROM platform.tenant_members o WHERE o.user_id = m.user_id
                             ORDER BY o.created_at, o.id LIMIT 1) AS oldest, c.tenant_id AS chosen

@@ -14,7 +14,7 @@ SQL = r"""
 -- selfbase platform schema, version 0008: each user's chosen tenant.
 DO $roles$
 BEGIN
-  -- Owns keep_tenant_choice(), which gives users their first or next choice. Nobody logs in as it.
+  -- Owns choose_oldest_tenant() and its trigger, which give users their first or next choice. Nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'selfbase_choice_definer') THEN
     CREATE ROLE selfbase_choice_definer NOLOGIN NOBYPASSRLS;
   END IF;
@@ -58,17 +58,21 @@ CREATE POLICY only_own_choice ON platform.tenant_choices AS RESTRICTIVE FOR UPDA
 CREATE POLICY choice_definer ON platform.tenant_choices TO selfbase_choice_definer USING (true) WITH CHECK (true);
 CREATE POLICY choice_definer ON platform.tenant_members FOR SELECT TO selfbase_choice_definer USING (true);
 
+-- The rule, in one place: each listed user without a choice gets their oldest membership.
+CREATE FUNCTION platform.choose_oldest_tenant(p_users uuid[]) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+  INSERT INTO platform.tenant_choices (user_id, tenant_id)
+  SELECT DISTINCT ON (m.user_id) m.user_id, m.tenant_id FROM platform.tenant_members m
+   WHERE m.user_id = ANY (p_users) ORDER BY m.user_id, m.created_at, m.id
+  ON CONFLICT (user_id) DO NOTHING
+$$;
+
 -- A user's first membership is their choice until they make one; when the chosen membership is deleted, their
 -- oldest remaining one takes its place. Runs after the foreign key's cascade (trigger names sort after "RI_").
 CREATE FUNCTION platform.keep_tenant_choice() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
-DECLARE
-  v_user uuid := CASE WHEN TG_OP = 'INSERT' THEN NEW.user_id ELSE OLD.user_id END;
 BEGIN
-  INSERT INTO platform.tenant_choices (user_id, tenant_id)
-  SELECT m.user_id, m.tenant_id FROM platform.tenant_members m
-   WHERE m.user_id = v_user ORDER BY m.created_at, m.id LIMIT 1
-  ON CONFLICT (user_id) DO NOTHING;
+  PERFORM platform.choose_oldest_tenant(ARRAY[CASE WHEN TG_OP = 'INSERT' THEN NEW.user_id ELSE OLD.user_id END]);
   RETURN NULL;
 END
 $$;
@@ -76,10 +80,6 @@ CREATE TRIGGER keep_tenant_choice AFTER INSERT OR DELETE ON platform.tenant_memb
   FOR EACH ROW EXECUTE FUNCTION platform.keep_tenant_choice();
 
 RESET ROLE;
--- Users of today: their oldest membership (as the migration's superuser: tenant_choices has no trigger).
-INSERT INTO platform.tenant_choices (user_id, tenant_id)
-SELECT DISTINCT ON (m.user_id) m.user_id, m.tenant_id FROM platform.tenant_members m
- ORDER BY m.user_id, m.created_at, m.id;
 
 -- Members are added, removed and given roles; nobody else moves them between users or tenants (which would move
 -- a choice with them).
@@ -87,7 +87,8 @@ REVOKE UPDATE ON platform.tenant_members FROM selfbase_app;
 GRANT UPDATE (role) ON platform.tenant_members TO selfbase_app;
 
 REVOKE ALL ON platform.tenant_choices FROM PUBLIC;
-REVOKE ALL ON FUNCTION platform.keep_tenant_choice(), platform.current_user_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION platform.keep_tenant_choice(), platform.choose_oldest_tenant(uuid[]),
+  platform.current_user_id() FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON platform.tenant_choices TO selfbase_admin;
 GRANT SELECT (user_id, tenant_id, chosen_at), UPDATE (tenant_id) ON platform.tenant_choices TO selfbase_graphql;
 GRANT EXECUTE ON FUNCTION platform.current_user_id() TO selfbase_graphql;
@@ -95,4 +96,8 @@ GRANT SELECT (id, user_id, tenant_id, created_at) ON platform.tenant_members TO 
 GRANT SELECT, INSERT ON platform.tenant_choices TO selfbase_choice_definer;
 GRANT EXECUTE ON FUNCTION platform.current_tenant_id() TO selfbase_choice_definer;
 ALTER FUNCTION platform.keep_tenant_choice() OWNER TO selfbase_choice_definer;
+ALTER FUNCTION platform.choose_oldest_tenant(uuid[]) OWNER TO selfbase_choice_definer;
+
+-- Users of today: their oldest membership.
+SELECT platform.choose_oldest_tenant(ARRAY(SELECT DISTINCT m.user_id FROM platform.tenant_members m));
 """
