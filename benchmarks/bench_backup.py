@@ -19,7 +19,7 @@ pgbench's tables:
   measured, with the evidence (newest segment in the repository,
   archive_status) taken just before each loss. The first --unfixed-runs go
   without the role's wake-up after the start
-  (roles/postgresql/files/postgresql-wake-checkpointer), --rpo-runs with it.
+  (roles/host_services/files/postgresql/postgresql-wake-checkpointer), --rpo-runs with it.
 
 Targets: restore at least 3x faster than pg_restore at every size; worst RPO
 with the wake-up at or below archive_timeout + 5 s.
@@ -40,7 +40,7 @@ import pgserver
 
 STANZA = "bench"
 SCALE_PER_GB = 68   # pgbench scale of about 1 GB on disk
-WAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "roles", "postgresql", "files",
+WAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "roles", "host_services", "files", "postgresql",
                     "postgresql-wake-checkpointer")
 
 

@@ -2,7 +2,7 @@
 
 Measured in one run, against a throwaway PostgreSQL server (durable settings: fsync and synchronous commit on)
 with the platform schema, and the fake Stripe (tests/modules/fakes: Stripe cannot be reached here):
-1. webhooks: the receiver (roles/billing/files/selfbase_billing.py under gunicorn, the role's defaults: 2 workers
+1. webhooks: the receiver (roles/host_services/files/billing/selfbase_billing.py under gunicorn, the role's defaults: 2 workers
    x 4 threads) takes --events signed deliveries from --clients concurrent senders; each event is re-fetched from
    the fake and written with the ledger, mirror and dunning in one transaction. Events/s and latency per delivery.
    Measured in the same run: the database path alone (stripe_events.apply_event with the object handed over,
@@ -30,7 +30,8 @@ import urllib.request
 import _pg
 
 sys.path.insert(0, str(_pg.ROOT / "tests" / "modules"))
-sys.path.insert(0, str(_pg.ROOT / "plugins" / "module_utils"))
+BILLING = [str(_pg.COLLECTIONS), str(_pg.ROOT / "roles" / "host_services" / "files" / "billing")]
+sys.path[:0] = BILLING
 from fakes.stripe_fake import API_VERSION, FakeStripe  # noqa: E402  pylint: disable=wrong-import-position
 import stripe_events  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -90,8 +91,7 @@ def serve_receiver(server, fake, workdir, port):
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(config, fh)
     env = dict(os.environ, SELFBASE_BILLING_CONFIG=path,
-               PYTHONPATH=os.pathsep.join([str(_pg.ROOT / "plugins" / "module_utils"),
-                                           str(_pg.ROOT / "roles" / "billing" / "files")]))
+               PYTHONPATH=os.pathsep.join(BILLING))
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port, "--workers", "2",
                              "--threads", "4", "--worker-class", "gthread", "selfbase_billing:application"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,7 +1,7 @@
 """Edge metering: the agent's throughput and lag, and enforcement at the edge.
 
 Measured in one run:
-1. throughput: the agent (roles/metering/files/selfbase-meter, one process, one thread) reads a
+1. throughput: the agent (roles/host_services/files/metering/selfbase-meter, one process, one thread) reads a
    prepared log of --lines lines (default 5,000,000) of --tenants tenants (10,000) into a
    throwaway PostgreSQL server with the platform schema; lines per second of wall time and of the
    agent's own CPU time. The alternative, in the same run: one record_usage() call per request.
@@ -31,7 +31,7 @@ import time
 
 import _pg
 
-AGENT = _pg.ROOT / "roles" / "metering" / "files" / "selfbase-meter"
+AGENT = _pg.ROOT / "roles" / "host_services" / "files" / "metering" / "selfbase-meter"
 
 
 def load_agent():

@@ -22,7 +22,7 @@ import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import ServiceError
-from ansible_collections.selfbase.platform.plugins.module_utils.stripe_events import retrying_http_client
+from ansible_collections.selfbase.platform.plugins.module_utils.stripe_http import retrying_http_client
 
 try:
     import stripe

@@ -1,4 +1,4 @@
-"""Stripe events back into PostgreSQL (migration 0006 and module_utils/stripe_events.py): contract tests.
+"""Stripe events back into PostgreSQL (migration 0006 and roles/host_services/files/billing/stripe_events.py): contract tests.
 
 The fake Stripe signs events with its endpoint's secret and delivers them to the receiver, a WSGI application
 served here on a real socket, writing to a real PostgreSQL server as a login of selfbase_billing. Each delivery
@@ -27,8 +27,9 @@ from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-i
 from test_security import ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / ".cache" / "collections"))
-from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events  # noqa: E402
+PATHS = [str(ROOT / ".cache" / "collections"), str(ROOT / "roles" / "host_services" / "files" / "billing")]
+sys.path[:0] = PATHS
+import stripe_events  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
@@ -287,8 +288,8 @@ def test_stripe_unreachable_during_the_re_fetch_gives_503_and_writes_nothing(wor
 KILLED_RECEIVER = """
 import os, signal, sys
 from wsgiref.simple_server import make_server
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events
+sys.path[:0] = sys.argv[1].split(":")
+import stripe_events
 reader = stripe_events.StripeApi(sys.argv[3], sys.argv[4], sys.argv[5], timeout=5, retries=0)
 app = stripe_events.Receiver(sys.argv[2], [sys.argv[6]], reader)
 app.after_commit = lambda event: os.kill(os.getpid(), signal.SIGKILL)  # dies before it answers
@@ -301,7 +302,7 @@ server.serve_forever()
 def test_a_receiver_killed_after_commit_applies_nothing_twice(world):
     fail_renewal(world)
     events = world.new_events()
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RECEIVER, str(ROOT / ".cache" / "collections"), world.dsn,
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RECEIVER, ":".join(PATHS), world.dsn,
                              world.fake.api_key, world.fake.url, API_VERSION, world.fake.secret()],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())

@@ -1,4 +1,4 @@
-"""Usage to Stripe billing meters (migration 0006 and module_utils/stripe_events.push_usage): contract tests
+"""Usage to Stripe billing meters (migration 0006 and roles/host_services/files/billing/stripe_events.py, push_usage): contract tests
 against the fake Stripe, whose meter event summaries are compared with the platform's own usage."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-i
 from test_security import ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / ".cache" / "collections"))
-from ansible_collections.selfbase.platform.plugins.module_utils import stripe_events  # noqa: E402
+sys.path[:0] = [str(ROOT / ".cache" / "collections"), str(ROOT / "roles" / "host_services" / "files" / "billing")]
+import stripe_events  # noqa: E402  pylint: disable=wrong-import-position
 
 HOUR = 3600
 

@@ -1,4 +1,4 @@
-"""The backup job runner's metrics (roles/backup/files/selfbase-backup-job), from a
+"""The backup job runner's metrics (roles/host_services/files/backup/selfbase-backup-job), from a
 `pgbackrest info --output=json` document of pgBackRest 2.45."""
 
 import importlib.machinery
@@ -6,7 +6,7 @@ import importlib.util
 import pathlib
 import re
 
-PATH = pathlib.Path(__file__).resolve().parents[2] / "roles" / "backup" / "files" / "selfbase-backup-job"
+PATH = pathlib.Path(__file__).resolve().parents[2] / "roles" / "host_services" / "files" / "backup" / "selfbase-backup-job"
 _loader = importlib.machinery.SourceFileLoader("selfbase_backup_job", str(PATH))
 _spec = importlib.util.spec_from_loader("selfbase_backup_job", _loader)
 job = importlib.util.module_from_spec(_spec)

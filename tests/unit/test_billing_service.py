@@ -1,4 +1,4 @@
-"""The billing service's configuration check (roles/billing/files/selfbase_billing.py), which the role runs as the
+"""The billing service's configuration check (roles/host_services/files/billing/selfbase_billing.py), which the role runs as the
 config file's validate: every error names its field, and what the role's template renders passes."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
-SPEC = importlib.util.spec_from_file_location("selfbase_billing", ROOT / "roles/billing/files/selfbase_billing.py")
+sys.path.insert(0, str(ROOT / "roles" / "host_services" / "files" / "billing"))
+SPEC = importlib.util.spec_from_file_location("selfbase_billing", ROOT / "roles/host_services/files/billing/selfbase_billing.py")
 billing = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(billing)
 

@@ -1,4 +1,4 @@
-"""The Patroni cluster's helper files: the metrics bridge (roles/postgresql/files/selfbase-patroni-metrics),
+"""The Patroni cluster's helper files: the metrics bridge (roles/host_services/files/postgresql/selfbase-patroni-metrics),
 the PgBouncer and etcd configuration validators."""
 
 import http.server
@@ -22,7 +22,7 @@ def _load(path):
     return module
 
 
-bridge = _load(ROOT / "roles/postgresql/files/selfbase-patroni-metrics")
+bridge = _load(ROOT / "roles/host_services/files/postgresql/selfbase-patroni-metrics")
 PGB_VALIDATE = ROOT / "roles/postgresql/files/pgbouncer-validate-conf"
 ETCD_VALIDATE = ROOT / "roles/etcd/files/etcd-validate-conf"
 

@@ -1,5 +1,5 @@
 """The metering agent's parser, aggregator, log follower and map renderer
-(roles/metering/files/selfbase-meter), and the map check of selfbase-edge-apply."""
+(roles/host_services/files/metering/selfbase-meter), and the map check of selfbase-edge-apply."""
 
 import datetime
 import gzip
@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-FILES = pathlib.Path(__file__).resolve().parents[2] / "roles" / "metering" / "files"
+FILES = pathlib.Path(__file__).resolve().parents[2] / "roles" / "host_services" / "files" / "metering"
 
 
 def _load(name):

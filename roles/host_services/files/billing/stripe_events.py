@@ -5,7 +5,7 @@
 and the apply through the schema's billing functions (migration 0006), with the ledger row and the effect in one
 transaction. Used by the webhook receiver (a WSGI application) and by the reconcile from /v1/events.
 
-No Ansible imports: the billing role installs this file beside its service."""
+A host service (see CONTRIBUTING, "Where code goes"): it runs on the billing host, not inside Ansible."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -26,6 +26,8 @@ try:
     import stripe
 except ImportError:  # the caller reports it
     stripe = None
+
+from ansible_collections.selfbase.platform.plugins.module_utils.stripe_http import retrying_http_client
 
 MAX_BODY = 1024 * 1024  # Stripe events are far smaller; refuse anything larger before reading it
 # Stripe keeps events for 30 days; meter events must be within 35 days.
@@ -78,25 +80,6 @@ def object_ref(event):
     if customer:
         return customer, '/v1/customers/%s' % customer, {'expand': ['invoice_settings.default_payment_method']}
     return None
-
-
-def retrying_http_client(timeout):
-    """The SDK's HTTP client, retrying 429 too."""
-    class RetryingRequestsClient(stripe.RequestsClient):
-        """The library retries connection errors, 409 and 5xx with capped
-        exponential backoff and honours Stripe-Should-Retry; it does not retry
-        429 unless told to. Rate limits are transient, so retry them too."""
-
-        def _should_retry(self, response, api_connection_error, num_retries, max_network_retries):
-            if response is not None and num_retries < (max_network_retries or 0):
-                headers = response[2] or {}
-                told = str(headers.get('stripe-should-retry', headers.get('Stripe-Should-Retry', ''))).lower()
-                if response[1] == 429 and told != 'false':
-                    return True
-            return super(RetryingRequestsClient, self)._should_retry(
-                response, api_connection_error, num_retries, max_network_retries)
-
-    return RetryingRequestsClient(timeout=timeout)
 
 
 class StripeApi(object):
