@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# ansible-test sanity on a copy of the tracked files, placed where
-# ansible-test wants a collection: build/ansible_collections/selfbase/platform.
+# ansible-test sanity on a copy of the tracked files, placed where ansible-test
+# wants a collection: build/sanity-<core>/ansible_collections/selfbase/platform.
+# SELFBASE_VENV picks the ansible-core (default .venv, the newest).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/.venv/bin/activate"
+. "${SELFBASE_VENV:-$ROOT/.venv}/bin/activate"
+PY=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+CORE=$(python -c 'from ansible.release import __version__ as v; print(v)')
 
-DEST=${SANITY_BUILD_DIR:-$ROOT/build}/ansible_collections/selfbase/platform
+DEST=${SANITY_BUILD_DIR:-$ROOT/build/sanity-$CORE}/ansible_collections/selfbase/platform
 rm -rf "$DEST"
 mkdir -p "$DEST"
 (cd "$ROOT" && git ls-files -co --exclude-standard | rsync -a --files-from=- . "$DEST/")
@@ -13,7 +16,7 @@ mkdir -p "$DEST"
 # ansible-test bootstraps pip into its test venvs with a script from a host
 # that is not reachable here; provide an equivalent built from PyPI's wheel.
 pip_version=$(python -c 'from ansible_test._internal.python_requirements import get_venv_packages as g
-from types import SimpleNamespace as N; print(g(N(version="3.11"))["pip"])')
+from types import SimpleNamespace as N; print(g(N(version="'"$PY"'"))["pip"])')
 cache=$HOME/.ansible/test/cache
 if [ ! -f "$cache/get_pip_${pip_version//./_}.py" ]; then
   mkdir -p "$cache"
@@ -23,4 +26,4 @@ fi
 
 cd "$DEST"
 git init -q . && git add -A
-ansible-test sanity --python 3.11 "$@"
+ansible-test sanity --python "$PY" "$@"

@@ -15,9 +15,29 @@ bash scripts/testbed.sh || { echo "testbed: failed"; echo "summary: 0 passed, 1 
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=false
 mkdir -p "$LOGS"
 
+# Every ansible-core that meta/runtime.yml claims: the older ones in .venv-<core>
+# (requirements-ansible-<core>.txt), the newest in .venv. sanity, build and unit
+# run on each; lint, modules and molecule on the newest, where users upgrade to.
+VENVS=()
+for f in requirements-ansible-*.txt; do f=${f#requirements-ansible-}; VENVS+=("$ROOT/.venv-${f%.txt}"); done
+VENVS+=("$ROOT/.venv")
+core_of() { "$1/bin/python" -c 'from ansible.release import __version__ as v; print(v)'; }
+# Run "$@" in each venv; a line "ansible-core <version> <result> <seconds>s" for each.
+each_core() {
+  local venv core start result rc=0
+  for venv in "${VENVS[@]}"; do
+    core=$(core_of "$venv") start=$(date +%s) result=passed
+    echo "=== ansible-core $core ($venv)"
+    ( . "$venv/bin/activate" && SELFBASE_VENV=$venv "$@" ) || { result=failed rc=1; }
+    printf 'ansible-core %-8s %-6s %5ss\n' "$core" "$result" "$(( $(date +%s) - start ))"
+  done
+  return $rc
+}
+
 stage_lint() { ansible-lint && antsibull-changelog lint; }
-stage_sanity() { bash scripts/sanity.sh; }
-stage_build() {
+stage_sanity() { each_core bash scripts/sanity.sh; }
+stage_build() { each_core build_one; }
+build_one() {
   local out rc=0 m
   out=$(mktemp -d)
   ansible-galaxy collection build --force --output-path "$out" . \
@@ -34,10 +54,14 @@ stage_build() {
     m=$(basename "$m")
     ansible-doc -t role "selfbase.platform.$m" >/dev/null || { echo "ansible-doc -t role failed for $m"; rc=1; }
   done
+  for m in plugins/lookup/*.py; do
+    m=$(basename "$m" .py)
+    ansible-doc -t lookup "selfbase.platform.$m" >/dev/null || { echo "ansible-doc -t lookup failed for $m"; rc=1; }
+  done
   rm -rf "$out"
   return $rc
 }
-stage_unit() { python -m pytest -v tests/unit; }
+stage_unit() { each_core python -m pytest -v tests/unit; }
 # Two pytest workers, each with its own PostgreSQL server: the tests spend their
 # time in ansible-playbook processes, one per module call.
 stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
@@ -92,8 +116,8 @@ report_stage() {
   # pytest's own count where the stage has one
   counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
   report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$secs" "$counts")")
-  # and each scenario's own time
-  [ "$stage" != molecule ] || while IFS= read -r line; do report+=("  $line"); done < <(grep '^molecule ' "$LOGS/$stage.log")
+  # and each scenario's or ansible-core's own time
+  while IFS= read -r line; do report+=("  $line"); done < <(grep -E '^(molecule|ansible-core) ' "$LOGS/$stage.log")
 }
 # lint, sanity, build and unit each keep one core busy at most, so they run
 # side by side; modules uses every core. With other stages, molecule (its
@@ -129,7 +153,7 @@ finish_pending
 if [ -n "$early" ]; then wait "$early_pid"; report_stage molecule; fi
 
 echo
-echo "== summary"
+echo "== summary (ansible-core $(for v in "${VENVS[@]}"; do core_of "$v"; done | paste -sd' ' -); lint, modules and molecule on the last)"
 printf '%s\n' "${report[@]}"
 echo "summary: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -80,17 +80,47 @@ prune_images() {
   done
 }
 
+# The Python a requirements file names on its "# python: X.Y" line: on PATH,
+# from Debian, or under pyenv. Never downloaded.
+find_python() {
+  local want candidate
+  want=$(sed -n 's/^# python: *//p' "$1")
+  for candidate in "python$want" "/usr/bin/python$want" "/usr/local/bin/python$want" \
+                   $(find "$HOME/.pyenv/versions" -maxdepth 3 -path "*/$want.*/bin/python$want" 2>/dev/null | sort -V -r); do
+    if "$candidate" -c 'import venv, ensurepip' >/dev/null 2>&1; then echo "$candidate"; return 0; fi
+  done
+  log "$(basename "$1") needs Python $want (with venv), which this machine does not have: looked on PATH," \
+      "in /usr/bin, /usr/local/bin and ~/.pyenv/versions. Install it (Debian 13's python3 is 3.13);" \
+      "this script does not download interpreters." >&2
+  return 1
+}
+
+# One virtualenv per requirements file, rebuilt when the file changes.
 make_venv() {
-  local stamp="$VENV/.requirements.sha256" want
-  want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
+  local venv=$1 requirements=$2 stamp="$1/.requirements.sha256" want python
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    log "virtualenv $VENV is current"
+    log "virtualenv $venv is current"
     return 0
   fi
-  log "creating virtualenv $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" 2> >(grep -v "is ignored: it is neither" >&2)
+  python=$(find_python "$requirements") || return 1
+  log "creating virtualenv $venv ($("$python" --version), $(basename "$requirements"))"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q -r "$requirements" 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$want" >"$stamp"
+}
+
+# The newest supported ansible-core in .venv (every stage), each older one in .venv-<core>.
+make_venvs() {
+  local requirements core pids=() pid rc=0
+  for requirements in "$ROOT"/requirements-ansible-*.txt; do
+    core=$(basename "$requirements" .txt); core=${core#requirements-ansible-}
+    make_venv "$ROOT/.venv-$core" "$requirements" & pids+=($!)
+  done
+  make_venv "$VENV" "$ROOT/requirements.txt" || rc=1
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  return $rc
 }
 
 # Ansible finds this checkout as the selfbase.platform collection here.
@@ -100,6 +130,14 @@ link_collection() {
   # Mitogen's strategy plugins, at a path Molecule's config can name
   ln -sfn "$("$VENV/bin/python" -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy" \
     "$ROOT/.cache/mitogen-strategy"
+  # awx.awx for playbooks/awx_configure.yml, which the ansible package no longer bundles
+  # from Ansible 14 on: linked from an older supported one that does (Galaxy is out of reach)
+  local awx
+  awx=$(find "$ROOT"/.venv-* -maxdepth 6 -type d -path '*/site-packages/ansible_collections/awx/awx' 2>/dev/null | sort -V | tail -1)
+  if [ -n "$awx" ]; then
+    mkdir -p "$ROOT/.cache/collections/ansible_collections/awx"
+    ln -sfn "$awx" "$ROOT/.cache/collections/ansible_collections/awx/awx"
+  fi
 }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
@@ -113,7 +151,7 @@ start_dockerd
 # different things.
 pids=()
 for suite in $SUITES; do (build_image "$suite" && prune_images "$suite") & pids+=($!); done
-make_venv
+make_venvs || exit 1
 link_collection
 for pid in "${pids[@]}"; do wait "$pid" || { log "an image build failed" >&2; exit 1; }; done
 log "ready"

@@ -182,7 +182,7 @@ api_calls:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
+from urllib.parse import urlsplit
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import fail
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import (
     STRIPE_API_VERSION, StripeClient, StripeError, event_types, stripe_argument_spec)

@@ -86,7 +86,9 @@ def run_play(play, check=False, diff=False, named=False):
         json.dump([play], fh)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               # 2.21 no longer returns the arguments a module saw unless asked; tests read them
+               ANSIBLE_INJECT_INVOCATION="true")
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
            fh.name] + ["--check"] * check + ["--diff"] * diff
     try:
