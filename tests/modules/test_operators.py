@@ -1,0 +1,217 @@
+"""The operators' API in the database (migration 0009), against a real PostgreSQL server.
+
+Operators' requests reach the database as Hasura's login, in a mutation, with hasura.user holding their session
+(x-hasura-role "operator", x-hasura-user-id). These tests call the operator functions the way Hasura runs a
+tracked function exposed as a mutation (SELECT * FROM fn(args)), as each login and session that must be refused,
+and show each defence's attack working without it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
+from test_security import ROLES, act_for, error, logins  # noqa: F401  pylint: disable=unused-import
+
+OP = uuid.UUID("0b0b0b0b-0000-4000-8000-0000000000aa")  # listed in platform.operators
+USER = uuid.UUID("0c0c0c0c-0000-4000-8000-0000000000bb")  # a member of A, not an operator
+
+SUSPEND = ("SELECT id, status FROM platform.operator_set_tenant_status(tenant_id => %s, status => 'suspended')", (A,))
+
+
+def session(conn, role=None, user=None, tenant=None):
+    """hasura.user as Hasura sets it in a mutation; role None: no session (a query, or the admin secret's)."""
+    value = "" if role is None else json.dumps(dict(
+        {"x-hasura-role": role, "x-hasura-user-id": str(user)},
+        **({"x-hasura-tenant-id": str(tenant)} if tenant else {})))
+    conn.execute("SELECT set_config('hasura.user', %s, false)", (value,))
+
+
+def audit(conn):
+    return conn.execute("SELECT actor, entity, entity_key, action, before, after, operator_id FROM platform.audit_log "
+                        "WHERE entity_key LIKE 'alpha%%' ORDER BY id").fetchall()
+
+
+def status(conn, tenant=A):
+    return conn.execute("SELECT status FROM platform.tenants WHERE id = %s", (tenant,)).fetchone()["status"]
+
+
+@pytest.fixture()
+def ops(tenants, logins):  # noqa: F811
+    tenants.execute("INSERT INTO platform.operators (user_id, note) VALUES (%s, 'on call')", (OP,))
+    tenants.execute("INSERT INTO platform.tenant_members (tenant_id, user_id) VALUES (%s, %s)", (A, USER))
+    tenants.execute("INSERT INTO platform.plans (code, name, active) VALUES ('big', 'Big', true), "
+                    "('gone', 'Retired', false)")
+    tenants.execute("DELETE FROM platform.audit_log")
+    hasura = logins("hasura")
+    session(hasura, "operator", OP)
+    return hasura
+
+
+def test_an_operator_suspends_and_resumes_a_tenant_audited_with_their_id(tenants, ops, logins):  # noqa: F811
+    assert ops.execute(*SUSPEND).fetchall() == [{"id": A, "status": "suspended"}]
+    assert ops.execute(*SUSPEND).fetchall() == [{"id": A, "status": "suspended"}]  # already: nothing written
+    assert status(tenants, B) == "active"
+    ops.execute("SELECT * FROM platform.operator_set_tenant_status(%s, 'active')", (A,))
+    assert status(tenants) == "active"
+    assert audit(tenants) == [
+        {"actor": logins.names["hasura"], "entity": "tenant", "entity_key": "alpha", "action": "update",
+         "before": {"status": before}, "after": {"status": after}, "operator_id": OP}
+        for before, after in (("active", "suspended"), ("suspended", "active"))]
+
+
+def test_an_operator_changes_the_plan_and_overrides_a_quota(tenants, ops):  # noqa: F811
+    row = ops.execute("SELECT plan_code FROM platform.operator_change_plan(%s, 'big')", (A,)).fetchone()
+    assert row == {"plan_code": "big"}
+    ops.execute("SELECT platform.operator_change_plan(%s, 'iso')", (A,))
+    ops.execute("SELECT * FROM platform.operator_set_quota(tenant_id => %s, metric => 'members', limit_value => 5)",
+                (A,))
+    quota = "SELECT limit_value, period, mode FROM platform.tenant_quotas WHERE tenant_id = %s AND metric = 'members'"
+    # the period is the plan's for this metric
+    assert tenants.execute(quota, (A,)).fetchone() == {"limit_value": 5, "period": "none", "mode": "hard"}
+    ops.execute("SELECT * FROM platform.operator_set_quota(%s, 'members', NULL, 'soft')", (A,))
+    assert tenants.execute(quota, (A,)).fetchone() == {"limit_value": None, "period": "none", "mode": "soft"}
+    ops.execute("SELECT * FROM platform.operator_set_quota(%s, 'members', NULL, 'soft')", (A,))  # unchanged
+    ops.execute("SELECT * FROM platform.operator_set_quota(tenant_id => %s, metric => 'members', clear => true)", (A,))
+    assert tenants.execute(quota, (A,)).fetchone() is None
+    assert [(r["entity"], r["entity_key"], r["action"], r["operator_id"]) for r in audit(tenants)] == [
+        ("tenant", "alpha", "update", OP), ("tenant", "alpha", "update", OP),
+        ("tenant_quota", "alpha/members", "create", OP), ("tenant_quota", "alpha/members", "update", OP),
+        ("tenant_quota", "alpha/members", "delete", OP)]
+
+
+@pytest.mark.parametrize("sql,params,field", [
+    ("SELECT * FROM platform.operator_set_tenant_status(%s, 'deleted')", (A,), "status"),
+    ("SELECT * FROM platform.operator_set_tenant_status(%s, 'active')", (uuid.uuid4(),), "tenant_id"),
+    ("SELECT * FROM platform.operator_change_plan(%s, 'gone')", (A,), "plan_code"),
+    ("SELECT * FROM platform.operator_change_plan(%s, 'nope')", (A,), "plan_code"),
+    ("SELECT * FROM platform.operator_set_quota(%s, 'nope', 1)", (A,), "metric"),
+    ("SELECT * FROM platform.operator_set_quota(%s, 'members', -1)", (A,), "limit_value"),
+    ("SELECT * FROM platform.operator_set_quota(%s, 'members', 1, 'strict')", (A,), "mode"),
+    ("SELECT * FROM platform.operator_set_quota(%s, 'members', 1, 'hard', 'week')", (A,), "period"),
+])
+def test_bad_arguments_are_refused_naming_the_field_and_nothing_is_written(tenants, ops, sql, params, field):  # noqa: F811
+    before = tenants.execute("SELECT to_jsonb(t) AS t FROM platform.tenants t ORDER BY id").fetchall()
+    err = error(ops, sql, params)
+    assert err.sqlstate == "22023" and err.diag.message_primary.startswith(field + ":"), err
+    assert tenants.execute("SELECT to_jsonb(t) AS t FROM platform.tenants t ORDER BY id").fetchall() == before
+    assert audit(tenants) == []
+
+
+def test_a_deleted_tenant_is_not_resumed_by_an_operator(tenants, ops):  # noqa: F811
+    tenants.execute("UPDATE platform.tenants SET status = 'deleted' WHERE id = %s", (A,))
+    assert error(ops, "SELECT * FROM platform.operator_set_tenant_status(%s, 'active')", (A,)).sqlstate == "55000"
+    assert status(tenants) == "deleted"
+
+
+# Who may act: the operator role of a listed user, through Hasura's login, in a mutation ----------------------
+
+@pytest.mark.parametrize("role,user", [
+    ("user", USER),        # a tenant's user, whatever tenant their token carries
+    ("user", OP),          # a listed operator's user id, without the operator role
+    ("operator", USER),    # the operator role for a user the control plane did not list
+    (None, None),          # a query, or the admin secret (hasura.user holds no operator)
+])
+def test_only_a_listed_operator_in_the_operator_role_may_act(tenants, ops, role, user):  # noqa: F811
+    session(ops, role, user, tenant=A)
+    for sql, params in (SUSPEND, ("SELECT * FROM platform.operator_change_plan(%s, 'big')", (A,)),
+                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,))):
+        assert error(ops, sql, params).sqlstate == "42501", (role, user, sql)
+    assert status(tenants) == "active" and audit(tenants) == []
+
+
+def test_without_the_operators_table_any_token_with_the_role_acted(tenants, ops):  # noqa: F811
+    """If the role claim alone decided, an auth user who got the role by mistake (or a forged signup role) acted."""
+    tenants.execute("CREATE OR REPLACE FUNCTION platform.current_operator_id() RETURNS uuid LANGUAGE sql STABLE AS "
+                    "$$ SELECT CASE WHEN current_setting('hasura.user', true)::jsonb ->> 'x-hasura-role' = 'operator' "
+                    "THEN platform.current_user_id() END $$")
+    session(ops, "operator", USER)
+    ops.execute(*SUSPEND)
+    assert status(tenants) == "suspended"
+
+
+@pytest.mark.parametrize("who", [w for w in ROLES if w != "hasura"])
+def test_other_logins_cannot_call_the_actions_even_with_an_operators_session(tenants, ops, logins, who):  # noqa: F811
+    """selfbase_app can set hasura.user itself; without EXECUTE it cannot pose as an operator."""
+    c = logins(who)
+    act_for(c, A)
+    session(c, "operator", OP)
+    for sql, params in (SUSPEND, ("SELECT * FROM platform.operator_change_plan(%s, 'big')", (A,)),
+                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,)),
+                        ("SELECT platform.current_operator_id()", ())):
+        assert error(c, sql, params).sqlstate == "42501", (who, sql)
+    assert status(tenants) == "active"
+
+
+@pytest.mark.parametrize("who", list(ROLES))
+def test_no_login_calls_the_inner_steps_which_skip_the_operator_check(tenants, ops, logins, who):  # noqa: F811
+    c = ops if who == "hasura" else logins(who)
+    row = "(SELECT t FROM platform.tenants t LIMIT 1)"
+    for sql in (f"SELECT platform.operator_update_tenant({row}, 'status', 'suspended')",
+                f"SELECT platform.operator_audit({row}, 'tenant', 'alpha', 'update', NULL, NULL)",
+                f"SELECT platform.operator_tenant('{A}')"):
+        assert error(c, sql).sqlstate == "42501", (who, sql)
+    assert status(tenants) == "active" and audit(tenants) == []
+
+
+def test_with_execute_granted_the_app_posed_as_an_operator(tenants, ops, logins):  # noqa: F811
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.operator_set_tenant_status(uuid, text) TO selfbase_app")
+    app = logins("app")
+    session(app, "operator", OP)
+    app.execute(*SUSPEND)
+    assert status(tenants) == "suspended"
+
+
+@pytest.mark.parametrize("who", [w for w in ROLES if w != "control"])
+def test_only_the_control_plane_reads_and_lists_operators(tenants, ops, logins, who):  # noqa: F811
+    c = ops if who == "hasura" else logins(who)
+    act_for(c, A)
+    for sql, params in (("SELECT user_id FROM platform.operators", ()),
+                        ("INSERT INTO platform.operators (user_id) VALUES (%s)", (USER,)),
+                        ("DELETE FROM platform.operators", ())):
+        assert error(c, sql, params).sqlstate == "42501", (who, sql)
+    control = logins("control")
+    control.execute("INSERT INTO platform.operators (user_id) VALUES (%s)", (USER,))
+    assert tenants.execute("SELECT created_by FROM platform.operators WHERE user_id = %s",
+                           (USER,)).fetchone() == {"created_by": logins.names["control"]}
+
+
+def test_no_other_writer_of_the_audit_log_can_credit_an_operator(tenants, ops, logins):  # noqa: F811
+    control = logins("control")
+    control.execute("INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action, operator_id) "
+                    "VALUES (%s, 'tenant', 'alpha-forged', 'update', %s)", (A, OP))
+    assert [r["operator_id"] for r in audit(tenants)] == [None]
+
+
+def test_without_the_stamp_the_control_plane_credited_an_operator(tenants, ops, logins):  # noqa: F811
+    tenants.execute("DROP TRIGGER stamp_audit_row ON platform.audit_log")
+    logins("control").execute("INSERT INTO platform.audit_log (tenant_id, entity, entity_key, action, operator_id) "
+                              "VALUES (%s, 'tenant', 'alpha-forged', 'update', %s)", (A, OP))
+    assert [r["operator_id"] for r in audit(tenants)] == [OP]
+
+
+# What operators read: every tenant's rows, in a query; Hasura's operator permissions are the wall -----------
+
+OPERATOR_READS = ["tenants", "tenant_quotas", "usage_rollups_daily", "subscriptions", "invoices"]
+
+
+@pytest.mark.parametrize("table", OPERATOR_READS)
+def test_graphql_reads_every_tenants_rows_in_a_query_and_one_tenants_in_a_mutation(tenants, ops, table):  # noqa: F811
+    col = "id" if table == "tenants" else "tenant_id"
+    sql = f"SELECT DISTINCT {col} AS t FROM platform.{table} ORDER BY 1"
+    session(ops)
+    assert [r["t"] for r in ops.execute(sql)] == sorted([A, B])
+    session(ops, "user", USER, tenant=A)
+    assert [r["t"] for r in ops.execute(sql)] == [A]
+
+
+def test_the_new_read_policies_are_hasuras_only(tenants, ops, logins):  # noqa: F811
+    """The app still reads its tenant's subscriptions and invoices only; auth's login reads none."""
+    app, auth = logins("app"), logins("auth")
+    act_for(app, A)
+    session(app)
+    for table in ("subscriptions", "invoices", "tenant_quotas", "usage_rollups_daily"):
+        assert {r["tenant_id"] for r in app.execute(f"SELECT tenant_id FROM platform.{table}")} == {A}, table
+        assert error(auth, f"SELECT tenant_id FROM platform.{table}").sqlstate == "42501", table
