@@ -38,28 +38,31 @@ stage_lint() { ansible-lint && antsibull-changelog lint; }
 stage_sanity() { each_core bash scripts/sanity.sh; }
 stage_build() { each_core build_one; }
 build_one() {
-  local out rc=0 m
+  local out rc=0
   out=$(mktemp -d)
   ansible-galaxy collection build --force --output-path "$out" . \
     && ansible-galaxy collection install --force --no-deps -p "$out/collections" "$out"/selfbase-platform-*.tar.gz \
     || rc=1
   local -x ANSIBLE_COLLECTIONS_PATH=$out/collections
-  # every module and role renders from the installed tarball
+  # every module, role and lookup renders from the installed tarball: one ansible-doc per type (a process per
+  # plugin cost minutes on each core); any warning or error naming one of ours fails the build
   ansible-doc -l selfbase.platform || rc=1
-  for m in plugins/modules/*.py; do
-    m=$(basename "$m" .py)
-    ansible-doc "selfbase.platform.$m" >/dev/null || { echo "ansible-doc failed for $m"; rc=1; }
-  done
-  for m in roles/*/; do
-    m=$(basename "$m")
-    ansible-doc -t role "selfbase.platform.$m" >/dev/null || { echo "ansible-doc -t role failed for $m"; rc=1; }
-  done
-  for m in plugins/lookup/*.py; do
-    m=$(basename "$m" .py)
-    ansible-doc -t lookup "selfbase.platform.$m" >/dev/null || { echo "ansible-doc -t lookup failed for $m"; rc=1; }
-  done
+  doc_type module plugins/modules/*.py || rc=1
+  doc_type role roles/*/ || rc=1
+  doc_type lookup plugins/lookup/*.py || rc=1
   rm -rf "$out"
   return $rc
+}
+# doc_type TYPE PATH...: ansible-doc renders every named plugin of TYPE, and says nothing about any of them.
+doc_type() {
+  local type=$1 names=() p err
+  shift
+  for p in "$@"; do p=${p%/}; p=${p##*/}; names+=("selfbase.platform.${p%.py}"); done
+  err=$(ansible-doc -t "$type" "${names[@]}" 2>&1 >/dev/null) || { echo "$err"; return 1; }
+  if grep -q 'selfbase\.platform' <<<"$err"; then
+    echo "ansible-doc -t $type: $err"
+    return 1
+  fi
 }
 stage_unit() { each_core python -m pytest -v tests/unit; }
 # Two pytest workers, each with its own PostgreSQL server: the tests spend their
