@@ -13,6 +13,8 @@ import re
 
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura import HasuraConflict, HasuraError
+from ansible_collections.selfbase.platform.plugins.module_utils.hasura_rest import (
+    REST_KEY, desired_endpoint, merge_endpoints, owned_endpoints)
 
 OPS = ('select', 'insert', 'update', 'delete')
 PERMISSION_KEYS = {
@@ -179,6 +181,41 @@ def desired_table(spec, index, var):
     return entry
 
 
+FUNCTION_KEY = 'function '
+
+
+def desired_function(spec, index):
+    """Validate one item of functions and build the metadata keys it owns."""
+    ref = dict(schema=spec['schema'], name=spec['name'])
+    field = 'functions[%d] (%s)' % (index, key_of(ref))
+    entry = dict(function=ref)
+    if spec['exposed_as'] is not None:
+        entry['configuration'] = dict(exposed_as=spec['exposed_as'])
+    roles = spec['roles']
+    if roles is not None:
+        if 'admin' in roles:
+            raise InputError('%s.roles: admin cannot be given permissions, it has them all' % field)
+        if len(set(roles)) != len(roles):
+            raise InputError('%s.roles lists a value twice' % field)
+        entry['permissions'] = [dict(role=r) for r in roles]
+    return entry
+
+
+def normalise_function(entry):
+    """A function object of the metadata in a canonical form, to compare and to show."""
+    if entry is None:
+        return None
+    out = dict((k, v) for k, v in entry.items() if v not in (None, [], {}))
+    out['function'] = table_ref(entry['function'], 'function')
+    if 'configuration' in out:
+        out['configuration'] = dict((k, v) for k, v in out['configuration'].items() if v not in (None, {}, []))
+        if not out['configuration']:
+            del out['configuration']
+    if 'permissions' in out:
+        out['permissions'] = sorted((dict(p) for p in out['permissions']), key=lambda p: p.get('role', ''))
+    return out
+
+
 def normalise_config(config):
     config = dict(config)
     # Hasura exports custom names both as custom_column_names and as column_config
@@ -257,40 +294,56 @@ def source_settings(metadata, source_name, names):
 
 
 def owned_tables(metadata, source_name, keys):
-    """{schema.name: normalised table object} of the tracked tables among keys."""
+    """{key: normalised object} of the tracked tables (schema.name) and functions ('function schema.name') among
+    keys."""
     out = {}
-    for entry in find_source(metadata, source_name).get('tables') or []:
+    source = find_source(metadata, source_name)
+    for entry in source.get('tables') or []:
         key = exported_key(entry)
         if key in keys:
             out[key] = normalise_table(entry)
+    for entry in source.get('functions') or []:
+        key = FUNCTION_KEY + exported_key(dict(table=entry.get('function')))
+        if key in keys:
+            out[key] = normalise_function(entry)
+    out.update(owned_endpoints(metadata, keys))
     return out
 
 
 def merge(metadata, source_name, wanted, state, settings=None):
-    """A copy of the metadata with the owned tables and connection settings merged in; every other object is left
-    as exported."""
+    """A copy of the metadata with the owned tables, functions and connection settings merged in; every other
+    object is left as exported."""
     metadata = copy.deepcopy(metadata)
     source = find_source(metadata, source_name)
     if settings:
         source.setdefault('configuration', {}).setdefault('connection_info', {}).update(settings)
-    tables = []
-    for entry in source.get('tables') or []:
-        key = exported_key(entry)
-        if key not in wanted:
-            tables.append(entry)
-        elif state == 'present':
-            tables.append(merge_table(entry, wanted.pop(key)))
-    if state == 'present':
-        tables.extend(merge_table(dict(table=desired['table']), desired) for desired in wanted.values())
-    source['tables'] = tables
+    for kind, prefix in (('tables', ''), ('functions', FUNCTION_KEY)):
+        owned = dict((k, v) for k, v in wanted.items()
+                     if k.startswith(FUNCTION_KEY) == bool(prefix) and not k.startswith(REST_KEY))
+        ref_key = kind[:-1]
+        entries = []
+        for entry in source.get(kind) or []:
+            key = prefix + exported_key(dict(table=entry.get(ref_key)))
+            if key not in owned:
+                entries.append(entry)
+            elif state == 'present':
+                entries.append(merge_table(entry, owned.pop(key)))
+        if state == 'present':
+            entries.extend(merge_table({ref_key: desired[ref_key]}, desired) for desired in owned.values())
+        if entries or kind == 'tables' or kind in source:
+            source[kind] = entries
+    merge_endpoints(metadata, wanted, state)
     return metadata
 
 
 def merge_table(entry, desired):
+    """A table or function object with the keys the task owns set (an empty value removes the key)."""
     entry = dict(entry)
     for name, value in desired.items():
-        if name == 'table':
+        if name in ('table', 'function'):
             continue
+        if name == 'configuration' and 'function' in desired:
+            value = dict(entry.get('configuration') or {}, **value)  # a function's: only exposed_as is owned
         if value in ([], {}):
             entry.pop(name, None)
         else:
@@ -304,20 +357,32 @@ def describe(objects):
 
 
 def wanted_tables(p):
-    """{schema.name: table object} the task owns, validated before Hasura is contacted. Raises InputError."""
+    """{key: object} of the tables (schema.name) and functions ('function schema.name') the task owns, validated
+    before Hasura is contacted. Raises InputError."""
     if not re.match(r'(?i)^x-hasura-[a-z0-9_-]+$', p['tenant_session_variable']):
         raise InputError('tenant_session_variable must be a Hasura session variable (X-Hasura-...), got %r'
                          % p['tenant_session_variable'])
     wanted = {}
-    for i, spec in enumerate(p['tables']):
+    for kind, ref_key, prefix, build in (('tables', 'table', '', lambda spec, i: desired_table(
+            spec, i, p['tenant_session_variable'])), ('functions', 'function', FUNCTION_KEY, desired_function)):
+        for i, spec in enumerate(p.get(kind) or []):
+            if p['state'] == 'absent':
+                entry = {ref_key: dict(schema=spec['schema'], name=spec['name'])}
+            else:
+                entry = build(spec, i)
+            key = prefix + key_of(entry[ref_key])
+            if key in wanted:
+                raise InputError('%s[%d] (%s) is listed twice' % (kind, i, key_of(entry[ref_key])))
+            wanted[key] = entry
+    for i, spec in enumerate(p.get('rest_endpoints') or []):
         if p['state'] == 'absent':
-            entry = dict(table=dict(schema=spec['schema'], name=spec['name']))
+            ref = dict(collection_name=p['rest_collection'], query_name=spec['name'])
+            entry = dict(endpoint=dict(name=spec['name'], definition=dict(query=ref)), query=None)
         else:
-            entry = desired_table(spec, i, p['tenant_session_variable'])
-        key = key_of(entry['table'])
-        if key in wanted:
-            raise InputError('tables[%d] (%s) is listed twice' % (i, key))
-        wanted[key] = entry
+            entry = desired_endpoint(spec, i, p['rest_collection'])
+        if REST_KEY + spec['name'] in wanted:
+            raise InputError('rest_endpoints[%d] (%s) is listed twice' % (i, spec['name']))
+        wanted[REST_KEY + spec['name']] = entry
     return wanted
 
 
@@ -382,7 +447,9 @@ def sync(module, client, wanted):
                          inconsistent_objects=inconsistent, changed=written, retried=result['retried'])
 
     result['resource_version'] = version
-    result['tables'] = [after[k] for k in wanted if k in after]
+    result['tables'] = [after[k] for k in wanted if k in after and not k.startswith((FUNCTION_KEY, REST_KEY))]
+    result['functions'] = [after[k] for k in wanted if k in after and k.startswith(FUNCTION_KEY)]
+    result['rest_endpoints'] = [after[k] for k in wanted if k in after and k.startswith(REST_KEY)]
     result['source_settings'] = dict(settings_before, **settings)
     if module._diff:
         result['diff'] = dict(before=before, after=after)

@@ -8,14 +8,14 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: hasura_metadata
-short_description: Track tables, relationships and tenant permissions in Hasura
+short_description: Track tables, functions, relationships and tenant permissions in Hasura
 version_added: 0.1.0
 description:
-  - Declares which tables of one Hasura source are tracked, with their configuration, relationships and per-role
-    permissions, including a tenant-scoped shorthand that isolates tenants from each other.
-  - The module owns only the tables listed in O(tables). Every other object of the metadata (other tables, such as
-    the ones nhost/auth tracks in schema C(auth), other sources, actions, remote schemas, ...) is sent back exactly as
-    Hasura exported it.
+  - Declares which tables and SQL functions of one Hasura source are tracked, with their configuration, relationships
+    and per-role permissions, including a tenant-scoped shorthand that isolates tenants from each other.
+  - The module owns only the tables listed in O(tables) and the functions listed in O(functions). Every other object
+    of the metadata (other tables, such as the ones nhost/auth tracks in schema C(auth), other sources, actions,
+    remote schemas, ...) is sent back exactly as Hasura exported it.
   - Within a listed table, the module owns only what the task sets. O(tables[].configuration),
     O(tables[].object_relationships) and O(tables[].array_relationships) are replaced when given and left alone when
     omitted; an empty list removes them all. When O(tables[].permissions) or O(tables[].tenant_roles) is given, the
@@ -73,10 +73,10 @@ options:
     default: X-Hasura-Tenant-Id
   tables:
     description:
-      - The tables this task owns. A table may be listed once.
+      - The tables this task owns. A table may be listed once. At least one of O(tables), O(functions) and
+        O(rest_endpoints) is required.
     type: list
     elements: dict
-    required: true
     suboptions:
       schema:
         description: Schema of the table.
@@ -182,6 +182,76 @@ options:
           - When this or O(tables[].tenant_roles) is given, the permissions of the table are exactly the declared
             ones; when both are omitted, the stored permissions are left alone. V({}) removes them all.
         type: dict
+  functions:
+    description:
+      - The SQL functions this task tracks (or, with O(state=absent), untracks). A function may be listed once;
+        Hasura refuses overloaded functions. A function returns rows of a tracked table (C(SETOF table)); Hasura
+        exposes it with that table's select permission of the calling role.
+      - Within a listed function, the module owns C(configuration.exposed_as) when O(functions[].exposed_as) is
+        given and the permission list when O(functions[].roles) is given; other keys are kept.
+    type: list
+    elements: dict
+    suboptions:
+      schema:
+        description: Schema of the function.
+        type: str
+        default: public
+      name:
+        description: Name of the function.
+        type: str
+        required: true
+      exposed_as:
+        description:
+          - Where the function appears in the GraphQL schema. Omitted, Hasura infers it from the function's
+            volatility (C(VOLATILE) functions become mutations, which run with C(hasura.user) set).
+        type: str
+        choices: [query, mutation]
+      roles:
+        description:
+          - The roles that may call the function, exactly (function permissions); V([]) removes them all. Each
+            role needs a select permission on the table the function returns, otherwise Hasura reports the
+            permission as inconsistent.
+          - Function permissions apply when Hasura runs with E(HASURA_GRAPHQL_INFER_FUNCTION_PERMISSIONS=false) (the
+            selfbase.platform.hasura role sets it); with Hasura's default, every role with select permission on the
+            returned table may call a function.
+        type: list
+        elements: str
+  rest_collection:
+    description:
+      - The query collection that holds the GraphQL operations of O(rest_endpoints). The module owns only the
+        queries named after its endpoints; other queries of the collection are kept.
+    type: str
+    default: selfbase_rest
+  rest_endpoints:
+    description:
+      - RESTified endpoints this task owns, served by Hasura at C(/api/rest/<url>) with the caller's role and
+        session, each running one GraphQL query or mutation kept in O(rest_collection) under the endpoint's name.
+      - With O(state=absent) the listed endpoints and their queries are removed (only O(rest_endpoints[].name) is
+        used).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the endpoint, and of its query in the collection.
+        type: str
+        required: true
+      url:
+        description:
+          - Path under C(/api/rest/), without a leading slash; a segment C(:name) is taken from the path into the
+            query variable C($name). Required with O(state=present).
+        type: str
+      methods:
+        description: HTTP methods served. A mutation is not served over V(GET).
+        type: list
+        elements: str
+        choices: [GET, POST, PUT, PATCH, DELETE]
+        default: [GET]
+      query:
+        description: The GraphQL operation (one query or mutation). Required with O(state=present).
+        type: str
+      comment:
+        description: A comment stored with the endpoint.
+        type: str
 extends_documentation_fragment:
   - selfbase.platform.hasura
 attributes:
@@ -191,8 +261,9 @@ attributes:
   diff_mode:
     support: full
     description:
-      - Shows the owned tables before and after, normalised, keyed by C(schema.name); a table that is not tracked
-        is absent from that side.
+      - Shows the owned tables, functions and REST endpoints before and after, normalised, keyed by C(schema.name)
+        (functions by C(function schema.name), endpoints by C(rest name)); an object that is not there is absent
+        from that side.
   idempotent:
     support: full
     description: A second run with the same options sends no C(replace_metadata) and reports no change.
@@ -281,6 +352,15 @@ EXAMPLES = r'''
     tables:
       - schema: platform
         name: legacy_reports
+
+- name: An operator action as a mutation, for the operator role only
+  selfbase.platform.hasura_metadata:
+    admin_secret: "{{ hasura_admin_secret }}"
+    functions:
+      - schema: platform
+        name: operator_set_tenant_status
+        exposed_as: mutation
+        roles: [operator]
 '''
 
 RETURN = r'''
@@ -308,6 +388,32 @@ tables:
             columns: [created_at, description, id, name]
             check: {tenant_id: {_eq: X-Hasura-Tenant-Id}}
             set: {tenant_id: X-Hasura-Tenant-Id}
+rest_endpoints:
+  description:
+    - The owned REST endpoints after the run (in check mode, as they would be), in the order of O(rest_endpoints),
+      each as C(endpoint) (Hasura's object) and C(query) (the text of its query in the collection).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - endpoint:
+        name: admin-tenant
+        url: admin/tenants/:id
+        methods: [GET]
+        definition: {query: {collection_name: selfbase_rest, query_name: admin-tenant}}
+      query: "query ($id: uuid!) { platform_tenants_by_pk(id: $id) { id slug status } }"
+functions:
+  description:
+    - The owned functions after the run (in check mode, as they would be), in the order of O(functions), as
+      Hasura's metadata function objects, normalised (permissions sorted by role). Untracked functions are left out.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - function: {schema: platform, name: operator_set_tenant_status}
+      configuration: {exposed_as: mutation}
+      permissions:
+        - role: operator
 resource_version:
   description: The C(resource_version) of Hasura's metadata after the run (before it, in check mode).
   returned: always
@@ -344,6 +450,7 @@ inconsistent_objects:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, fail
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura import HasuraClient, hasura_argument_spec
+from ansible_collections.selfbase.platform.plugins.module_utils.hasura_rest import METHODS
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura_tables import OPS, sync, wanted_tables
 
 
@@ -357,7 +464,7 @@ def main():
             isolation_level=dict(type='str', choices=['read-committed', 'repeatable-read', 'serializable']),
         )),
         tenant_session_variable=dict(type='str', default='X-Hasura-Tenant-Id'),
-        tables=dict(type='list', elements='dict', required=True, options=dict(
+        tables=dict(type='list', elements='dict', options=dict(
             schema=dict(type='str', default='public'),
             name=dict(type='str', required=True),
             tenant_column=dict(type='str'),
@@ -379,8 +486,23 @@ def main():
                 required_together=[('table', 'column')]),
             permissions=dict(type='dict'),
         )),
+        functions=dict(type='list', elements='dict', options=dict(
+            schema=dict(type='str', default='public'),
+            name=dict(type='str', required=True),
+            exposed_as=dict(type='str', choices=['query', 'mutation']),
+            roles=dict(type='list', elements='str'),
+        )),
+        rest_collection=dict(type='str', default='selfbase_rest'),
+        rest_endpoints=dict(type='list', elements='dict', options=dict(
+            name=dict(type='str', required=True),
+            url=dict(type='str'),
+            methods=dict(type='list', elements='str', choices=list(METHODS), default=['GET']),
+            query=dict(type='str'),
+            comment=dict(type='str'),
+        )),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_one_of=[('tables', 'functions', 'rest_endpoints')])
     try:
         wanted = wanted_tables(module.params)
     except InputError as e:

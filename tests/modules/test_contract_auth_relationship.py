@@ -112,14 +112,31 @@ def test_a_fresh_hasura_gets_the_claims_relationships_in_the_roles_order():
     """The order of a first converge: auth starts and tracks its tables, the hasura role applies its default tables
     with hasura_metadata, then the auth role creates the relationships. Users read and switch only their own
     choice."""
-    tables = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())["hasura_metadata_tables"]
+    defaults = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())
+    tables, functions = defaults["hasura_metadata_tables"], defaults["hasura_metadata_functions"]
+    endpoints = defaults["hasura_rest_endpoints"]
     db = auth_db()
     db.update({("platform", t["name"]): None for t in tables})
-    with FakeHasura(admin_secret=SECRET, db_tables=db, metadata=empty_metadata()) as fake:
+    # the operator actions of migration 0009 return SETOF platform.tenants
+    returns = {("platform", f["name"]): ("platform", "tenants") for f in functions}
+    with FakeHasura(admin_secret=SECRET, db_tables=db, metadata=empty_metadata(), db_functions=returns) as fake:
         apply_auth_metadata(fake.call)
         res = Runner(None, None)("hasura_metadata", {"endpoint": fake.endpoint, "admin_secret": SECRET,
-                                                     "tables": tables}, login=False)
+                                                     "tables": tables, "functions": functions,
+                                                     "rest_endpoints": endpoints}, login=False)
         assert res.get("failed") is not True and res["changed"] is True, res
+        # operators read every tenant's rows; users their own tenant and its usage, nothing of quotas, subscriptions
+        # or invoices, and call none of the actions
+        stored = fake.tables()
+        for name in ("tenants", "tenant_quotas", "usage_rollups_daily", "subscriptions", "invoices"):
+            readers = {p["role"]: p["permission"]["filter"] for p in stored["platform." + name]["select_permissions"]}
+            assert readers.pop("operator") == {}, name
+            assert readers == ({"user": {("id" if name == "tenants" else "tenant_id"): {"_eq": "X-Hasura-Tenant-Id"}}}
+                               if name in ("tenants", "usage_rollups_daily") else {}), name
+        assert [f["permissions"] for s in fake.export()["sources"] for f in s["functions"]] == [
+            [{"role": "operator"}]] * 3
+        # every endpoint's root fields are ones this metadata gives (the fake refuses others as inconsistent)
+        assert sorted(e["url"] for e in fake.export()["rest_endpoints"]) == sorted(e["url"] for e in endpoints)
         assert run_step(fake)[CREATE]["changed"] is True
         assert relationships(fake, "object")["tenantChoice"] == CHOICE
         assert relationships(fake)["tenantMemberships"] == MEMBERSHIPS

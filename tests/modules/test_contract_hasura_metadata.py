@@ -472,3 +472,173 @@ def test_auth_restarting_keeps_the_platform_tables_and_the_tenant_relationship(f
     assert [r["body"]["args"]["name"] for r in fake.requests[calls:]
             if r["type"].startswith("pg_create_") and r["status"] == 200] == []
     assert fake.export() == before
+
+
+# Functions: the operator actions, tracked as mutations for the operator role ------------------------------------
+
+OPERATOR_READ = {"operator": {"select": {"columns": ["id", "slug", "name", "status", "plan_code"], "filter": {}}}}
+SUSPEND = {"schema": "platform", "name": "operator_set_tenant_status", "exposed_as": "mutation", "roles": ["operator"]}
+
+
+@pytest.fixture()
+def fake_fn(fake):
+    fake.db_functions = {("platform", "operator_set_tenant_status"): ("platform", "tenants"),
+                         ("platform", "operator_change_plan"): ("platform", "tenants")}
+    return fake
+
+
+def functions(fake):
+    return {"%s.%s" % (f["function"]["schema"], f["function"]["name"]): f
+            for s in fake.export()["sources"] for f in s.get("functions", [])}
+
+
+def operator_tables():
+    tables = platform_tables()
+    tables[0]["permissions"] = OPERATOR_READ
+    return tables
+
+
+def test_functions_are_tracked_with_their_roles_once(fake_fn, run):
+    args = {"tables": operator_tables(), "functions": [SUSPEND]}
+    res = ok(run(args, check=True, diff=True))
+    assert res["changed"] is True and fake_fn.writes() == [] and functions(fake_fn) == {}
+    assert res["diff"]["after"]["function platform.operator_set_tenant_status"] == res["functions"][0] == {
+        "function": {"schema": "platform", "name": "operator_set_tenant_status"},
+        "configuration": {"exposed_as": "mutation"}, "permissions": [{"role": "operator"}]}
+    assert ok(run(args))["changed"] is True
+    assert functions(fake_fn)["platform.operator_set_tenant_status"] == res["functions"][0]
+    assert ok(run(args))["changed"] is False and len(fake_fn.writes()) == 1
+
+
+def test_only_the_owned_parts_of_a_function_change(fake_fn, run):
+    """A comment and a custom name set by someone else stay; roles: [] removes every permission."""
+    ok(run({"tables": operator_tables(), "functions": [SUSPEND]}))
+
+    def decorate(md):
+        fn = md["sources"][0]["functions"][0]
+        fn["comment"] = "suspend or resume"
+        fn["configuration"]["custom_name"] = "setTenantStatus"
+    fake_fn.concurrent_write(decorate)
+    res = ok(run({"functions": [dict(SUSPEND, roles=[])]}))
+    assert res["changed"] is True
+    assert functions(fake_fn)["platform.operator_set_tenant_status"] == {
+        "function": {"schema": "platform", "name": "operator_set_tenant_status"}, "comment": "suspend or resume",
+        "configuration": {"exposed_as": "mutation", "custom_name": "setTenantStatus"}}
+    assert ok(run({"functions": [{"schema": "platform", "name": "operator_set_tenant_status"}]}))["changed"] is False
+
+
+def test_absent_untracks_only_the_listed_functions(fake_fn, run):
+    change_plan = dict(SUSPEND, name="operator_change_plan")
+    ok(run({"tables": operator_tables(), "functions": [SUSPEND, change_plan]}))
+    res = ok(run({"state": "absent", "functions": [{"schema": "platform", "name": "operator_change_plan"}]}))
+    assert res["changed"] is True and res["functions"] == []
+    assert sorted(functions(fake_fn)) == ["platform.operator_set_tenant_status"]
+    assert "platform.tenants" in fake_fn.tables()
+
+
+@pytest.mark.parametrize("case", ["role without select", "function not in the database", "table not tracked"])
+def test_an_inconsistent_function_is_refused_and_nothing_is_written(fake_fn, run, case):
+    ok(run({"tables": platform_tables()}))
+    writes = len(fake_fn.writes())
+    fn = dict(SUSPEND)
+    if case == "function not in the database":
+        fn["name"] = "operator_missing"
+    elif case == "table not tracked":
+        fake_fn.db_functions[("platform", "operator_set_tenant_status")] = ("platform", "invoices")
+    res = run({"functions": [fn]})
+    reason = {"role without select": 'has select permission configured for role: "operator"',
+              "function not in the database": "no such function exists",
+              "table not tracked": 'return table "platform.invoices" is not tracked'}[case]
+    assert res["failed"] is True and reason in res["msg"], res
+    assert [w["status"] for w in fake_fn.writes()[writes:]] == [400] and functions(fake_fn) == {}
+
+
+@pytest.mark.parametrize("fn,message", [
+    (dict(SUSPEND, roles=["operator", "admin"]),
+     "functions[0] (platform.operator_set_tenant_status).roles: admin cannot be given permissions"),
+    (dict(SUSPEND, roles=["operator", "operator"]),
+     "functions[0] (platform.operator_set_tenant_status).roles lists a value twice"),
+])
+def test_bad_function_input_fails_before_any_request(fake_fn, run, fn, message):
+    res = run({"functions": [fn]})
+    assert res["failed"] is True and message in res["msg"], res
+    assert fake_fn.requests == []
+
+
+def test_a_function_listed_twice_or_neither_option_is_refused(fake_fn, run):
+    res = run({"functions": [SUSPEND, SUSPEND]})
+    assert res["failed"] is True and "functions[1] (platform.operator_set_tenant_status) is listed twice" in res["msg"]
+    res = run({})
+    assert res["failed"] is True and "one of the following is required: tables, functions" in res["msg"], res
+    assert fake_fn.requests == []
+
+
+# RESTified endpoints: GraphQL operations in a query collection, served at /api/rest/<url> --------------------------
+
+TENANT_BY_ID = {"name": "admin-tenant", "url": "admin/tenants/:id",
+                "query": "query AdminTenant($id: uuid!) { platform_tenants_by_pk(id: $id) { id slug } }"}
+STATUS = {"name": "admin-tenant-status", "url": "admin/tenants/:id/status", "methods": ["POST"],
+          "query": "mutation S($id: uuid!, $status: String!) { platform_operator_set_tenant_status("
+                   "args: {tenant_id: $id, status: $status}) { id status } }"}
+
+
+def rest(fake):
+    md = fake.export()
+    queries = {q["name"]: q["query"] for c in md.get("query_collections", []) for q in c["definition"]["queries"]}
+    return {e["name"]: (e["url"], e["methods"], queries.get(e["definition"]["query"]["query_name"]))
+            for e in md.get("rest_endpoints", [])}
+
+
+def test_rest_endpoints_are_kept_in_a_collection_once(fake_fn, run):
+    args = {"tables": operator_tables(), "functions": [SUSPEND], "rest_endpoints": [TENANT_BY_ID, STATUS]}
+    res = ok(run(args, check=True, diff=True))
+    assert res["changed"] is True and fake_fn.writes() == [] and rest(fake_fn) == {}
+    assert sorted(k for k in res["diff"]["after"] if k.startswith("rest ")) == ["rest admin-tenant",
+                                                                                "rest admin-tenant-status"]
+    ok(run(args))
+    assert rest(fake_fn) == {"admin-tenant": ("admin/tenants/:id", ["GET"], TENANT_BY_ID["query"]),
+                             "admin-tenant-status": ("admin/tenants/:id/status", ["POST"], STATUS["query"])}
+    assert ok(run(args))["changed"] is False and len(fake_fn.writes()) == 1
+
+    # another query in the same collection, and another endpoint, are someone else's
+    def add_other(md):
+        md["query_collections"][0]["definition"]["queries"].append({"name": "mine", "query": "query { x }"})
+        md["rest_endpoints"].append({"name": "mine", "url": "mine", "methods": ["GET"], "definition": {
+            "query": {"collection_name": "selfbase_rest", "query_name": "mine"}}})
+    fake_fn.db_tables[("public", "x")] = None
+    fake_fn.concurrent_write(lambda md: (md["sources"][0]["tables"].append({"table": {"schema": "public", "name": "x"}}),
+                                         add_other(md)))
+    changed = dict(STATUS, methods=["POST", "PUT"])
+    assert ok(run({"rest_endpoints": [changed]}))["changed"] is True
+    assert rest(fake_fn)["admin-tenant-status"][1] == ["POST", "PUT"] and "mine" in rest(fake_fn)
+    ok(run({"state": "absent", "rest_endpoints": [{"name": "admin-tenant"}]}))
+    assert sorted(rest(fake_fn)) == ["admin-tenant-status", "mine"]
+    queries = [q["name"] for q in fake_fn.export()["query_collections"][0]["definition"]["queries"]]
+    assert sorted(queries) == ["admin-tenant-status", "mine"]
+
+
+@pytest.mark.parametrize("endpoint,reason", [
+    (dict(TENANT_BY_ID, query="query ($id: uuid!) { platform_tenant_by_pk(id: $id) { id } }"),
+     "field 'platform_tenant_by_pk' not found"),
+    (dict(STATUS, url="admin/tenants/:id", methods=["GET", "POST"], query=TENANT_BY_ID["query"]),
+     "conflicts with"),
+])
+def test_an_inconsistent_endpoint_is_refused_and_nothing_is_written(fake_fn, run, endpoint, reason):
+    ok(run({"tables": operator_tables(), "functions": [SUSPEND]}))
+    writes = len(fake_fn.writes())
+    res = run({"rest_endpoints": [TENANT_BY_ID, endpoint] if reason == "conflicts with" else [endpoint]})
+    assert res["failed"] is True and reason in res["msg"], res
+    assert [w["status"] for w in fake_fn.writes()[writes:]] == [400] and rest(fake_fn) == {}
+
+
+@pytest.mark.parametrize("endpoint,message", [
+    (dict(TENANT_BY_ID, url="/admin/tenants/:id"), "rest_endpoints[0] (admin-tenant).url: segments"),
+    (dict(TENANT_BY_ID, url="admin/tenants/:tenant"), "url: variable tenant is not a variable of the query"),
+    (dict(STATUS, methods=["GET"]), "methods: a mutation is not served over GET"),
+    (dict(TENANT_BY_ID, query=None), "rest_endpoints[0] (admin-tenant).query is required with state present"),
+    (dict(TENANT_BY_ID, name="a b"), "name: letters, digits"),
+])
+def test_bad_endpoint_input_fails_before_any_request(fake_fn, run, endpoint, message):
+    res = run({"rest_endpoints": [endpoint]})
+    assert res["failed"] is True and message in res["msg"], res
+    assert fake_fn.requests == []

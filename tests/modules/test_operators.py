@@ -82,6 +82,14 @@ def test_an_operator_changes_the_plan_and_overrides_a_quota(tenants, ops):  # no
         ("tenant_quota", "alpha/members", "delete", OP)]
 
 
+def test_a_quota_call_without_mode_or_period_keeps_them(tenants, ops):  # noqa: F811
+    """The REST endpoint sends every variable, null when not given: null keeps the override's mode and period."""
+    quota = "SELECT limit_value, period, mode FROM platform.tenant_quotas WHERE tenant_id = %s AND metric = 'projects'"
+    ops.execute("SELECT * FROM platform.operator_set_quota(%s, 'projects', 3, 'soft', 'month', NULL)", (A,))
+    ops.execute("SELECT * FROM platform.operator_set_quota(%s, 'projects', 7, NULL, NULL, NULL)", (A,))
+    assert tenants.execute(quota, (A,)).fetchone() == {"limit_value": 7, "period": "month", "mode": "soft"}
+
+
 @pytest.mark.parametrize("sql,params,field", [
     ("SELECT * FROM platform.operator_set_tenant_status(%s, 'deleted')", (A,), "status"),
     ("SELECT * FROM platform.operator_set_tenant_status(%s, 'active')", (uuid.uuid4(),), "tenant_id"),

@@ -141,6 +141,8 @@ def test_hasura_env(hasura_env):
                       "false")
     # admin answers keep "internal": hasura_metadata names the objects of a refused write from it
     assert hasura_env["HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS"] == "true"
+    # functions (the operator actions) are callable only by the roles their permissions list
+    assert hasura_env["HASURA_GRAPHQL_INFER_FUNCTION_PERMISSIONS"] == "false"
     assert hasura_env["HASURA_GRAPHQL_UNAUTHORIZED_ROLE"] == "public"
     assert hasura_env["HASURA_GRAPHQL_ENABLED_APIS"] == "metadata,graphql"
     assert hasura_env["HASURA_GRAPHQL_CORS_DOMAIN"] == "https://*.selfbase.test"
@@ -289,8 +291,9 @@ def test_graphql_read_policies():
     rows = _sql("SELECT tablename, cmd, array_to_string(roles, ',') FROM pg_policies "
                 "WHERE schemaname = 'platform' AND policyname = 'graphql_read' ORDER BY tablename")
     assert rows.splitlines() == [f"{t}|SELECT|selfbase_graphql" for t in
-                                 ("projects", "tenant_choices", "tenant_domains", "tenant_invitations", "tenant_members",
-                                  "tenants")]
+                                 ("invoices", "projects", "subscriptions", "tenant_choices", "tenant_domains",
+                                  "tenant_invitations", "tenant_members", "tenant_quotas", "tenants",
+                                  "usage_rollups_daily")]
 
 
 def test_graphql_role_reads_the_tracked_columns_of_an_extra_table(hasura_env):
@@ -310,6 +313,27 @@ def test_hasura_reads_every_tenant_outside_mutations(hasura_env):
               "SELECT count(*) FROM platform.tenants WHERE slug IN ('acme', 'globex')")
     assert res.rc == 0, res.stderr
     assert res.stdout.split() == ["t", "2"]
+
+
+def test_only_a_listed_operator_acts_through_hasuras_login(hasura_env):
+    """The operator actions (migration 0009), called as Hasura runs a tracked mutation, over TLS from the api host:
+    a tenant's user is refused, a listed operator suspends a tenant (rolled back)."""
+    acme = _sql("SELECT id FROM platform.tenants WHERE slug = 'acme'")
+    operator = "0b0b0b0b-0000-4000-8000-0000000000aa"
+    session = '{"x-hasura-role":"%s","x-hasura-user-id":"%s"}'
+    call = f"SELECT status FROM platform.operator_set_tenant_status('{acme}', 'suspended')"
+    url = hasura_env["HASURA_GRAPHQL_DATABASE_URL"]
+    res = _as(url, f"BEGIN; SELECT set_config('hasura.user', '{session % ('user', operator)}', true) <> ''; {call}; ROLLBACK;")
+    assert res.rc != 0 and "only an operator may do this" in res.stderr, res.stderr
+    _sql(f"INSERT INTO platform.operators (user_id) VALUES ('{operator}')")
+    try:
+        res = _as(url, f"BEGIN; SELECT set_config('hasura.user', '{session % ('operator', operator)}', true) <> ''; "
+                       f"{call}; SELECT operator_id FROM platform.audit_log ORDER BY id DESC LIMIT 1; ROLLBACK;")
+    finally:
+        _sql(f"DELETE FROM platform.operators WHERE user_id = '{operator}'")
+    assert res.rc == 0, res.stderr
+    assert res.stdout.split() == ["t", "suspended", operator]
+    assert _sql(f"SELECT status FROM platform.tenants WHERE id = '{acme}'") == "active"
 
 
 def test_hasura_mutations_are_walled_by_rls(hasura_env):

@@ -141,21 +141,23 @@ BEGIN
 END
 $$;
 
--- Set (or, with clear, remove) a tenant's override of one quota. limit_value NULL: unlimited.
+-- Set (or, with clear, remove) a tenant's override of one quota. limit_value NULL: unlimited. mode and period
+-- NULL (or left out): the override's own, else the plan's (hard and month without one).
 CREATE FUNCTION platform.operator_set_quota(tenant_id uuid, metric text, limit_value bigint DEFAULT NULL,
-                                            mode text DEFAULT 'hard', period text DEFAULT NULL,
+                                            mode text DEFAULT NULL, period text DEFAULT NULL,
                                             clear boolean DEFAULT false) RETURNS SETOF platform.tenants
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
 DECLARE
   t platform.tenants := platform.operator_tenant(operator_set_quota.tenant_id);
   v_old platform.tenant_quotas;
   v_new platform.tenant_quotas;
+  v_plan platform.plan_quotas;
   v_key text;
 BEGIN
   IF NOT EXISTS (SELECT FROM platform.metrics m WHERE m.name = operator_set_quota.metric) THEN
     RAISE EXCEPTION 'metric: no metric %', operator_set_quota.metric USING ERRCODE = '22023';
   END IF;
-  IF operator_set_quota.mode IS NULL OR operator_set_quota.mode NOT IN ('hard', 'soft', 'overage') THEN
+  IF operator_set_quota.mode NOT IN ('hard', 'soft', 'overage') THEN
     RAISE EXCEPTION 'mode: must be hard, soft or overage, got %', operator_set_quota.mode USING ERRCODE = '22023';
   END IF;
   IF operator_set_quota.limit_value < 0 THEN
@@ -168,7 +170,7 @@ BEGIN
   v_key := t.slug || '/' || operator_set_quota.metric;
   SELECT * INTO v_old FROM platform.tenant_quotas q
    WHERE q.tenant_id = t.id AND q.metric = operator_set_quota.metric FOR UPDATE;
-  IF operator_set_quota.clear THEN
+  IF COALESCE(operator_set_quota.clear, false) THEN
     IF v_old.tenant_id IS NOT NULL THEN
       DELETE FROM platform.tenant_quotas q WHERE q.tenant_id = t.id AND q.metric = operator_set_quota.metric;
       PERFORM platform.operator_audit(t, 'tenant_quota', v_key, 'delete', pg_catalog.to_jsonb(v_old), NULL);
@@ -177,11 +179,12 @@ BEGIN
     RETURN;
   END IF;
   -- the period the tenant's plan measures this metric over, unless one is given
+  SELECT * INTO v_plan FROM platform.plan_quotas pq
+   WHERE pq.plan_code = t.plan_code AND pq.metric = operator_set_quota.metric;
   v_new := ROW(t.id, operator_set_quota.metric, operator_set_quota.limit_value,
-             COALESCE(operator_set_quota.period, v_old.period,
-                      (SELECT pq.period FROM platform.plan_quotas pq
-                        WHERE pq.plan_code = t.plan_code AND pq.metric = operator_set_quota.metric), 'month'),
-             operator_set_quota.mode, v_old.overage_unit_price);
+             COALESCE(operator_set_quota.period, v_old.period, v_plan.period, 'month'),
+             COALESCE(operator_set_quota.mode, v_old.mode, v_plan.mode, 'hard'),
+             COALESCE(v_old.overage_unit_price, v_plan.overage_unit_price));
   IF v_old.tenant_id IS NULL THEN
     INSERT INTO platform.tenant_quotas SELECT v_new.*;
     PERFORM platform.operator_audit(t, 'tenant_quota', v_key, 'create', NULL, pg_catalog.to_jsonb(v_new));
@@ -216,6 +219,9 @@ CREATE POLICY operator_definer ON platform.tenant_quotas TO selfbase_operator_de
 CREATE POLICY operator_definer ON platform.audit_log FOR INSERT TO selfbase_operator_definer WITH CHECK (true);
 
 RESET ROLE;
+
+-- selfbase.platform.platform_operator serialises its runs on this row.
+INSERT INTO platform.control_locks (name) VALUES ('platform_operator');
 
 REVOKE ALL ON platform.operators FROM PUBLIC;
 REVOKE ALL ON FUNCTION platform.current_operator_id(), platform.operator_tenant(uuid),

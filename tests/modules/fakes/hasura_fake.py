@@ -14,7 +14,15 @@ What it mimics, from Hasura's documentation and error messages:
   is built (and found inconsistent) before the resource_version is compared, so an inconsistent write with a stale
   version gets 400, not 409; every accepted write increments resource_version;
 - get_inconsistent_metadata: tables (and array relationship targets) that are not in the configured database, and
-  permission columns that the database table does not have;
+  permission columns that the database table does not have; tracked functions the database lacks, whose returned
+  table is not tracked, or with a permission for a role that has no select permission on that table
+  (server/src-lib/Hasura/Function/API.hs, runCreateFunctionPermission, states the last rule for the single call);
+- RESTified endpoints (rest_endpoints with query_collections): an endpoint whose collection or query is missing,
+  whose URL names a variable its query does not declare, that shares a URL and method with another, or whose
+  query uses a root field the tracked tables and functions do not give (default names: schema_table,
+  schema_table_by_pk, schema_table_aggregate, schema_function; custom root fields as configured) is inconsistent;
+- function objects in replace_metadata parse as FunctionMetadata: function, configuration (custom_name,
+  custom_root_fields, exposed_as query or mutation, session_argument), permissions [{role}], comment;
 - pg_track_table (already-tracked, not-exists), pg_set_table_customization, pg_create_object_relationship and
   pg_create_array_relationship (already-exists; a manual relationship to an untracked table is refused): the calls
   auth makes on every start and the auth role makes for the tenant relationship (table_command).
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -341,6 +350,19 @@ def _export_form(metadata):
     return metadata
 
 
+def _top_fields(query):
+    """The root fields of a GraphQL operation (the names at selection depth 1, after any alias)."""
+    depth, fields, text = 0, [], re.sub(r"\([^()]*\)", "", query)  # arguments hold no root fields
+    for token in re.findall(r"[{}]|[A-Za-z_]\w*\s*:?", text):
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+        elif depth == 1 and not token.rstrip().endswith(":"):
+            fields.append(token.strip())
+    return fields
+
+
 def _ref(value):
     if isinstance(value, str):
         return ("public", value)
@@ -349,7 +371,7 @@ def _ref(value):
 
 class FakeHasura:
     def __init__(self, admin_secret="fake-admin-secret", db_tables=None, metadata=None, admin_internal_errors=True,
-                 dev_mode=False, jwt=False, unauthorized_role=None):
+                 dev_mode=False, jwt=False, unauthorized_role=None, db_functions=None):
         self.admin_secret = admin_secret
         # HASURA_GRAPHQL_ADMIN_INTERNAL_ERRORS, HASURA_GRAPHQL_DEV_MODE, HASURA_GRAPHQL_JWT_SECRET set,
         # HASURA_GRAPHQL_UNAUTHORIZED_ROLE
@@ -362,6 +384,8 @@ class FakeHasura:
         # {(schema, name): [columns] or None (any column)}; defaults to every tracked table existing
         self.db_tables = db_tables if db_tables is not None else {
             _ref(t["table"]): None for s in self.metadata["sources"] for t in s.get("tables", [])}
+        # {(schema, name): (schema, table) it returns SETOF}
+        self.db_functions = db_functions or {}
         self.requests = []
         self.before_write = []  # callables(fake), one popped per write (replace_metadata, pg_*): a concurrent writer
         self.after_replace = []  # callables(fake), one popped after a stored replace_metadata
@@ -444,7 +468,81 @@ class FakeHasura:
                                 "definition": dict(perm, source=source["name"], table=table["table"]),
                                 "reason": 'Inconsistent object: in table "%s": in permission for role "%s": column '
                                           '"%s" does not exist' % (qualified, perm["role"], missing[0])})
+            found.extend(self._function_problems(source))
+        found.extend(self._endpoint_problems(metadata))
         return found
+
+    @staticmethod
+    def _root_fields(metadata):
+        fields = set()
+        for source in metadata.get("sources", []):
+            for table in source.get("tables", []):
+                schema, name = _ref(table["table"])
+                base = name if schema == "public" else "%s_%s" % (schema, name)
+                config = table.get("configuration") or {}
+                base = config.get("custom_name") or base
+                fields |= {base, base + "_by_pk", base + "_aggregate", "insert_" + base, "insert_%s_one" % base,
+                           "update_" + base, "update_%s_by_pk" % base, "delete_" + base, "delete_%s_by_pk" % base}
+                fields |= set(v for v in (config.get("custom_root_fields") or {}).values() if isinstance(v, str))
+            for function in source.get("functions", []):
+                schema, name = _ref(function["function"])
+                base = name if schema == "public" else "%s_%s" % (schema, name)
+                fields |= {base, base + "_aggregate"}
+        return fields
+
+    def _endpoint_problems(self, metadata):
+        collections = {c["name"]: {q["name"]: q["query"] for q in c.get("definition", {}).get("queries", [])}
+                       for c in metadata.get("query_collections", [])}
+        fields, seen = self._root_fields(metadata), {}
+        for endpoint in metadata.get("rest_endpoints", []):
+            ref = endpoint.get("definition", {}).get("query", {})
+            obj = {"type": "endpoint", "name": "endpoint %s" % endpoint.get("name"), "definition": endpoint}
+            query = collections.get(ref.get("collection_name"), {}).get(ref.get("query_name"))
+            if query is None:
+                yield dict(obj, reason="Inconsistent object: query with name %s not found in collection %s"
+                                       % (ref.get("query_name"), ref.get("collection_name")))
+                continue
+            declared = set(re.findall(r"\$([A-Za-z_]\w*)\s*:", query))
+            for segment in endpoint["url"].split("/"):
+                if segment.startswith(":") and segment[1:] not in declared:
+                    yield dict(obj, reason="Inconsistent object: URL variable %s is not a variable of the query"
+                                           % segment[1:])
+            for method in endpoint.get("methods", []):
+                other = seen.setdefault((endpoint["url"], method), endpoint["name"])
+                if other != endpoint["name"]:
+                    yield dict(obj, reason="Inconsistent object: endpoint %s conflicts with %s on %s %s"
+                                           % (endpoint["name"], other, method, endpoint["url"]))
+            for field in _top_fields(query):
+                if field not in fields and not field.startswith("__"):
+                    yield dict(obj, reason="Inconsistent object: in endpoint %s: field '%s' not found in type: "
+                                           "'query_root' or 'mutation_root'" % (endpoint["name"], field))
+
+    def _function_problems(self, source):
+        tracked = dict((_ref(t["table"]), t) for t in source.get("tables", []))
+        for function in source.get("functions", []):
+            ref = _ref(function["function"])
+            qualified = "%s.%s" % ref
+            obj = {"type": "function", "name": "function %s in source %s" % (qualified, source["name"]),
+                   "definition": dict(function, source=source["name"])}
+            returns = self.db_functions.get(ref)
+            if returns is None:
+                yield dict(obj, reason='Inconsistent object: in function "%s": no such function exists' % qualified)
+                continue
+            if returns not in tracked:
+                yield dict(obj, reason='Inconsistent object: in function "%s": the function "%s" cannot be tracked '
+                                       'because the function\'s return table "%s.%s" is not tracked'
+                                       % ((qualified, qualified) + returns))
+                continue
+            readers = {p["role"] for p in tracked[returns].get("select_permissions", [])}
+            for perm in function.get("permissions", []):
+                if perm["role"] not in readers:
+                    yield {"type": "function_permission",
+                           "name": "function_permission %s in function %s in source %s"
+                                   % (perm["role"], qualified, source["name"]),
+                           "definition": dict(perm, function=function["function"], source=source["name"]),
+                           "reason": "Inconsistent object: function permission can only be added when the "
+                                     "function's return table \"%s.%s\" has select permission configured for role: "
+                                     "\"%s\"" % (returns + (perm["role"],))}
 
     # the API
     def _call(self, headers, body):
@@ -494,6 +592,15 @@ class FakeHasura:
             if error:
                 return 400, {"path": "$.args.metadata.sources[%d].configuration.connection_info" % index,
                              "error": error, "code": "parse-failed"}
+            for function in source.get("functions", []):
+                config = function.get("configuration", {})
+                if (not isinstance(function.get("function"), (dict, str))
+                        or set(function) - {"function", "configuration", "permissions", "comment"}
+                        or set(config) - {"custom_name", "custom_root_fields", "exposed_as", "session_argument"}
+                        or config.get("exposed_as", "query") not in ("query", "mutation")
+                        or any(set(p) != {"role"} for p in function.get("permissions", []))):
+                    return 400, {"path": "$.args.metadata.sources[%d].functions" % index,
+                                 "error": "invalid function object %s" % json.dumps(function), "code": "parse-failed"}
             for table in source.get("tables", []):
                 for kind, required in (("select", ("columns", "filter")), ("insert", ("check",)),
                                        ("update", ("columns", "filter")), ("delete", ("filter",))):
