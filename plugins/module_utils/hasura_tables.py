@@ -184,6 +184,11 @@ def desired_table(spec, index, var):
 FUNCTION_KEY = 'function '
 
 
+def kind_of(key):
+    """The option a key of the owned objects comes from: tables, functions or rest_endpoints."""
+    return 'functions' if key.startswith(FUNCTION_KEY) else 'rest_endpoints' if key.startswith(REST_KEY) else 'tables'
+
+
 def desired_function(spec, index):
     """Validate one item of functions and build the metadata keys it owns."""
     ref = dict(schema=spec['schema'], name=spec['name'])
@@ -318,8 +323,7 @@ def merge(metadata, source_name, wanted, state, settings=None):
     if settings:
         source.setdefault('configuration', {}).setdefault('connection_info', {}).update(settings)
     for kind, prefix in (('tables', ''), ('functions', FUNCTION_KEY)):
-        owned = dict((k, v) for k, v in wanted.items()
-                     if k.startswith(FUNCTION_KEY) == bool(prefix) and not k.startswith(REST_KEY))
+        owned = dict((k, v) for k, v in wanted.items() if kind_of(k) == kind)
         ref_key = kind[:-1]
         entries = []
         for entry in source.get(kind) or []:
@@ -447,9 +451,8 @@ def sync(module, client, wanted):
                          inconsistent_objects=inconsistent, changed=written, retried=result['retried'])
 
     result['resource_version'] = version
-    result['tables'] = [after[k] for k in wanted if k in after and not k.startswith((FUNCTION_KEY, REST_KEY))]
-    result['functions'] = [after[k] for k in wanted if k in after and k.startswith(FUNCTION_KEY)]
-    result['rest_endpoints'] = [after[k] for k in wanted if k in after and k.startswith(REST_KEY)]
+    for kind in ('tables', 'functions', 'rest_endpoints'):
+        result[kind] = [after[k] for k in wanted if k in after and kind_of(k) == kind]
     result['source_settings'] = dict(settings_before, **settings)
     if module._diff:
         result['diff'] = dict(before=before, after=after)
