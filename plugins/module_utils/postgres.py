@@ -50,8 +50,9 @@ def postgres_argument_spec():
     )
 
 
-def connect(module, autocommit=False):
-    """Open a psycopg connection from the module's login options; rows are dicts."""
+def connect(module, autocommit=False, **override):
+    """Open a psycopg connection from the module's login options (``override`` replaces some: host, port, user,
+    password, dbname, target_session_attrs); rows are dicts."""
     if not HAS_PSYCOPG:
         module.fail_json(msg=missing_required_lib('psycopg'), exception=PSYCOPG_IMPORT_ERROR)
     p = module.params
@@ -64,10 +65,14 @@ def connect(module, autocommit=False):
         # created can shadow what the modules call (every name is schema-qualified too).
         options='-c search_path=pg_catalog,pg_temp',
     )
+    kwargs.update(override)
     try:
         return psycopg.connect(autocommit=autocommit, row_factory=dict_row,
                                **dict((k, v) for k, v in kwargs.items() if v not in (None, '')))
     except psycopg.Error as e:
+        if override:
+            raise ServiceError('Could not connect to PostgreSQL at %s port %s as %s: %s'
+                               % (kwargs['host'], kwargs['port'], kwargs['user'], str(e).strip()))
         module.fail_json(msg='Could not connect to PostgreSQL: %s' % str(e).strip())
 
 

@@ -510,6 +510,20 @@ def _bulk(cur, table, rows, statements):
         cur.execute(sql)
 
 
+def _release_placements(cur, purged):
+    """A purged tenant leaves no placement behind: a pooled one goes with it, a database of its own must be dropped
+    first (selfbase.platform.tenant_placement), so that no database is forgotten (migration 0010)."""
+    if cur.execute("SELECT pg_catalog.to_regclass('platform.tenant_placements') AS t").fetchone()['t'] is None:
+        return
+    held = [r['slug'] for r in cur.execute(
+        "SELECT t.slug FROM platform.tenant_placements p JOIN platform.tenants t ON t.id = p.tenant_id "
+        "WHERE p.tenant_id = ANY(%s) AND p.tier <> 'pooled' ORDER BY t.slug", (purged,))]
+    if held:
+        raise InputError('tenants: %s still have a database of their own; drop it with '
+                         'selfbase.platform.tenant_placement (drop_database) before purging' % ', '.join(held))
+    cur.execute('DELETE FROM platform.tenant_placements WHERE tenant_id = ANY(%s)', (purged,))
+
+
 def apply(cur, changes):
     """Write the planned changes, with their audit rows, in the caller's transaction.
 
@@ -562,6 +576,7 @@ def apply(cur, changes):
 
     # Removals first, so a domain one tenant gives up can go to another in the same run.
     if purged:
+        _release_placements(cur, purged)
         cur.execute('DELETE FROM platform.tenants WHERE id = ANY(%s)', (purged,))
     if domain_deletes:
         cur.execute('DELETE FROM platform.tenant_domains WHERE id = ANY(%s)', (domain_deletes,))

@@ -25,6 +25,7 @@ TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
     "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
+    "tenant_placements",
 ])
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
@@ -49,6 +50,8 @@ EXPECTED = {
     "meter_pushes": dict(select="denied", update="denied", delete="denied", insert="denied"),
     # written by keep_tenant_choice() (0008), switched by the user through Hasura
     "tenant_choices": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    # the placement registry (0010): only the control plane writes it, the monitor reads it
+    "tenant_placements": dict(select="denied", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -102,6 +105,8 @@ def insert_for(table, tenant, event_id=None):
         "meter_pushes": ("INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, "
                          "stripe_customer_id, stripe_meter_id) VALUES ('sb_new', %s, 'bandwidth_bytes', now(), 1, 1, "
                          "'cus_x', 'mtr_x')", (t,)),
+        "tenant_placements": ("INSERT INTO platform.tenant_placements (tenant_id, tier, state) "
+                              "VALUES (%s, 'pooled', 'active')", (t,)),
     }[table]
 
 
@@ -151,6 +156,8 @@ def seed_tenant(conn, tenant, slug, members):
                  "stripe_customer_id, stripe_meter_id, sent_at) VALUES (%s, %s, 'bandwidth_bytes', "
                  "date_bin('1 hour', now() - interval '1 hour', 'epoch'), 1, 5, %s, 'mtr_seeded', now())",
                  (f"sb_{slug}", tenant, f"cus_{slug}"))
+    conn.execute("INSERT INTO platform.tenant_placements (tenant_id, tier, state) VALUES (%s, 'pooled', 'active')",
+                 (tenant,))
 
 
 def snapshot(conn, table, tenant):
