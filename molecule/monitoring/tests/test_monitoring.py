@@ -185,6 +185,16 @@ def test_tenant_quota_ratios(host, hvars):
     assert _poll(by_status) == {"active": 1.0, "trial": 1.0}
 
 
+def test_tenant_cluster_capacity(host, hvars, db):
+    def capacity():
+        result = _api(host, hvars, "/api/v1/query?query=selfbase_cluster_databases/selfbase_cluster_max_databases")
+        return {r["metric"]["cluster"]: float(r["value"][1]) for r in result["result"]} or None
+    assert _poll(capacity, timeout=60) == {"shared-1": 0.5}
+    # acme's database exists on the cluster and only its login may connect
+    acl = db.run("runuser -u postgres -- psql -XAtc \"SELECT datacl FROM pg_database WHERE datname = 'tenant_acme'\"")
+    assert acl.stdout.strip() == "{tenant_acme=CTc/tenant_acme}", acl.stdout + acl.stderr
+
+
 def test_quota_alerts_are_pending_or_firing(host, hvars):
     def quota_alerts():
         alerts = _api(host, hvars, "/api/v1/alerts")["alerts"]

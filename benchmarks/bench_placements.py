@@ -1,0 +1,92 @@
+"""Benchmark: place 150 tenants on a shared cluster (a database and login each, one migration file) through
+selfbase.platform.tenant_placement, the first run, a run that changes nothing and that run in check mode; and the
+obvious alternative measured in the same run, a loop of community.postgresql tasks (postgresql_user,
+postgresql_db, postgresql_script per tenant) on the same server.
+
+Run: .venv/bin/python benchmarks/bench_placements.py   (as root; see benchmarks/README.md)
+BENCH_PLACEMENTS (150) and BENCH_LOOP_PLACEMENTS (30) change the sizes.
+Writes benchmarks/results/placements.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import _pg
+
+N = int(os.environ.get("BENCH_PLACEMENTS", 150))
+LOOP_N = int(os.environ.get("BENCH_LOOP_PLACEMENTS", 30))
+# CREATE DATABASE is measured: the server keeps its default durability.
+DURABLE = {"shared_buffers": "256MB", "jit": "off"}
+MIGRATION = "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, created timestamptz DEFAULT now());\n"
+
+
+def main():
+    rows, runs = [], {}
+    with _pg.Server(settings=DURABLE) as server, tempfile.TemporaryDirectory() as workdir:
+        os.chmod(workdir, 0o755)
+        migration = os.path.join(workdir, "001_items.sql")
+        with open(migration, "w", encoding="utf-8") as fh:
+            fh.write(MIGRATION)
+        with server.connect("postgres") as conn:
+            conn.execute("CREATE DATABASE bench")
+        login = dict(login_host=server.host, login_port=server.port, login_user="postgres", login_db="bench")
+        _pg.run_task(workdir, {"selfbase.platform.platform_schema": login})
+        with server.connect("bench") as conn:
+            for i in range(N):
+                conn.execute("INSERT INTO platform.tenants (slug, name) VALUES (%s, %s)", (f"t{i:04d}", f"T{i}"))
+        _pg.run_task(workdir, {"selfbase.platform.tenant_cluster": dict(
+            login, name="shared-1", tier="database", host=server.host, port=server.port, max_databases=N)})
+        task = {"selfbase.platform.tenant_placement": dict(login, migrations=[migration], placements=[
+            dict(tenant=f"t{i:04d}", password=f"pw-{i}-not-a-secret") for i in range(N)])}
+
+        def record(name, count, elapsed, result):
+            runs[name] = dict(seconds=round(elapsed, 2), tenants=count, changed=result.get("changed"))
+            rows.append((name, count, round(elapsed, 2), round(elapsed / count * 1000, 1), result.get("changed")))
+            _pg.log(f"{name}: {elapsed:.2f} s")
+
+        record("tenant_placement: first run", N, *_pg.run_task(workdir, task))
+        noop = sorted((_pg.run_task(workdir, task) for _n in range(3)), key=lambda r: r[0])[1]
+        record("tenant_placement: no change (median of 3)", N, *noop)
+        record("tenant_placement: no change, check mode", N, *_pg.run_task(workdir, task, check=True))
+
+        # the alternative: three community.postgresql tasks per tenant
+        items = [dict(name=f"loop_{i:04d}", password=f"pw-{i}-not-a-secret") for i in range(LOOP_N)]
+        data = os.path.join(workdir, "loop.json")
+        with open(data, "w", encoding="utf-8") as fh:
+            json.dump(items, fh)
+        pg = dict(login_host=server.host, login_port=server.port, login_user="postgres")
+        loop = "{{ lookup('file', '%s') | from_json }}" % data
+        play = [{"community.postgresql.postgresql_user": dict(pg, name="{{ item.name }}", password="{{ item.password }}",
+                                                              conn_limit=20), "loop": loop, "no_log": True},
+                {"community.postgresql.postgresql_db": dict(pg, name="{{ item.name }}", owner="{{ item.name }}"),
+                 "loop": loop},
+                {"community.postgresql.postgresql_script": dict(pg, login_db="{{ item.name }}", path=migration),
+                 "loop": loop}]
+        for label in ("first run", "second run"):
+            seconds = 0.0
+            changed = False
+            for step in play[:2] + (play[2:] if label == "first run" else []):
+                elapsed, result = _pg.run_task(workdir, step)
+                seconds += elapsed
+                changed = changed or bool(result.get("changed"))
+            record(f"community.postgresql loop: {label}", LOOP_N, seconds, dict(changed=changed))
+        machine = _pg.machine(server) | {"server_settings": DURABLE}
+
+    per = {k: v["seconds"] / v["tenants"] for k, v in runs.items()}
+    first_ratio = per["community.postgresql loop: first run"] / per["tenant_placement: first run"]
+    noop_ratio = per["community.postgresql loop: second run"] / per["tenant_placement: no change (median of 3)"]
+    _pg.table(rows, ["run", "tenants", "seconds", "ms/tenant", "changed"])
+    print(f"\nper tenant, the community.postgresql loop takes {first_ratio:.1f}x the module's time on a first run "
+          f"and {noop_ratio:.1f}x on a run that changes nothing (the loop's second run skips its migration task)")
+    _pg.write_results("placements", dict(
+        benchmark="placing tenants on a shared cluster: tenant_placement against a community.postgresql loop",
+        tenants=N, loop_tenants=LOOP_N, migration=MIGRATION, runs=runs,
+        ratios=dict(loop_over_module_first_run=round(first_ratio, 1), loop_over_module_no_change=round(noop_ratio, 1)),
+        machine=machine))
+
+
+if __name__ == "__main__":
+    main()
