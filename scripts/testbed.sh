@@ -143,9 +143,10 @@ link_collection() {
 [ "$(id -u)" -eq 0 ] || { log "run as root" >&2; exit 1; }
 # Packages: postgresql (server binaries for tests), pgbackrest (benchmarks/bench_backup.py),
 # prometheus (promtool for the unit tests), haproxy (TLS in front of the backup scenario's S3
-# server) and the shell linter for ansible-test sanity.
+# server), pgbouncer (the tenant routes' module tests) and the shell linter for
+# ansible-test sanity.
 command -v dockerd >/dev/null || apt_install docker.io
-apt_install debootstrap postgresql pgbackrest rsync shellcheck prometheus haproxy
+apt_install debootstrap postgresql pgbackrest pgbouncer rsync shellcheck prometheus haproxy
 start_dockerd
 # The images build while pip fills the virtualenv: debootstrap and pip wait on
 # different things.

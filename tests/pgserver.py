@@ -83,3 +83,47 @@ class PostgresServer:
     def login(self, dbname):
         """Module login options for this server."""
         return dict(login_host=self.host, login_port=self.port, login_user=self.user, login_db=dbname)
+
+
+class PgBouncer:
+    """Debian's PgBouncer on a free TCP port of 127.0.0.1, in a directory of its own (it refuses to run as root),
+    with an included [databases] file (``routes``) and SCRAM logins from ``logins`` {user: password}."""
+
+    def __init__(self, logins, pool_mode="session"):
+        self.base = tempfile.mkdtemp(prefix="selfbase-bouncer-")
+        os.chmod(self.base, 0o755)
+        self.routes = os.path.join(self.base, "tenants.ini")
+        self.port = _free_port()
+        self.logins = logins
+        self.pool_mode = pool_mode
+
+    def _path(self, name):
+        return os.path.join(self.base, name)
+
+    def __enter__(self):
+        with open(self.routes, "w", encoding="utf-8") as fh:
+            fh.write("[databases]\n")
+        with open(self._path("userlist.txt"), "w", encoding="utf-8") as fh:
+            fh.write("".join(f'"{u}" "{p}"\n' for u, p in self.logins.items()))
+        with open(self._path("pgbouncer.ini"), "w", encoding="utf-8") as fh:
+            fh.write(f"%include {self.routes}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+                     f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {self._path('userlist.txt')}\n"
+                     f"pool_mode = {self.pool_mode}\npidfile = {self._path('pgbouncer.pid')}\n"
+                     f"logfile = {self._path('pgbouncer.log')}\n")
+        for name in os.listdir(self.base) + [""]:
+            if os.geteuid() == 0:
+                shutil.chown(self._path(name), "postgres")
+        as_postgres([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "-d", self._path("pgbouncer.ini")])
+        return self
+
+    def signal(self, sig):
+        with open(self._path("pgbouncer.pid"), encoding="utf-8") as fh:
+            os.kill(int(fh.read()), sig)
+
+    def __exit__(self, *exc):
+        self.signal(15)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def connect(self, dbname, user, password, **extra):
+        return psycopg.connect(host="127.0.0.1", port=self.port, dbname=dbname, user=user, password=password,
+                               autocommit=True, **extra)

@@ -3,12 +3,14 @@ PostgreSQL servers: the platform database's server is cluster "one", a second se
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 
 import psycopg
 import pytest
 
-from pgserver import PostgresServer
+from pgserver import PgBouncer, PostgresServer
 from test_security import error
 
 PASSWORD = "s3cret-tenant-login"
@@ -343,3 +345,53 @@ def test_without_the_defence_an_app_login_pointed_a_tenant_at_another_cluster(in
     assert registry(schema)["t00"][1] == "two"  # its application would now reach a database there
     for c in intruders.values():
         c.close()
+
+
+# routes: a real PgBouncer in front of both clusters ----------------------------------------------------------------
+
+def test_applications_reach_each_tenant_by_name_through_pgbouncer_and_a_reload_keeps_connections(
+        two, run, second_server):
+    res = run("tenant_placement", dict(placements=[dict(tenant="t00", cluster="one", password=PASSWORD),
+                                                   dict(tenant="t01", cluster="two", password=PASSWORD)]))
+    assert res["changed"], res
+    with PgBouncer({f"tenant_t0{i}": PASSWORD for i in range(3)}) as bouncer:
+        args = dict(dest=bouncer.routes)
+        predicted = run("tenant_routes", args, check=True, diff=True)
+        assert predicted["changed"] and open(bouncer.routes, encoding="utf-8").read() == "[databases]\n"
+        assert "t01 = host=%s port=%d dbname=tenant_t01" % (second_server.host, second_server.port) in \
+            predicted["diff"]["after"]
+        res = run("tenant_routes", args)
+        assert res["changed"] and [r["tenant"] for r in res["routes"]] == ["t00", "t01"]
+        assert run("tenant_routes", args)["changed"] is False
+        bouncer.signal(signal.SIGHUP)
+
+        def connect(tenant, user):
+            return bouncer.connect(tenant, user, PASSWORD)
+        held = _retry(lambda: connect("t00", "tenant_t00"))
+        assert held.execute("SELECT current_database()").fetchone() == ("tenant_t00",)
+        with connect("t01", "tenant_t01") as c:
+            assert c.execute("SELECT current_database(), current_setting('port')::int").fetchone() == (
+                "tenant_t01", second_server.port)
+        with pytest.raises(psycopg.OperationalError):
+            connect("t01", "tenant_t00").close()  # another tenant's login: refused by the cluster
+        with pytest.raises(psycopg.OperationalError):
+            connect("t02", "tenant_t02").close()  # not placed yet: no route
+        # a new placement: the file changes, PgBouncer reloads, the open connection stays
+        place(run, "t02", cluster="two")
+        assert run("tenant_routes", args)["changed"]
+        bouncer.signal(signal.SIGHUP)
+        with _retry(lambda: connect("t02", "tenant_t02")) as c:
+            assert c.execute("SELECT current_database()").fetchone() == ("tenant_t02",)
+        assert held.execute("SELECT current_database()").fetchone() == ("tenant_t00",)
+        held.close()
+
+
+def _retry(fn, seconds=10):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -42,7 +42,7 @@ EXPECTED_LISTENERS = {
 EXPECTED_ALERTS = {
     "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
     "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
-    "TenantQuotaWarning", "TenantQuotaExceeded", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown",
+    "TenantQuotaWarning", "TenantQuotaExceeded", "TenantClusterNearCapacity", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown",
     "MeteringLagHigh",
     "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
     "BillingSyncFailing", "MeterPushBacklog", "MeterPushNearStripeWindow", "StripeEventsDelayed",

@@ -132,7 +132,8 @@ def test_cluster_backup_metering_and_billing_alerts_are_loaded():
     rules = {r["name"] for g in _prometheus("/api/v1/rules")["groups"] for r in g["rules"]}
     expected = {"PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
                 "BackupMissing", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown", "MeteringLagHigh",
-                "BillingSyncFailing", "MeterPushBacklog", "StripeEventsDelayed", "TenantQuotaExceeded"}
+                "BillingSyncFailing", "MeterPushBacklog", "StripeEventsDelayed", "TenantQuotaExceeded",
+                "TenantClusterNearCapacity"}
     assert expected <= rules, sorted(expected - rules)
 
 
