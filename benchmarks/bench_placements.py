@@ -64,9 +64,13 @@ def route_latency(server, login, workdir):
             "shared-1": {"host": "127.0.0.1", "port": server.port}})})
         bouncer.signal(1)
         time.sleep(1)
-        direct = lambda: psycopg.connect(host="127.0.0.1", port=server.port, dbname="tenant_t0000",  # noqa: E731
-                                         user="tenant_t0000", password=password, autocommit=True)
-        routed = lambda: bouncer.connect("t0000", "tenant_t0000", password)  # noqa: E731
+
+        def direct():
+            return psycopg.connect(host="127.0.0.1", port=server.port, dbname="tenant_t0000", user="tenant_t0000",
+                                   password=password, autocommit=True)
+
+        def routed():
+            return bouncer.connect("t0000", "tenant_t0000", password)
         d, r = [], []
         for _round in range(LATENCY_ROUNDS):  # alternate, the machine's speed drifts
             d.append(_timed(direct, 1))
