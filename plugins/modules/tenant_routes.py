@@ -17,7 +17,8 @@ description:
     (C(acme = host=... port=... dbname=tenant_acme)), for a PgBouncer on an application host to include
     (C(%include)). Applications then reach a tenant's database by the tenant's name, whichever cluster holds it.
     PgBouncer reads the file again on C(RELOAD) (C(systemctl reload)), which keeps its open connections.
-  - The file changes only when a route does; its first line names the registry's version it was written from.
+  - The file holds nothing but the routes, so it changes only when a route does. The same text is returned as
+    RV(databases), for a role that writes PgBouncer's whole configuration (the C(tenant_router) role).
 options:
   dest:
     description:
@@ -74,6 +75,11 @@ version:
   returned: always
   type: int
   sample: 42
+databases:
+  description: The PgBouncer C([databases]) section of the routes, as O(dest) gets it.
+  returned: always
+  type: str
+  sample: "[databases]\nacme = host=10.0.2.11 port=5432 dbname=tenant_acme\n"
 routes:
   description: Each active tenant database, by tenant slug.
   returned: always

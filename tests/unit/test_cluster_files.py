@@ -23,7 +23,7 @@ def _load(path):
 
 
 bridge = _load(ROOT / "roles/host_services/files/postgresql/selfbase-patroni-metrics")
-PGB_VALIDATE = ROOT / "roles/postgresql/files/pgbouncer-validate-conf"
+PGB_VALIDATE = ROOT / "roles/host_services/files/postgresql/pgbouncer-validate-conf"
 ETCD_VALIDATE = ROOT / "roles/etcd/files/etcd-validate-conf"
 
 # What Patroni 3.0.2 (Debian 12) serves on a replica, as captured from the `ha` scenario.

@@ -42,7 +42,8 @@ EXPECTED_LISTENERS = {
 EXPECTED_ALERTS = {
     "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
     "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
-    "TenantQuotaWarning", "TenantQuotaExceeded", "TenantClusterNearCapacity", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown",
+    "TenantQuotaWarning", "TenantQuotaExceeded", "TenantClusterNearCapacity", "WalArchivingFailing",
+    "WalArchiveLagging", "MeteringAgentDown",
     "MeteringLagHigh",
     "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
     "BillingSyncFailing", "MeterPushBacklog", "MeterPushNearStripeWindow", "StripeEventsDelayed",
@@ -193,6 +194,20 @@ def test_tenant_cluster_capacity(host, hvars, db):
     # acme's database exists on the cluster and only its login may connect
     acl = db.run("runuser -u postgres -- psql -XAtc \"SELECT datacl FROM pg_database WHERE datname = 'tenant_acme'\"")
     assert acl.stdout.strip() == "{tenant_acme=CTc/tenant_acme}", acl.stdout + acl.stderr
+
+
+def test_tenant_router_reaches_acme_by_name(host, db):
+    # the tenant's password, as the router keeps it (the controller's secrets file)
+    line = host.check_output("cat /etc/selfbase/tenant-router/userlist.txt")
+    login, password = [part.strip('"') for part in line.split()]
+    assert login == "tenant_acme"
+    assert host.service("selfbase-tenant-router").is_running
+    query = ("PGPASSWORD=%s psql 'host=172.30.96.12 port=6433 dbname=acme user=tenant_acme' -XAtc "
+             "'SELECT current_database(), current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'")
+    res = db.run(query % password)
+    assert res.stdout.strip() == "tenant_acme|tenant_acme|t", res.stdout + res.stderr
+    wrong = db.run(query % "not-the-password")
+    assert wrong.rc != 0 and "password authentication failed" in wrong.stderr, wrong.stderr
 
 
 def test_quota_alerts_are_pending_or_firing(host, hvars):
