@@ -62,7 +62,7 @@ def cluster_run(module, conn):
         if present:
             if row is None and (p['tier'] is None or p['host'] is None):
                 raise InputError('tier: a new cluster needs tier and host')
-            after = dict(before or {}, databases=before['databases'] if before else 0)
+            after = dict(before) if before else dict(databases=0)
             defaults = dict(port=5432, admin_user='postgres', admin_db='postgres', status='active',
                             max_databases=DEFAULT_MAX[p['tier'] or row['tier']], storage_max_bytes=None)
             for field in CLUSTER_FIELDS:
