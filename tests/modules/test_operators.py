@@ -8,15 +8,19 @@ and show each defence's attack working without it."""
 from __future__ import annotations
 
 import json
+import pathlib
 import uuid
 
 import pytest
+import yaml
 
 from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
 from test_security import ROLES, act_for, error, logins  # noqa: F401  pylint: disable=unused-import
 
 OP = uuid.UUID("0b0b0b0b-0000-4000-8000-0000000000aa")  # listed in platform.operators
 USER = uuid.UUID("0c0c0c0c-0000-4000-8000-0000000000bb")  # a member of A, not an operator
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SUSPEND = ("SELECT id, status FROM platform.operator_set_tenant_status(tenant_id => %s, status => 'suspended')", (A,))
 
@@ -223,3 +227,93 @@ def test_the_new_read_policies_are_hasuras_only(tenants, ops, logins):  # noqa: 
     for table in ("subscriptions", "invoices", "tenant_quotas", "usage_rollups_daily"):
         assert {r["tenant_id"] for r in app.execute(f"SELECT tenant_id FROM platform.{table}")} == {A}, table
         assert error(auth, f"SELECT tenant_id FROM platform.{table}").sqlstate == "42501", table
+
+
+# Quota status through GraphQL (migration 0011): a view of every tenant's quota_status(), for Hasura's login only --
+
+STATUS = "SELECT tenant_id, metric, used, limit_value, status FROM platform.tenant_quota_status ORDER BY 1, 2"
+
+
+def quota_status(conn, tenant):
+    rows = conn.execute("SELECT metric, used, limit_value, status FROM platform.quota_status(%s) ORDER BY 1",
+                        (tenant,)).fetchall()
+    return [dict(r, tenant_id=tenant) for r in rows]
+
+
+def test_graphql_reads_every_tenants_quota_status_in_a_query_and_its_own_in_a_mutation(tenants, ops):  # noqa: F811
+    tenants.execute("INSERT INTO platform.tenant_quotas (tenant_id, metric, limit_value, period, mode) "
+                    "VALUES (%s, 'members', 3, 'none', 'hard')", (A,))
+    expected = quota_status(tenants, A) + quota_status(tenants, B)  # as the control plane reads them
+    assert {(r["tenant_id"], r["metric"]): r["status"] for r in expected}[(A, "members")] == "warning"
+    assert len({r["tenant_id"] for r in expected}) == 2
+    session(ops)
+    assert [dict(r) for r in ops.execute(STATUS)] == sorted(expected, key=lambda r: (r["tenant_id"], r["metric"]))
+    session(ops, "user", USER, tenant=A)
+    assert {r["tenant_id"] for r in ops.execute(STATUS)} == {A}
+    session(ops, "user", USER)  # a session with no tenant claim: no rows
+    assert ops.execute(STATUS).fetchall() == []
+
+
+@pytest.mark.parametrize("who", [w for w in ROLES if w != "hasura"])
+def test_no_other_login_reads_the_quota_status_of_every_tenant(tenants, ops, logins, who):  # noqa: F811
+    c = logins(who)
+    act_for(c, A)
+    session(c)
+    for sql in (STATUS, "SELECT * FROM platform.graphql_quota_status()"):
+        assert error(c, sql).sqlstate == "42501", (who, sql)
+
+
+def test_with_select_granted_the_app_read_every_tenants_quota_status(tenants, ops, logins):  # noqa: F811
+    tenants.execute("GRANT SELECT ON platform.tenant_quota_status TO selfbase_app")
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.graphql_quota_status() TO selfbase_app")
+    app = logins("app")
+    act_for(app, A)
+    session(app)
+    assert {r["tenant_id"] for r in app.execute(STATUS)} == {A, B}
+
+
+def test_without_the_mutation_wall_a_users_session_read_another_tenants_status(tenants, ops):  # noqa: F811
+    tenants.execute("""
+        CREATE OR REPLACE FUNCTION platform.graphql_quota_status()
+        RETURNS TABLE (tenant_id uuid, metric text, used bigint, limit_value bigint, percent numeric, status text,
+                       mode text, period text)
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+          SELECT t.id, s.metric, s.used, s.limit_value, s.percent, s.status, s.mode, s.period
+            FROM platform.tenants t CROSS JOIN LATERAL platform.quota_status(t.id) s
+        $$""")
+    session(ops, "user", USER, tenant=A)
+    assert {r["tenant_id"] for r in ops.execute(STATUS)} == {A, B}
+
+
+def test_the_status_reader_owns_only_its_function_and_nobody_logs_in_as_it(tenants):  # noqa: F811
+    role = tenants.execute("SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles "
+                           "WHERE rolname = 'selfbase_quota_reader'").fetchone()
+    assert role == {"rolcanlogin": False, "rolbypassrls": False, "rolsuper": False}
+    assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members "
+                           "WHERE roleid = 'selfbase_quota_reader'::regrole").fetchone()["n"] == 0
+    owned = tenants.execute("SELECT p.oid::regprocedure::text AS fn FROM pg_proc p "
+                            "WHERE p.proowner = 'selfbase_quota_reader'::regrole").fetchall()
+    assert [r["fn"] for r in owned] == ["platform.graphql_quota_status()"]
+    # it reads what monitoring reads and writes nothing
+    writes = tenants.execute("SELECT count(*) AS n FROM information_schema.role_table_grants "
+                             "WHERE grantee = 'selfbase_quota_reader' AND privilege_type <> 'SELECT'").fetchone()
+    assert writes["n"] == 0
+
+
+def test_every_column_and_mapping_the_hasura_role_exposes_exists_in_the_schema(tenants):  # noqa: F811
+    """The hasura role's default tables, views and manual relationships against the real schema (the Hasura fake
+    takes any column)."""
+    defaults = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())
+    real = {}
+    for r in tenants.execute("SELECT table_name, column_name FROM information_schema.columns "
+                             "WHERE table_schema = 'platform'"):
+        real.setdefault(r["table_name"], set()).add(r["column_name"])
+    for table in defaults["hasura_metadata_tables"]:
+        name = table["name"]
+        assert set(table["columns"]) <= real[name], name
+        for rel in table.get("object_relationships", []) + table.get("array_relationships", []):
+            manual = (rel.get("using") or {}).get("manual_configuration")
+            if manual:
+                remote = manual["remote_table"]["name"]
+                assert set(manual["column_mapping"]) <= real[name], (name, rel["name"])
+                assert set(manual["column_mapping"].values()) <= real[remote], (name, rel["name"])
