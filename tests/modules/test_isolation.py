@@ -27,6 +27,9 @@ TENANT_TABLES = sorted([
     "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
     "tenant_placements",
 ])
+# Views with tenant rows: no policies of their own; the definer behind each walls them, and only Hasura's login
+# reads them (test_operators.py attacks each).
+TENANT_VIEWS = ["tenant_quota_status"]
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
 # security limits it to the session's tenant; "denied" = selfbase_app has no privilege for it.
@@ -219,8 +222,13 @@ def test_tenant_tables_are_all_covered(tenants):
            AND (c.relname = 'tenants' OR EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid
                                                   AND a.attname = 'tenant_id' AND NOT a.attisdropped))
          ORDER BY 1""")]
-    assert found == TENANT_TABLES
+    assert found == sorted(TENANT_TABLES + TENANT_VIEWS)
     assert sorted(EXPECTED) == TENANT_TABLES
+    readers = tenants.execute(
+        "SELECT table_name, array_agg(DISTINCT grantee::text) AS who FROM information_schema.role_table_grants "
+        "WHERE table_schema = 'platform' AND table_name = ANY(%s) GROUP BY 1 ORDER BY 1", (TENANT_VIEWS,)).fetchall()
+    assert [(r["table_name"], r["who"]) for r in readers] == [
+        (v, ["selfbase_graphql", "selfbase_owner"]) for v in TENANT_VIEWS]
     rows = tenants.execute("""
         SELECT c.relname, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced,
                array(SELECT p.polname::text FROM pg_policy p WHERE p.polrelid = c.oid ORDER BY 1) AS policies
