@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 
 import pytest
 
 from fakes.stripe_fake import FakeStripe
+from playbook_fork import PlaybookServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COLLECTIONS = ROOT / ".cache" / "collections"
@@ -79,26 +79,32 @@ class Runner:
         return run_play(play, check=check, diff=diff)[0]
 
 
+PLAYBOOK_ENV = dict(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                    ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false",
+                    ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+                    # 2.21 no longer returns the arguments a module saw unless asked; tests read them
+                    ANSIBLE_INJECT_INVOCATION="true")
+_SERVER = None  # this worker's PlaybookServer, started on its first run
+
+
 def run_play(play, check=False, diff=False, named=False):
     """Run one play through ansible-playbook on localhost; returns the result of each task, in order (with named,
     as (task name, result) pairs)."""
+    global _SERVER  # pylint: disable=global-statement
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
         json.dump([play], fh)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-               # 2.21 no longer returns the arguments a module saw unless asked; tests read them
-               ANSIBLE_INJECT_INVOCATION="true")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-           fh.name] + ["--check"] * check + ["--diff"] * diff
+    env = dict(os.environ, **PLAYBOOK_ENV)
+    if _SERVER is None:
+        _SERVER = PlaybookServer(env)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        stdout, stderr = _SERVER.run(["-i", "localhost,", "-c", "local", fh.name]
+                                     + ["--check"] * check + ["--diff"] * diff, env)
     finally:
         os.unlink(fh.name)
     try:
-        out = json.loads(proc.stdout)
+        out = json.loads(stdout)
     except ValueError:
-        raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"ansible-playbook printed no JSON:\n{stdout}\n{stderr}")
     tasks = out["plays"][0]["tasks"]
     if named:
         return [(t["task"]["name"], t["hosts"]["localhost"]) for t in tasks]
