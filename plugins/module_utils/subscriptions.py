@@ -255,10 +255,13 @@ def create_write(p, customer, mirror, want, meta):
         params['days_until_due'] = p['days_until_due']
     params['payment_behavior'] = p['payment_behavior']
     status = new_status(p, params, customer, want['amount'])
+    # in the key: a retry after the customer saved another card must not replay a declined first payment (402)
+    settings = (customer or {}).get('invoice_settings') or {}
+    pays_with = settings.get('default_payment_method') or (customer or {}).get('default_source')
     return dict(what='subscription', label='create subscription on %s%s%s' % (
         want['price'], ' with a %d-day trial' % days if 'trial_period_days' in params else '',
         '' if status in ('active', 'trialing') else ' (%s until paid)' % status),
-        params=params, previous=mirror and mirror['stripe_subscription_id'], status=status)
+        params=params, previous=mirror and mirror['stripe_subscription_id'], status=status, pays_with=pays_with)
 
 
 def update_write(p, sub, want, meta):
@@ -293,6 +296,23 @@ def update_write(p, sub, want, meta):
                 params=params, before=json.dumps(sub, sort_keys=True, default=str)), swap
 
 
+# What each update parameter comes from, to name the option when Stripe would refuse it
+UPDATE_OPTION = dict(items='plan', proration_behavior='plan', cancel_at_period_end='cancel',
+                     collection_method='collection_method', days_until_due='days_until_due')
+
+
+def check_incomplete(p, sub, update):
+    """Stripe changes only the metadata (and default source) of an incomplete subscription."""
+    if update is None or sub.get('status') != 'incomplete':
+        return
+    options = sorted(set(UPDATE_OPTION[k] for k in update['params'] if k != 'metadata'))
+    if options:
+        raise BillingError('%s: subscription %s of tenant %s is incomplete (its first invoice is unpaid), and Stripe '
+                           'changes only the metadata of an incomplete subscription; pay the invoice, let it expire '
+                           '(23 hours after it was created), or cancel it (cancel=immediately) and subscribe again'
+                           % (', '.join(options), sub['id'], p['tenant']))
+
+
 def plan_writes(p, tenant, customer, sub, mirror, want):
     """The Stripe writes, in order, that make the subscription what p asks for."""
     if want is None:
@@ -304,6 +324,7 @@ def plan_writes(p, tenant, customer, sub, mirror, want):
         swap = True
     else:
         update, swap = update_write(p, sub, want, meta)
+        check_incomplete(p, sub, update)
         writes.extend([update] if update else [])
     if swap and not want['plan_active']:
         raise BillingError('plan: plan %s is not active, so it cannot be subscribed to' % want['plan'])
@@ -372,7 +393,7 @@ def apply_writes(client, p, tenant, writes, customer_id, sub):
         elif w['what'] == 'subscription':
             params = dict(w['params'], customer=customer_id)
             sub = client.post('/v1/subscriptions', params, key=idempotency_key(
-                'subscription', str(tenant['id']), params, w['previous']))
+                'subscription', str(tenant['id']), params, w['previous'], w['pays_with']))
         elif w['what'] == 'subscription_update':
             sub = client.post('/v1/subscriptions/%s' % sub['id'], w['params'], key=idempotency_key(
                 'subscription update', sub['id'], w['before'], w['params']))

@@ -83,7 +83,9 @@ options:
       - V(allow_incomplete) (Stripe's own default) charges the default payment method and otherwise creates the
         subscription C(incomplete); V(default_incomplete) always creates it C(incomplete), for the application to
         confirm the first payment. An C(incomplete) subscription becomes C(incomplete_expired) after 23 hours if
-        unpaid; the module never creates a second subscription while one is C(incomplete).
+        unpaid; the module never creates a second subscription while one is C(incomplete). Stripe changes only
+        the metadata of an C(incomplete) subscription, so the module refuses any other change to one (plan,
+        cycle, O(cancel=at_period_end), collection) before writing; O(cancel=immediately) still ends it.
     type: str
     choices: [error_if_incomplete, allow_incomplete, default_incomplete]
     default: error_if_incomplete

@@ -352,6 +352,35 @@ def test_an_unpaid_or_canceled_subscription_suspends_at_once(world, status):
     assert_in_step(world)
 
 
+def test_an_incomplete_subscription_that_expires_voids_its_invoice_and_suspends_the_tenant(world):
+    """Stripe's path when a first invoice is never paid: the subscription starts incomplete with an open invoice;
+    23 hours later the invoice is voided and the subscription is incomplete_expired. The receiver brings both to
+    the mirrors and suspends the tenant."""
+    client = stripe.StripeClient(world.fake.api_key, stripe_version=API_VERSION,
+                                 base_addresses={"api": world.fake.url})
+    old = world.fake.get("subscriptions", world.sub["alpha"])
+    client.raw_request("delete", "/v1/subscriptions/%s" % old["id"])
+    sub = client.raw_request("post", "/v1/subscriptions", customer=old["customer"],
+                             items=[{"price": old["items"]["data"][0]["price"]["id"]}],
+                             payment_behavior="default_incomplete").data
+    world.db.execute("UPDATE platform.subscriptions SET stripe_subscription_id = %s WHERE tenant_id = %s",
+                     (sub["id"], A))
+    world.sub["alpha"] = sub["id"]
+    assert sub["status"] == "incomplete" and sub["latest_invoice"]
+    first = world.fake.get("invoices", sub["latest_invoice"])
+    assert (first["status"], first["billing_reason"]) == ("open", "subscription_create")
+    world.deliver(world.new_events())
+    assert mirror(world.db, A)["status"] == "incomplete"
+    world.fake.advance(23 * 3600)
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["invoice.voided", "customer.subscription.updated"]
+    answers = world.deliver(events, timestamp=int(time.time()))  # the receiver's clock, not the fake's advanced one
+    assert [a[1].get("outcome") for a in answers] == ["applied", "applied"], answers
+    assert world.fake.get("invoices", first["id"])["status"] == "void"
+    assert mirror(world.db, A)["status"] == "incomplete_expired" and tenant_status(world.db, A) == "suspended"
+    assert_in_step(world)
+
+
 @pytest.mark.parametrize("reactivate", [False, True])
 def test_a_tenant_an_operator_suspended_is_reactivated_only_if_the_policy_says_so(world, reactivate):
     world.db.execute("UPDATE platform.tenants SET status = 'suspended' WHERE id = %s", (A,))
@@ -383,6 +412,40 @@ def test_invoices_and_payment_state_are_mirrored_without_card_data(world):
     columns = {r["column_name"] for r in world.db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer_payment_state'")}
     assert not columns & {"exp_month", "exp_year", "number", "cvc", "fingerprint"}
+
+
+def test_a_detached_card_leaves_the_customer_without_a_payment_method(world):
+    """payment_method.detached no longer names the customer: the receiver finds it in previous_attributes."""
+    customer = world.db.execute("SELECT stripe_customer_id AS c FROM platform.tenants WHERE id = %s",
+                                (A,)).fetchone()["c"]
+    pm = world.fake.attach_payment_method(customer, "mastercard", "4444")
+    world.deliver(world.new_events())
+    pay = world.db.execute("SELECT * FROM platform.customer_payment_state WHERE tenant_id = %s", (A,)).fetchone()
+    assert (pay["has_payment_method"], pay["last4"]) == (True, "4444")
+    world.fake.detach_payment_method(pm)
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["payment_method.detached", "customer.updated"]
+    assert events[0]["data"]["object"]["customer"] is None
+    assert events[0]["data"]["previous_attributes"] == {"customer": customer}
+    assert events[1]["data"]["previous_attributes"]["invoice_settings"]["default_payment_method"] == pm
+    # the detached event alone (customer.updated lost) is enough
+    assert [a[1]["outcome"] for a in world.deliver(events[:1])] == ["applied"]
+    pay = world.db.execute("SELECT * FROM platform.customer_payment_state WHERE tenant_id = %s", (A,)).fetchone()
+    assert (pay["has_payment_method"], pay["brand"], pay["last4"]) == (False, None, None)
+
+
+def test_the_event_list_is_as_strict_as_stripes(world):
+    """type and types together are refused; events older than 30 days are no longer served."""
+    client = stripe.StripeClient(world.fake.api_key, stripe_version=API_VERSION,
+                                 base_addresses={"api": world.fake.url})
+    with pytest.raises(stripe.InvalidRequestError, match="one of these parameters"):
+        client.raw_request("get", "/v1/events", type="invoice.paid", types=["invoice.created"])
+    old = world.fake.events()[0]
+    assert client.raw_request("get", "/v1/events/%s" % old["id"]).data["id"] == old["id"]
+    world.fake.advance(30 * 86400 + 1)
+    with pytest.raises(stripe.InvalidRequestError, match="No such event"):
+        client.raw_request("get", "/v1/events/%s" % old["id"])
+    assert world.reader.events_since(0) == []
 
 
 def test_events_of_an_unknown_customer_or_kind_are_recorded_not_applied(world, stripe_fake):

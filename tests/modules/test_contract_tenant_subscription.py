@@ -277,6 +277,36 @@ def test_allow_incomplete_creates_one_incomplete_subscription_until_it_expires(b
     assert len(stripe_fake.objects("subscriptions")) == 2
 
 
+@pytest.mark.parametrize("args,fields", [
+    ({"plan": "starter"}, "plan"),
+    ({"cancel": "at_period_end"}, "cancel"),
+    ({"collection_method": "send_invoice", "days_until_due": 14}, "collection_method, days_until_due"),
+])
+def test_an_incomplete_subscription_changes_only_its_metadata(bill, world, stripe_fake, args, fields):
+    """Stripe refuses every change but metadata (and default_source) to an incomplete subscription: the module
+    refuses it first, naming the options, in check mode too; cancelling it stays possible."""
+    conn = world
+    _on_pro(conn)
+    sub_id = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete"}
+                  )["subscription"]["stripe_subscription_id"]
+    first = stripe_fake.get("invoices", stripe_fake.get("subscriptions", sub_id)["latest_invoice"])
+    assert (first["status"], first["billing_reason"]) == ("open", "subscription_create")
+    before = _snapshot(conn)
+    stripe_fake.reset_log()
+    for check in (True, False):
+        res = bill("tenant_subscription", dict(args, tenant="acme", payment_behavior="allow_incomplete"), check=check)
+        assert res["failed"] is True and res["msg"].startswith(fields + ": subscription " + sub_id), res["msg"]
+        assert "incomplete" in res["msg"] and "cancel=immediately" in res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(conn) == before
+    # without the module's check, Stripe (the fake, as strict) refuses the update the module would send
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
+    with pytest.raises(stripe.InvalidRequestError, match="only update its metadata"):
+        client.raw_request("post", "/v1/subscriptions/%s" % sub_id, cancel_at_period_end=True)
+    client.raw_request("post", "/v1/subscriptions/%s" % sub_id, metadata={"note": "allowed"})
+    res = bill("tenant_subscription", {"tenant": "acme", "cancel": "immediately"})
+    assert res["changed"] is True and stripe_fake.get("subscriptions", sub_id)["status"] == "canceled"
+
+
 def test_with_a_payment_method_the_subscription_starts_active(bill, world, stripe_fake):
     conn = world
     _on_pro(conn)
@@ -288,6 +318,35 @@ def test_with_a_payment_method_the_subscription_starts_active(bill, world, strip
     assert predicted["diff"]["after"]["status"] == "active"
     res = bill("tenant_subscription", {"tenant": "acme"})
     assert res["subscription"]["status"] == "active" and _tenant(conn)["status"] == "active"
+
+
+def test_a_declined_first_payment_is_not_replayed_once_the_customer_saved_another_card(bill, world, stripe_fake):
+    """Stripe keeps a request's answer under its idempotency key for 24 hours, a 402 included: a run retried after
+    the customer replaced a declined card must not send the same key again."""
+    conn = world
+    _on_pro(conn)
+    customer = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete"}
+                    )["subscription"]["stripe_customer_id"]
+    bill("tenant_subscription", {"tenant": "acme", "cancel": "immediately"})
+    stripe_fake.attach_payment_method(customer, last4="0002", declines=True)
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", {"tenant": "acme"})
+    assert res["failed"] is True and "card was declined" in res["msg"], res
+    assert [w.status for w in stripe_fake.writes("/v1/subscriptions")] == [402]
+    # the defect this guards against: Stripe answers the same request under the same key with the stored 402,
+    # even once the customer's new card would pay
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
+    ask = dict(customer=customer, payment_behavior="error_if_incomplete", items=[{"price": _price(conn, "pro", "month")}])
+    with pytest.raises(stripe.CardError):
+        client.raw_request("post", "/v1/subscriptions", **ask, idempotency_key="same-key")
+    stripe_fake.attach_payment_method(customer)  # a card that pays, now the default
+    stripe_fake.reset_log()
+    with pytest.raises(stripe.CardError):
+        client.raw_request("post", "/v1/subscriptions", **ask, idempotency_key="same-key")
+    assert [w.replayed for w in stripe_fake.writes()] == [True]
+    res = bill("tenant_subscription", {"tenant": "acme"})
+    assert res["changed"] is True and res["subscription"]["status"] == "active", res
+    assert _tenant(conn)["status"] == "active"
 
 
 @pytest.mark.parametrize("status,tenant_status", [

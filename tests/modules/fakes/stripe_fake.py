@@ -14,12 +14,17 @@ It follows Stripe's documented behaviour where the modules depend on it:
 - ``Idempotency-Key`` on POST: same key and same request -> the stored response is replayed
   (``Idempotent-Replayed: true``), a 500 included (an injected 500 is an execution that failed: it is stored,
   with ``Stripe-Should-Retry: false``, and replayed like a success); same key with other parameters -> 400
-  ``idempotency_error``; requests that did not execute are not stored (validation errors, 429, 503, drops);
+  ``idempotency_error``; requests that did not execute are not stored (validation errors, 429, 503, drops),
+  while one that executed and failed is (a 402 is replayed like a success);
 - subscriptions follow the payment state: a trial starts ``trialing``; ``collection_method=send_invoice`` or a
   default payment method (:meth:`FakeStripe.attach_payment_method`) starts ``active`` (``default_incomplete``:
   ``incomplete``); without one, ``allow_incomplete`` (Stripe's default) and ``default_incomplete`` start
-  ``incomplete``, which becomes ``incomplete_expired`` 23 hours later (:meth:`FakeStripe.advance`), and
+  ``incomplete`` with an open first invoice; 23 hours later (:meth:`FakeStripe.advance`) the invoice is voided and
+  the subscription becomes ``incomplete_expired``; an incomplete one changes only its ``metadata`` and
+  ``default_source``; and
   ``error_if_incomplete`` is refused with 402; dunning states come from :meth:`FakeStripe.set_status`;
+- events carry ``previous_attributes`` where an object changed, ``/v1/events`` takes ``type`` or ``types`` (not
+  both) and serves the last 30 days only;
 - fault injection (:meth:`FakeStripe.fail_next`) and a request log (:attr:`FakeStripe.requests`).
 
 Use from tests::
@@ -71,6 +76,7 @@ CURRENCIES = set(
     "sle sos srd std szl thb tjs tnd top try ttd twd tzs uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw".split())
 ZERO_DECIMAL = set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 WEBHOOK_LIMIT = 16  # Stripe's limit of webhook endpoints per account and mode
+EVENT_DAYS = 30  # Stripe serves events of the last 30 days only
 
 # Parameter specs: "str", "int", "bool", "meta" (string map, "" clears), "decimal",
 # ("enum", ...values), ["str"] (list of strings), [{...}] (list of dicts), {...} (nested dict).
@@ -370,22 +376,31 @@ class FakeStripe:
         return int(time.time()) + self.clock
 
     def advance(self, seconds):
-        """Let time pass: incomplete subscriptions older than 23 hours expire, as at Stripe."""
+        """Let time pass: incomplete subscriptions older than 23 hours expire, as at Stripe: the first invoice is
+        voided, and the subscription ends."""
         with self.lock:
             self.clock += seconds
+            now = self.now()
             for sub in self.db["subscriptions"].values():
-                if sub["status"] == "incomplete" and self.now() - sub["created"] >= 23 * 3600:
-                    sub["status"] = "incomplete_expired"
-                    sub["ended_at"] = self.now()
+                if sub["status"] == "incomplete" and now - sub["created"] >= 23 * 3600:
+                    inv = self.db["invoices"].get(sub["latest_invoice"])
+                    if inv is not None and inv["status"] == "open":
+                        inv["status"], inv["amount_remaining"] = "void", 0
+                        inv["status_transitions"]["voided_at"] = now
+                        self._emit("invoice.voided", self.out(inv))
+                    before = self._sub_view(sub)
+                    sub.update(status="incomplete_expired", ended_at=now, canceled_at=now)
+                    self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
 
-    def attach_payment_method(self, customer_id, brand="visa", last4="4242"):
-        """A card the customer saved in the application (Stripe.js): the customer's default payment method."""
+    def attach_payment_method(self, customer_id, brand="visa", last4="4242", declines=False):
+        """A card the customer saved in the application (Stripe.js): the customer's default payment method.
+        A card that ``declines`` fails every charge (Stripe's test card 4000 0000 0000 0002)."""
         with self.lock:
             pm = self._new("payment_methods", {
                 "type": "card", "customer": customer_id, "billing_details": {"email": None, "name": None},
                 "card": {"brand": brand, "last4": last4, "exp_month": 12, "exp_year": 2030, "funding": "credit",
-                         "country": "US"}})
+                         "country": "US"}, "_declines": declines})
             customer = self.db["customers"][customer_id]
             customer["invoice_settings"]["default_payment_method"] = pm["id"]
             self._emit("payment_method.attached", self.out(pm))
@@ -393,55 +408,77 @@ class FakeStripe:
             self._save()
             return pm["id"]
 
+    def detach_payment_method(self, pm_id):
+        """The customer removes a saved card: it no longer names the customer, and stops being its default."""
+        with self.lock:
+            pm = self.db["payment_methods"][pm_id]
+            before = self.out(pm)
+            customer = self.db["customers"][pm["customer"]]
+            pm["customer"] = None
+            self._emit("payment_method.detached", self.out(pm), before)
+            if customer["invoice_settings"]["default_payment_method"] == pm_id:
+                was = self.out(customer)
+                customer["invoice_settings"] = dict(customer["invoice_settings"], default_payment_method=None)
+                self._emit("customer.updated", self.out(customer), was)
+            self._save()
+
     def set_status(self, sub_id, status):
         """What Stripe's billing does in the background: past_due after a failed renewal, unpaid or canceled
         when retries run out, paused when a trial ends without a payment method."""
         with self.lock:
             sub = self.db["subscriptions"][sub_id]
+            before = self._sub_view(sub)
             if status == "canceled":
                 self._cancel(sub)
             else:
                 sub["status"] = status
-            self._emit("customer.subscription.deleted" if status == "canceled" else "customer.subscription.updated",
-                       self._sub_view(sub))
+            if status == "canceled":
+                self._emit("customer.subscription.deleted", self._sub_view(sub))
+            else:
+                self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
 
     # --- invoices: what Stripe's billing does at renewal (finalize, charge, retry)
     def invoice(self, sub_id, amount=None):
         """Finalize the subscription's next invoice (open, not yet attempted) for its licensed items."""
         with self.lock:
-            sub = self.db["subscriptions"][sub_id]
-            items = [self.db["subscription_items"][i] for i in sub["_items"]]
-            lines = [{"id": "il_" + secrets.token_hex(7), "object": "line_item", "description": si["price"]["id"],
-                      "amount": (si["price"]["unit_amount"] or 0) * si.get("quantity", 1),
-                      "currency": sub["currency"], "quantity": si.get("quantity"),
-                      "period": {"start": si["current_period_start"], "end": si["current_period_end"]}}
-                     for si in items]
-            due = sum(line["amount"] for line in lines) if amount is None else amount
-            customer = self.db["customers"][sub["customer"]]
-            count = sum(1 for i in self.db["invoices"].values() if i["customer"] == customer["id"]) + 1
-            inv = self._new("invoices", {
-                "account_country": "US", "amount_due": due, "amount_paid": 0, "amount_remaining": due,
-                "attempt_count": 0, "attempted": False, "billing_reason": "subscription_cycle",
-                "collection_method": sub["collection_method"], "currency": sub["currency"],
-                "customer": customer["id"], "due_date": None,
-                "hosted_invoice_url": "https://invoice.stripe.com/i/acct_fake/test_" + secrets.token_hex(12),
-                "invoice_pdf": "https://pay.stripe.com/invoice/acct_fake/test_%s/pdf" % secrets.token_hex(12),
-                "lines": {"object": "list", "data": lines, "has_more": False, "total_count": len(lines),
-                          "url": "/v1/invoices/upcoming/lines"},
-                "metadata": {}, "number": "%s-%04d" % (customer["invoice_prefix"], count),
-                "parent": {"type": "subscription_details", "quote_details": None,
-                           "subscription_details": {"metadata": {}, "subscription": sub_id}},
-                "period_end": items[0]["current_period_start"] if items else self.now(),
-                "period_start": items[0]["current_period_start"] if items else self.now(),
-                "status": "open", "status_transitions": {"finalized_at": self.now(), "paid_at": None,
-                                                         "voided_at": None, "marked_uncollectible_at": None},
-                "subtotal": due, "total": due})
-            sub["latest_invoice"] = inv["id"]
-            self._emit("invoice.created", self.out(inv))
-            self._emit("invoice.finalized", self.out(inv))
+            inv = self._open_invoice(self.db["subscriptions"][sub_id], "subscription_cycle", amount)
             self._save()
             return inv["id"]
+
+    def _open_invoice(self, sub, reason, amount=None):
+        """A finalized, unpaid invoice of the subscription's licensed items (called with the lock held)."""
+        sub_id = sub["id"]
+        items = [self.db["subscription_items"][i] for i in sub["_items"]]
+        lines = [{"id": "il_" + secrets.token_hex(7), "object": "line_item", "description": si["price"]["id"],
+                  "amount": (si["price"]["unit_amount"] or 0) * si.get("quantity", 1),
+                  "currency": sub["currency"], "quantity": si.get("quantity"),
+                  "period": {"start": si["current_period_start"], "end": si["current_period_end"]}}
+                 for si in items]
+        due = sum(line["amount"] for line in lines) if amount is None else amount
+        customer = self.db["customers"][sub["customer"]]
+        count = sum(1 for i in self.db["invoices"].values() if i["customer"] == customer["id"]) + 1
+        inv = self._new("invoices", {
+            "account_country": "US", "amount_due": due, "amount_paid": 0, "amount_remaining": due,
+            "attempt_count": 0, "attempted": False, "billing_reason": reason,
+            "collection_method": sub["collection_method"], "currency": sub["currency"],
+            "customer": customer["id"], "due_date": None,
+            "hosted_invoice_url": "https://invoice.stripe.com/i/acct_fake/test_" + secrets.token_hex(12),
+            "invoice_pdf": "https://pay.stripe.com/invoice/acct_fake/test_%s/pdf" % secrets.token_hex(12),
+            "lines": {"object": "list", "data": lines, "has_more": False, "total_count": len(lines),
+                      "url": "/v1/invoices/upcoming/lines"},
+            "metadata": {}, "number": "%s-%04d" % (customer["invoice_prefix"], count),
+            "parent": {"type": "subscription_details", "quote_details": None,
+                       "subscription_details": {"metadata": {}, "subscription": sub_id}},
+            "period_end": items[0]["current_period_start"] if items else self.now(),
+            "period_start": items[0]["current_period_start"] if items else self.now(),
+            "status": "open", "status_transitions": {"finalized_at": self.now(), "paid_at": None,
+                                                     "voided_at": None, "marked_uncollectible_at": None},
+            "subtotal": due, "total": due})
+        sub["latest_invoice"] = inv["id"]
+        self._emit("invoice.created", self.out(inv))
+        self._emit("invoice.finalized", self.out(inv))
+        return inv
 
     def fail_payment(self, invoice_id):
         """A charge attempt on the invoice fails: the subscription becomes past_due."""
@@ -471,11 +508,15 @@ class FakeStripe:
             self._save()
 
     # --- events and their delivery
-    def _emit(self, type_, snapshot):
-        """Record an event (called with the lock held): data.object is the object as it is now."""
-        self._new("events", {"api_version": API_VERSION, "data": {"object": json.loads(json.dumps(snapshot))},
-                             "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
-                             "type": type_})
+    def _emit(self, type_, snapshot, before=None):
+        """Record an event (called with the lock held): data.object is the object as it is now; with the object
+        as it was (``before``), data.previous_attributes holds the old values of the fields that changed."""
+        data = {"object": json.loads(json.dumps(snapshot))}
+        if before is not None:
+            data["previous_attributes"] = json.loads(json.dumps(
+                {k: v for k, v in before.items() if snapshot.get(k) != v}))
+        self._new("events", {"api_version": API_VERSION, "data": data, "pending_webhooks": 1,
+                             "request": {"id": None, "idempotency_key": None}, "type": type_})
 
     def events(self, type_prefix=""):
         """Events emitted so far, oldest first."""
@@ -1104,18 +1145,21 @@ class FakeStripe:
         if behavior == "pending_if_incomplete":
             raise bad("payment_behavior", "payment_behavior=pending_if_incomplete can only be used when updating a "
                       "subscription.")
-        pays = bool(p.get("default_payment_method") or customer["invoice_settings"]["default_payment_method"]
-                    or customer.get("default_source"))
+        method = p.get("default_payment_method") or customer["invoice_settings"]["default_payment_method"]
+        pays = bool(method or customer.get("default_source"))
+        declined = bool(method and self.db["payment_methods"].get(method, {}).get("_declines"))
         due = sum(pr["unit_amount"] or 0 for pr in prices if pr["recurring"]["usage_type"] == "licensed") > 0
         if trial_end:
             status = "trialing"
         elif collection == "send_invoice" or not due:
             status = "active"
-        elif behavior == "default_incomplete" or not pays:
-            if behavior == "error_if_incomplete":
+        elif behavior == "default_incomplete" or not pays or declined:
+            if behavior == "error_if_incomplete" and not pays:
                 raise ApiError(402, "This customer has no attached payment source or default payment method. "
                                "Please consider adding a default payment method.", code="resource_missing",
                                type_="invalid_request_error")
+            if behavior == "error_if_incomplete":
+                raise ApiError(402, "Your card was declined.", code="card_declined", type_="card_error")
             status = "incomplete"
         else:
             status = "active"
@@ -1132,6 +1176,8 @@ class FakeStripe:
             end = trial_end or self._period_end(now, price["recurring"])
             sub["_items"].append(self._item(sub["id"], price, item.get("quantity"), item.get("metadata"), now, end)["id"])
         self._emit("customer.subscription.created", self._sub_view(sub))
+        if status == "incomplete":  # its first invoice waits to be paid
+            self._open_invoice(sub, "subscription_create")
         return self._sub_view(sub)
 
     @staticmethod
@@ -1148,8 +1194,12 @@ class FakeStripe:
     def sub_update(self, p, oid):
         p = coerce(SUB_UPDATE, p)
         sub = self._find("subscriptions", oid)
+        before = self._sub_view(sub)
         if sub["status"] in ("canceled", "incomplete_expired") and set(p) - {"metadata", "expand"}:
             raise bad(None, "A canceled subscription can only update its cancellation_details and metadata.")
+        if sub["status"] == "incomplete" and set(p) - {"metadata", "default_source", "expand"}:
+            raise bad(sorted(set(p) - {"metadata", "default_source", "expand"})[0],
+                      "An incomplete subscription can only update its metadata and default_source.")
         collection = p.get("collection_method", sub["collection_method"])
         if p.get("days_until_due") is not None and collection != "send_invoice":
             raise bad("days_until_due", "days_until_due can only be set when collection_method is send_invoice.")
@@ -1203,7 +1253,7 @@ class FakeStripe:
         elif p.get("trial_end") not in (None, "now"):
             raise bad("trial_end", "trial_end must be 'now' in this fake.")
         sub["metadata"] = self._metadata(sub["metadata"], p.get("metadata"))
-        self._emit("customer.subscription.updated", self._sub_view(sub))
+        self._emit("customer.subscription.updated", self._sub_view(sub), before)
         return self._sub_view(sub)
 
     def _cancel(self, sub):
@@ -1348,19 +1398,25 @@ class FakeStripe:
         created = p.get("created") or {}
         tests = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
                  "lte": lambda a, b: a <= b}
+        if "type" in p and "types" in p:
+            raise bad("types", "You may only specify one of these parameters: type, types.")
         types = set(p.get("types") or []) | ({p["type"]} if p.get("type") else set())
+        oldest = self.now() - EVENT_DAYS * 86400
         if any("*" in t for t in types) and p.get("types"):
             raise bad("types", "Wildcards are only allowed in the type parameter.")
 
         def pred(o):
-            return all(tests[k](o["created"], v) for k, v in created.items()) and (
+            return o["created"] >= oldest and all(tests[k](o["created"], v) for k, v in created.items()) and (
                 not types or any(o["type"] == t or (t.endswith(".*") and o["type"].startswith(t[:-1]))
                                  for t in types))
         return self._list("events", p, "/v1/events", pred)
 
     def event_get(self, p, oid):
         coerce(EXPAND, p)
-        return self._find("events", oid)
+        event = self._find("events", oid)
+        if event["created"] < self.now() - EVENT_DAYS * 86400:
+            raise ApiError(404, "No such event: '%s'" % oid, param="id", code="resource_missing")
+        return event
 
     def invoice_list(self, p):
         p = coerce(INVOICE_LIST, p)
@@ -1516,6 +1572,11 @@ class _Handler(BaseHTTPRequestHandler):
                     result = fake.out(result)
                 status, body = 200, result
             except ApiError as err:
+                # the request executed and failed (a card declined: 402): Stripe keeps that answer under the key
+                if key and method != "GET" and err.status == 402:
+                    fake.idem[key] = {"fingerprint": fingerprint, "status": err.status, "body": err.body(),
+                                      "headers": err.headers}
+                    fake._save()
                 return err.status, err.body(), err.headers
             if method != "GET":
                 if key:
