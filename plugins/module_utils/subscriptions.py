@@ -179,6 +179,12 @@ def mirror_of(sub, customer_id, want, metric_by_price):
         canceled_at=_epoch(sub.get('canceled_at')))
 
 
+def default_payment(customer):
+    """The customer's default payment method (or source) that Stripe charges, or None."""
+    settings = (customer or {}).get('invoice_settings') or {}
+    return settings.get('default_payment_method') or (customer or {}).get('default_source')
+
+
 def new_status(p, params, customer, amount):
     """The status Stripe gives a new subscription. Raises BillingError where Stripe would refuse it
     (error_if_incomplete without a payment method)."""
@@ -186,8 +192,7 @@ def new_status(p, params, customer, amount):
         return 'trialing'
     if params.get('collection_method') == 'send_invoice' or not amount:
         return 'active'
-    settings = (customer or {}).get('invoice_settings') or {}
-    pays = bool(settings.get('default_payment_method') or (customer or {}).get('default_source'))
+    pays = bool(default_payment(customer))
     if p['payment_behavior'] == 'default_incomplete' or (not pays and p['payment_behavior'] == 'allow_incomplete'):
         return 'incomplete'
     if not pays:
@@ -255,13 +260,12 @@ def create_write(p, customer, mirror, want, meta):
         params['days_until_due'] = p['days_until_due']
     params['payment_behavior'] = p['payment_behavior']
     status = new_status(p, params, customer, want['amount'])
-    # in the key: a retry after the customer saved another card must not replay a declined first payment (402)
-    settings = (customer or {}).get('invoice_settings') or {}
-    pays_with = settings.get('default_payment_method') or (customer or {}).get('default_source')
     return dict(what='subscription', label='create subscription on %s%s%s' % (
         want['price'], ' with a %d-day trial' % days if 'trial_period_days' in params else '',
         '' if status in ('active', 'trialing') else ' (%s until paid)' % status),
-        params=params, previous=mirror and mirror['stripe_subscription_id'], status=status, pays_with=pays_with)
+        params=params, previous=mirror and mirror['stripe_subscription_id'], status=status,
+        # in the key: a retry after the customer saved another card must not replay a declined first payment (402)
+        pays_with=default_payment(customer))
 
 
 def update_write(p, sub, want, meta):
@@ -305,7 +309,7 @@ def check_incomplete(p, sub, update):
     """Stripe changes only the metadata (and default source) of an incomplete subscription."""
     if update is None or sub.get('status') != 'incomplete':
         return
-    options = sorted(set(UPDATE_OPTION[k] for k in update['params'] if k != 'metadata'))
+    options = sorted(set(UPDATE_OPTION.get(k, k) for k in update['params'] if k != 'metadata'))
     if options:
         raise BillingError('%s: subscription %s of tenant %s is incomplete (its first invoice is unpaid), and Stripe '
                            'changes only the metadata of an incomplete subscription; pay the invoice, let it expire '
