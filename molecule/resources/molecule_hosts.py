@@ -37,7 +37,7 @@ def _init(name, fresh=False):
 
 def _nsenter_run(self, command, *args, **kwargs):
     """What ``docker exec NAME /bin/sh -c COMMAND`` does, entering the container's namespaces directly:
-    the verify tests run thousands of commands, and each docker exec costs dockerd, containerd and runc
+    the verify tests run over a thousand commands, and each docker exec costs dockerd, containerd and runc
     several times the CPU of the command."""
     init = _init(self.name) if self.user is None else None
     if init is None:  # another user, or the container is not running: docker exec says what it says
