@@ -43,14 +43,13 @@ def _nsenter_run(self, command, *args, **kwargs):
     if init is None:  # another user, or the container is not running: docker exec says what it says
         return _docker_exec(self, command, *args, **kwargs)
     cmd = self.get_command(command, *args)
-    for attempt in (1, 2):
-        out = self.run_local("nsenter -t %s -a env -i PATH=%s HOME=/root HOSTNAME=%s /bin/sh -c %s",
-                             init[0], PATH, init[1], cmd)
-        if attempt == 2 or out.rc == 0 or not out.stderr.startswith("nsenter:"):
-            break
-        init = _init(self.name, fresh=True)  # restarted between the look-up and the call
+    enter = "nsenter -t %s -a env -i PATH=%s HOME=/root HOSTNAME=%s /bin/sh -c %s"
+    out = self.run_local(enter, init[0], PATH, init[1], cmd)
+    if out.rc != 0 and out.stderr.startswith("nsenter:"):  # restarted between the look-up and the call
+        init = _init(self.name, fresh=True)
         if init is None:
             return _docker_exec(self, command, *args, **kwargs)
+        out = self.run_local(enter, init[0], PATH, init[1], cmd)
     out.command = self.encode(cmd)
     return out
 

@@ -430,11 +430,9 @@ class FakeStripe:
             before = self._sub_view(sub)
             if status == "canceled":
                 self._cancel(sub)
-            else:
-                sub["status"] = status
-            if status == "canceled":
                 self._emit("customer.subscription.deleted", self._sub_view(sub))
             else:
+                sub["status"] = status
                 self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
 
@@ -488,8 +486,9 @@ class FakeStripe:
             self._emit("invoice.payment_failed", self.out(inv))
             sub = self.db["subscriptions"][inv["parent"]["subscription_details"]["subscription"]]
             if sub["status"] in ("active", "trialing"):
+                before = self._sub_view(sub)
                 sub["status"] = "past_due"
-                self._emit("customer.subscription.updated", self._sub_view(sub))
+                self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
 
     def pay(self, invoice_id):
@@ -503,8 +502,9 @@ class FakeStripe:
             self._emit("invoice.payment_succeeded", self.out(inv))
             sub = self.db["subscriptions"][inv["parent"]["subscription_details"]["subscription"]]
             if sub["status"] in ("past_due", "unpaid"):
+                before = self._sub_view(sub)
                 sub["status"] = "active"
-                self._emit("customer.subscription.updated", self._sub_view(sub))
+                self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
 
     # --- events and their delivery
