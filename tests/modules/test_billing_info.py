@@ -74,4 +74,5 @@ def test_postgres_exporter_reads_the_billing_ledgers_as_the_monitor_login(mirror
     assert rows["selfbase_stripe_events"] == [{"source": "webhook", "outcome": "applied", "total": 2.0}]
     db = rows["selfbase_billing_db"][0]
     assert db["failed_payments"] == 1.0 and db["tenants_in_dunning"] == 2.0 and db["meter_push_unsent"] == 0.0
+    assert db["meter_push_unverified"] == 0.0
     assert rows["selfbase_billing_mrr"] == [{"currency": "usd", "minor_units": 2900.0}]

@@ -114,7 +114,7 @@ def test_closed_hours_are_pushed_once_and_stripe_sums_equal_the_platforms_usage(
     assert sum(push.overage(A).values()) == 390
     assert push.fake.meter_errors == []
     again = push.run()
-    assert again == {"planned": 0, "sent": 0, "expired": 0, "calls": 0}
+    assert again == {"planned": 0, "sent": 0, "expired": 0, "checked": 0, "unverified": 0, "calls": 0}
     idents = [r.params["identifier"] for r in meter_posts(push.fake)]
     assert len(idents) == len(set(idents)) == 5
     assert all(r.idempotency_key == r.params["identifier"] for r in meter_posts(push.fake))
@@ -141,7 +141,7 @@ def test_a_crash_mid_batch_and_a_re_run_send_nothing_twice_and_forget_nothing(pu
     res = push.run(batch=20)
     assert res["sent"] == 120 - 40
     assert push.summaries(A) == push.overage(A) and push.summaries(B) == push.overage(B)
-    accepted = list(push.fake.db["meter_events"])
+    accepted = [e["identifier"] for e in push.fake.db["meter_events"]]
     assert len(accepted) == len(set(accepted)) == 120
     posts = [r.params["identifier"] for r in meter_posts(push.fake)]
     assert not [i for i in marked if posts.count(i) != 1]  # marked ones were never sent again
@@ -172,7 +172,7 @@ def test_the_v2_stream_sends_100_a_call_and_a_crash_after_a_call_counts_nothing_
     assert len(push.fake.db["meter_events"]) == 120 and push.fake.meter_errors == []
     streams = push.fake.writes("/v2/billing/meter_event_stream")
     assert [len(r.params["events"]) for r in streams] == [100, 20, 20]
-    assert push.run(stream=True) == {"planned": 0, "sent": 0, "expired": 0, "calls": 0}
+    assert push.run(stream=True) == {"planned": 0, "sent": 0, "expired": 0, "checked": 0, "unverified": 0, "calls": 0}
 
 
 def test_the_fake_stream_is_as_strict_as_stripe(push):
@@ -190,7 +190,7 @@ def test_the_fake_stream_is_as_strict_as_stripe(push):
     with pytest.raises(stripe.TemporarySessionExpiredError):
         api.stream_events([event])
     api.stream_events([event])  # in a new session
-    assert "x" in push.fake.db["meter_events"]
+    assert "x" in push.fake.db["meter_identifiers"]
 
 
 def test_usage_recorded_after_an_hour_was_pushed_goes_out_as_a_revision(push):
@@ -230,10 +230,100 @@ def test_hours_older_than_stripe_takes_are_reported_not_sent(push):
                     "stripe_customer_id, stripe_meter_id) VALUES ('sb_old', %s, 'bandwidth_bytes', "
                     "date_bin('1 hour', now() - interval '35 days', 'epoch'), 1, 10, %s, %s)",
                     (A, push.customer[A], push.meter_id))
-    assert push.run() == {"planned": 1, "sent": 0, "expired": 1, "calls": 0}
+    assert push.run() == {"planned": 1, "sent": 0, "expired": 1, "checked": 0, "unverified": 0, "calls": 0}
     assert meter_posts(push.fake) == []
     err = error(push.login, "SELECT * FROM platform.meter_push_plan(interval '0', interval '35 days')")
     assert err.sqlstate == "22023" and "35" in str(err)
+
+
+def _taken_then_lost(push, tenant, quantity, hour):
+    """Overage of a closed hour that Stripe takes, while the host loses power before the push is marked."""
+    push.use(tenant, quantity, hour)
+    api = push.api()
+    real = api.post
+
+    def post_then_crash(*args, **kw):
+        real(*args, **kw)
+        raise KeyboardInterrupt("the host lost power after Stripe took the event")
+    api.post = post_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        push.run(api, workers=1)
+
+
+def _a_day_later(push):
+    """25 hours pass: Stripe forgets identifiers and idempotency keys (past its 24 hours); the ledger's first
+    attempts age the same."""
+    push.fake.advance(25 * HOUR)
+    push.db.execute("UPDATE platform.meter_pushes SET attempted_at = attempted_at - interval '25 hours'")
+
+
+def test_a_push_taken_but_unmarked_is_not_counted_twice_after_stripes_24_hours(push):
+    _taken_then_lost(push, A, 100, hour_ago(3))
+    _a_day_later(push)
+    res = push.run()
+    assert (res["planned"], res["checked"], res["sent"], res["unverified"]) == (1, 1, 1, 0), res
+    assert len(meter_posts(push.fake)) == 1  # checked against the summary, never sent again
+    assert push.summaries(A) == push.overage(A) == {int(hour_ago(3).timestamp()): 100}
+    assert push.run()["planned"] == 0
+
+
+def test_resent_past_stripes_24_hours_the_same_identifier_counts_twice(push):
+    """Without the check: the fake forgets identifiers and keys as Stripe may, and the old resend doubles the bill."""
+    _taken_then_lost(push, A, 100, hour_ago(3))
+    _a_day_later(push)
+    first = meter_posts(push.fake)[0]
+    push.api().post("/v1/billing/meter_events", first.params, first.params["identifier"])
+    assert push.summaries(A) == {int(hour_ago(3).timestamp()): 200}
+    assert not meter_posts(push.fake)[1].replayed
+
+
+def test_a_push_stripe_never_counted_is_resent_after_the_window(push):
+    push.use(A, 40, hour_ago(2))
+    api = push.api()
+
+    def crash(*args, **kw):
+        raise KeyboardInterrupt("the host lost power before the call")
+    api.post = crash
+    with pytest.raises(KeyboardInterrupt):
+        push.run(api, workers=1)
+    _a_day_later(push)
+    res = push.run()
+    assert (res["checked"], res["sent"], res["unverified"]) == (1, 1, 0), res
+    assert push.summaries(A) == push.overage(A) == {int(hour_ago(2).timestamp()): 40}
+    fresh = push.db.execute("SELECT now() - attempted_at < interval '1 minute' AS fresh "
+                            "FROM platform.meter_pushes").fetchone()
+    assert fresh["fresh"]  # the resend opened a new window
+
+
+def test_a_summary_that_fits_neither_all_nor_none_is_left_to_an_operator(push, logins):  # noqa: F811
+    hour = hour_ago(4)
+    _taken_then_lost(push, A, 100, hour)
+    # usage that something else sent for the same customer and hour
+    push.api().post("/v1/billing/meter_events", {
+        "event_name": "bandwidth_bytes", "identifier": "other", "timestamp": int(hour.timestamp()) + 60,
+        "payload": {"customer": push.customer[A], "bytes": "7"}}, "other")
+    _a_day_later(push)
+    res = push.run()
+    assert (res["checked"], res["sent"], res["unverified"]) == (1, 0, 1), res
+    assert len(meter_posts(push.fake)) == 2 and push.summaries(A) == {int(hour.timestamp()): 107}
+    monitor = logins("monitor")
+    assert monitor.execute("SELECT count(*) AS n FROM platform.meter_pushes WHERE sent_at IS NULL "
+                           "AND attempted_at < now() - interval '23 hours'").fetchone()["n"] == 1
+    # an operator who compared them marks the push; the next run has nothing to do
+    push.db.execute("UPDATE platform.meter_pushes SET sent_at = now()")
+    assert push.run()["planned"] == 0
+
+
+def test_a_late_push_waits_for_a_revision_inside_the_window_of_the_same_hour(push):
+    hour = hour_ago(5)
+    _taken_then_lost(push, A, 100, hour)
+    _a_day_later(push)
+    push.use(A, 30, hour + datetime.timedelta(minutes=30))  # a revision, first sent now
+    res = push.run()
+    assert (res["planned"], res["checked"], res["unverified"], res["sent"]) == (2, 1, 1, 1), res
+    res = push.run()  # the revision is marked: the summary settles the older push
+    assert (res["checked"], res["sent"], res["unverified"]) == (1, 1, 0), res
+    assert push.summaries(A) == push.overage(A) == {int(hour.timestamp()): 130}
 
 
 def test_the_fake_refuses_what_stripe_refuses(push):
@@ -250,6 +340,9 @@ def test_the_fake_refuses_what_stripe_refuses(push):
     with pytest.raises(stripe.InvalidRequestError) as err:
         api.post("/v1/billing/meter_events", dict(base, identifier="same"), "k2")
     assert "already exists with identifier" in str(err.value)
+    push.fake.advance(24 * HOUR)  # Stripe may forget an identifier and an idempotency key after 24 hours
+    api.post("/v1/billing/meter_events", dict(base, identifier="same"), "k1")
+    assert not meter_posts(push.fake)[-1].replayed and len(push.fake.db["meter_events"]) == 2
     with pytest.raises(stripe.InvalidRequestError):
         api.get("/v1/billing/meters/%s/event_summaries" % push.meter_id,
                 {"customer": push.customer[A], "start_time": now - 100, "end_time": now, "value_grouping_window": "hour"})
@@ -262,7 +355,7 @@ def test_the_fake_refuses_what_stripe_refuses(push):
 def test_no_other_login_can_plan_or_mark_pushes(tenants, logins, who):  # noqa: F811
     c = logins(who)
     for sql in ("SELECT * FROM platform.meter_push_plan(interval '0', interval '1 day')",
-                "SELECT platform.meter_push_sent(ARRAY['sb_x'])"):
+                "SELECT platform.meter_push_sent(ARRAY['sb_x'])", "SELECT platform.meter_push_attempt(ARRAY['sb_x'])"):
         assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
 
 
@@ -281,3 +374,15 @@ def test_with_execute_left_to_public_the_app_could_mark_usage_as_billed(push, lo
     push.db.execute("GRANT EXECUTE ON FUNCTION platform.meter_push_sent(text[]) TO PUBLIC")
     logins("app").execute("SELECT platform.meter_push_sent(%s)", (planned,))
     assert push.run()["sent"] == 0 and push.summaries(A) == {}
+
+
+def test_with_execute_left_to_public_the_app_could_have_usage_billed_twice(push, logins):
+    """The defence is the REVOKE from PUBLIC: a push past the window that the app marks as just attempted is
+    resent without the summary check, and Stripe, which forgot its identifier, counts it again."""
+    _taken_then_lost(push, A, 100, hour_ago(3))
+    _a_day_later(push)
+    push.db.execute("GRANT EXECUTE ON FUNCTION platform.meter_push_attempt(text[]) TO PUBLIC")
+    idents = [r["identifier"] for r in push.db.execute("SELECT identifier FROM platform.meter_pushes")]
+    assert logins("app").execute("SELECT platform.meter_push_attempt(%s) AS n", (idents,)).fetchone()["n"] == 1
+    assert push.run()["checked"] == 0
+    assert push.summaries(A) == {int(hour_ago(3).timestamp()): 200}

@@ -11,7 +11,7 @@ It follows Stripe's documented behaviour where the modules depend on it:
   fields (a price's amount, currency, recurrence) are simply not update parameters, so they are rejected the same
   way; the hand-written rules below add what the SDK cannot say (state, cross-field rules);
 - list envelope ``{object: list, data, has_more, url}``, newest first, ``limit``/``starting_after``/``ending_before``;
-- ``Idempotency-Key`` on POST: same key and same request -> the stored response is replayed
+- ``Idempotency-Key`` on POST, kept 24 hours: same key and same request -> the stored response is replayed
   (``Idempotent-Replayed: true``), a 500 included (an injected 500 is an execution that failed: it is stored,
   with ``Stripe-Should-Retry: false``, and replayed like a success); same key with other parameters -> 400
   ``idempotency_error``; requests that did not execute are not stored (validation errors, 429, 503, drops),
@@ -114,6 +114,8 @@ METER_EVENT_CREATE = dict(EXPAND, event_name="str", identifier="str", payload=ME
 METER_SUMMARIES = dict(LIST, customer="str", start_time="int", end_time="int",
                        value_grouping_window=("enum", "day", "hour"))
 METER_EVENT_WINDOW = 35 * 86400  # meter event timestamps: within the past 35 days, at most 5 minutes ahead
+# Stripe enforces a meter event identifier's uniqueness, and keeps idempotency keys, for 24 hours (then may forget)
+IDENTIFIER_WINDOW = 24 * 3600
 
 ADDRESS = {k: "str" for k in ("line1", "line2", "city", "state", "postal_code", "country")}
 CUSTOMER_FIELDS = dict(EXPAND, name="str", email="str", description="str", metadata=META, phone="str",
@@ -319,7 +321,8 @@ class FakeStripe:
         self.requests: list[Logged] = []
         self.faults: list[Fault] = []
         self.db: dict[str, dict] = {k: {} for k in PREFIX}
-        self.db["meter_events"] = {}  # by identifier
+        self.db["meter_events"] = []  # every event that counts, in order: a resent identifier counts again
+        self.db["meter_identifiers"] = {}  # identifier -> when Stripe took it; forgotten after 24 hours
         self.meter_errors: list[dict] = []  # what Stripe would report asynchronously (meter error reports)
         self.idem: dict[str, dict] = {}
         self.seq = 0
@@ -912,8 +915,7 @@ class FakeStripe:
         ident = p.get("identifier") or "mev_" + secrets.token_hex(12)
         if len(ident) > 100:
             raise bad("identifier", "Invalid string: identifier must be at most 100 characters")
-        held = self.db["meter_events"].get(ident)
-        if held and now - held["created"] < 24 * 3600:
+        if now - self.db["meter_identifiers"].get(ident, -IDENTIFIER_WINDOW) < IDENTIFIER_WINDOW:
             raise ApiError(400, "An event already exists with identifier %s." % ident, param="identifier",
                            headers={"Stripe-Should-Retry": "false"})
         event = {"object": "billing.meter_event", "created": now, "event_name": p["event_name"], "identifier": ident,
@@ -936,7 +938,8 @@ class FakeStripe:
         elif value is None or not re.fullmatch(r"-?\d+(\.\d+)?", value):
             self.meter_errors.append(dict(event, error="meter_event_invalid_value"))
         else:
-            self.db["meter_events"][event["identifier"]] = event
+            self.db["meter_events"].append(event)
+            self.db["meter_identifiers"][event["identifier"]] = event["created"]
 
     def meter_summaries(self, p, oid):
         p = coerce(METER_SUMMARIES, p)
@@ -953,7 +956,7 @@ class FakeStripe:
         out = []
         for lo, hi in bounds:
             values = [float(e["payload"][meter["value_settings"]["event_payload_key"]])
-                      for e in self.db["meter_events"].values()
+                      for e in self.db["meter_events"]
                       if e["event_name"] == meter["event_name"] and e["payload"].get(key) == p["customer"]
                       and lo <= e["timestamp"] < hi]
             if values:
@@ -1379,8 +1382,7 @@ class FakeStripe:
                 for e in events:  # processed later at Stripe; at once here
                     stamp = _epoch(e["timestamp"]) if "timestamp" in e else now
                     ident = e.get("identifier") or "mev_" + secrets.token_hex(12)
-                    held = self.db["meter_events"].get(ident)
-                    if held and now - held["created"] < 24 * 3600:
+                    if now - self.db["meter_identifiers"].get(ident, -IDENTIFIER_WINDOW) < IDENTIFIER_WINDOW:
                         continue
                     event = {"object": "billing.meter_event", "created": now, "event_name": e["event_name"],
                              "identifier": ident, "livemode": False, "payload": e["payload"], "timestamp": stamp}
@@ -1500,7 +1502,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if key in fake.idem:
                         return self._execute(method, path, raw, key, entry)
                     fake.idem[key] = {"fingerprint": fake.fingerprint(method, path, raw), "status": 500,
-                                      "body": err.body(), "headers": {"Stripe-Should-Retry": "false"}}
+                                      "body": err.body(), "headers": {"Stripe-Should-Retry": "false"},
+                                      "at": fake.now()}
                     fake._save()
             return self._reply(fault.status, err.body(), headers)
         status, resp, headers = self._execute(method, path, raw, key, entry)
@@ -1547,6 +1550,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 401, err.body(), {}
         with fake.lock:
             fingerprint = fake.fingerprint(method, path, raw)
+            if key and key in fake.idem and fake.now() - fake.idem[key]["at"] >= IDENTIFIER_WINDOW:
+                del fake.idem[key]  # Stripe prunes keys after 24 hours: the request executes again
             if key and key in fake.idem:
                 stored = fake.idem[key]
                 if stored["fingerprint"] != fingerprint:
@@ -1575,12 +1580,12 @@ class _Handler(BaseHTTPRequestHandler):
                 # the request executed and failed (a card declined: 402): Stripe keeps that answer under the key
                 if key and method != "GET" and err.status == 402:
                     fake.idem[key] = {"fingerprint": fingerprint, "status": err.status, "body": err.body(),
-                                      "headers": err.headers}
+                                      "headers": err.headers, "at": fake.now()}
                     fake._save()
                 return err.status, err.body(), err.headers
             if method != "GET":
                 if key:
-                    fake.idem[key] = {"fingerprint": fingerprint, "status": status, "body": body}
+                    fake.idem[key] = {"fingerprint": fingerprint, "status": status, "body": body, "at": fake.now()}
                 fake._save()
             return status, body, ({"Idempotency-Key": key} if key else {})
 

@@ -33,6 +33,8 @@ MAX_BODY = 1024 * 1024  # Stripe events are far smaller; refuse anything larger 
 # Stripe keeps events for 30 days; meter events must be within 35 days.
 EVENT_RETENTION = 30 * 86400
 METER_WINDOW = 35 * 86400 - 3600  # an hour of margin for the calls themselves
+# Stripe keeps a meter event's identifier, and an idempotency key, for 24 hours: an hour of margin
+DEDUP_WINDOW = 23 * 3600
 
 
 class SignatureError(Exception):
@@ -201,18 +203,58 @@ def _stream_event(event):
     return dict(event, timestamp=time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime(event['timestamp'])))
 
 
+def _counted_before(api, rows, fresh_keys):
+    """Split unmarked pushes first sent more than DEDUP_WINDOW ago, whose identifiers Stripe may have forgotten,
+    by what Stripe's meter event summary of their customer, meter and hour shows: (counted, not counted,
+    unverified). A group that also has a push inside the window waits for it to be marked; a summary that fits
+    neither all nor none of a group (usage sent by something else, or a part counted) needs an operator."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r['stripe_meter_id'], r['stripe_customer_id'], r['hour']), []).append(r)
+    counted, uncounted, unverified = [], [], []
+    for (meter, customer, hour), group in groups.items():
+        if (meter, customer, hour) in fresh_keys:
+            unverified += group
+            continue
+        start = int(hour.timestamp())
+        page = api.get('/v1/billing/meters/%s/event_summaries' % meter, {
+            'customer': customer, 'start_time': start, 'end_time': start + 3600, 'value_grouping_window': 'hour'})
+        total = round(sum(float(s['aggregated_value']) for s in (page or {}).get('data', [])))
+        extra = total - group[0]['counted']
+        if extra == 0:
+            uncounted += group
+        elif extra == sum(r['quantity'] for r in group):
+            counted += group
+        else:
+            unverified += group
+    return counted, uncounted, unverified
+
+
 def push_usage(conn, api, settle=900, lookback=3 * 86400, workers=8, batch=500, now=None, stream=False):
     """Send the overage of closed hours to Stripe's billing meters, exactly once: the pushes are planned and
-    committed first, each is sent with its identifier (also the Idempotency-Key), and marked sent in batches.
-    A crash leaves the unmarked ones to the next run, which Stripe deduplicates by identifier.
+    committed first, each is recorded as attempted, sent with its identifier (also the Idempotency-Key), and
+    marked sent in batches. A crash leaves the unmarked ones to the next run, which Stripe deduplicates by
+    identifier for 24 hours; past that, a push is resent only if Stripe's meter event summary shows that it was
+    not counted, and marked sent if it was.
     ``stream``: the v2 meter event stream, 100 events a call; Stripe drops a known identifier, and validates
     later (refusals only reach its meter error reports).
-    Returns counts: planned (unsent at the start), sent, expired (older than Stripe takes)."""
+    Returns counts: planned (unsent at the start), sent, expired (older than Stripe takes), checked (past the
+    24-hour window, checked against summaries) and unverified (of those, left for an operator or a later run)."""
     now = time.time() if now is None else now
     with conn.transaction():
         rows = conn.execute('SELECT * FROM platform.meter_push_plan(make_interval(secs => %s), '
                             'make_interval(secs => %s))', (settle, lookback)).fetchall()
     live = [r for r in rows if r['hour'].timestamp() > now - METER_WINDOW]
+    fresh, stale = [], []
+    for r in live:
+        (fresh if r['attempted_at'] is None or r['attempted_at'].timestamp() > now - DEDUP_WINDOW else stale).append(r)
+    counted, uncounted, unverified = _counted_before(
+        api, stale, {(r['stripe_meter_id'], r['stripe_customer_id'], r['hour']) for r in fresh})
+    sent = conn.execute('SELECT platform.meter_push_sent(%s) AS n',
+                        ([r['identifier'] for r in counted],)).fetchone()['n'] if counted else 0
+    live = fresh + uncounted
+    if live:
+        conn.execute('SELECT platform.meter_push_attempt(%s)', ([r['identifier'] for r in live],))
     meters = {}
     events = [_meter_event(meters, api, r) for r in live]
 
@@ -231,7 +273,6 @@ def push_usage(conn, api, settle=900, lookback=3 * 86400, workers=8, batch=500, 
 
     units = [events[i:i + 100] for i in range(0, len(events), 100)] if stream else events
     per_batch = max(1, batch // 100) if stream else batch
-    sent = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(units), per_batch):
             done, failed = [], []
@@ -243,7 +284,8 @@ def push_usage(conn, api, settle=900, lookback=3 * 86400, workers=8, batch=500, 
             sent += conn.execute('SELECT platform.meter_push_sent(%s) AS n', (done,)).fetchone()['n']
             if failed:  # what was taken is marked; the rest goes out on the next run
                 raise failed[0]
-    return {'planned': len(rows), 'sent': sent, 'expired': len(rows) - len(live), 'calls': api.calls}
+    return {'planned': len(rows), 'sent': sent, 'expired': len(rows) - len(fresh) - len(stale),
+            'checked': len(stale), 'unverified': len(unverified), 'calls': api.calls}
 
 
 def connect(dsn):

@@ -1,0 +1,95 @@
+# -*- coding: utf-8 -*-
+# Copyright: selfbase.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Migration 0012: meter events past Stripe's 24-hour window. Stripe keeps a meter event's identifier (and the
+request's idempotency key) for 24 hours only, and the push ledger re-plans an unmarked push for days: one that
+Stripe took but that was never marked could be sent again and counted twice. The ledger now records when a push
+was first sent; the billing service resends one first sent more than 23 hours before only after Stripe's meter
+event summary shows that it was not counted. platform.meter_push_plan also gives what is marked sent for the same
+customer, meter and hour, which that summary is compared with."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+VERSION = "0012"
+NAME = "meter_push_window"
+SQL = r"""
+-- selfbase platform schema, version 0012: meter events past Stripe's 24-hour identifier window.
+-- When a push was first sent (or, after a check that Stripe did not count it, sent again); pushes planned
+-- before this migration and not marked may have been sent when they were planned.
+ALTER TABLE platform.meter_pushes ADD COLUMN attempted_at timestamptz;
+UPDATE platform.meter_pushes SET attempted_at = planned_at WHERE sent_at IS NULL;
+
+DROP FUNCTION platform.meter_push_plan(interval, interval);
+CREATE FUNCTION platform.meter_push_plan(p_settle interval, p_lookback interval)
+RETURNS TABLE (identifier text, tenant text, metric text, hour timestamptz, quantity bigint,
+               stripe_customer_id text, stripe_meter_id text, attempted_at timestamptz, counted bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+DECLARE
+  v_from pg_catalog.timestamptz := pg_catalog.date_bin('1 hour', pg_catalog.now() - p_lookback, 'epoch');
+  v_to pg_catalog.timestamptz := pg_catalog.date_bin('1 hour', pg_catalog.now() - p_settle, 'epoch');
+BEGIN
+  IF p_settle < '0'::pg_catalog.interval OR p_lookback > '34 days'::pg_catalog.interval THEN
+    RAISE EXCEPTION 'meter_push_plan: p_settle must be >= 0 and p_lookback <= 34 days (Stripe takes 35)'
+      USING ERRCODE = '22023';
+  END IF;
+  -- one planner at a time (a second waits, then plans nothing new)
+  LOCK TABLE platform.meter_pushes IN SHARE ROW EXCLUSIVE MODE;
+  INSERT INTO platform.meter_pushes (identifier, tenant_id, metric, hour, revision, quantity, stripe_customer_id,
+                                     stripe_meter_id)
+  SELECT pg_catalog.format('sb_%s_%s_%s_%s', pg_catalog.replace(u.tenant_id::pg_catalog.text, '-', ''),
+                           pg_catalog.left(pg_catalog.md5(u.metric), 8),
+                           pg_catalog.date_part('epoch', u.hour)::pg_catalog.int8, COALESCE(p.rev, 0) + 1),
+         u.tenant_id, u.metric, u.hour, COALESCE(p.rev, 0) + 1, u.quantity - COALESCE(p.pushed, 0),
+         t.stripe_customer_id, q.stripe_meter_id
+    FROM (SELECT o.tenant_id, o.metric, pg_catalog.date_bin('1 hour', e.occurred_at, 'epoch') AS hour,
+                 LEAST(pg_catalog.sum(o.quantity), 9223372036854775807)::pg_catalog.int8 AS quantity
+            FROM platform.usage_overages o
+            JOIN platform.usage_events e ON e.id = o.usage_event_id
+           -- an overage is recorded at most 5 minutes before its event occurred (meter_record's limit)
+           WHERE o.created_at >= v_from - '5 minutes'::pg_catalog.interval
+             AND e.occurred_at >= v_from AND e.occurred_at < v_to
+           GROUP BY 1, 2, 3) u
+    JOIN platform.tenants t ON t.id = u.tenant_id AND t.stripe_customer_id IS NOT NULL
+    JOIN platform.plan_quotas q ON q.plan_code = t.plan_code AND q.metric = u.metric AND q.stripe_meter_id IS NOT NULL
+    LEFT JOIN (SELECT m.tenant_id, m.metric, m.hour, pg_catalog.max(m.revision) AS rev,
+                      pg_catalog.sum(m.quantity) AS pushed
+                 FROM platform.meter_pushes m WHERE m.hour >= v_from GROUP BY 1, 2, 3) p
+           ON p.tenant_id = u.tenant_id AND p.metric = u.metric AND p.hour = u.hour
+   WHERE u.quantity > COALESCE(p.pushed, 0);
+  -- counted: what is marked sent for the same customer, meter and hour, the part of Stripe's summary of that
+  -- hour that the platform knows of
+  RETURN QUERY
+    SELECT m.identifier, t.slug, m.metric, m.hour, m.quantity, m.stripe_customer_id, m.stripe_meter_id,
+           m.attempted_at,
+           (SELECT COALESCE(pg_catalog.sum(s.quantity), 0)::pg_catalog.int8 FROM platform.meter_pushes s
+             WHERE s.stripe_customer_id = m.stripe_customer_id AND s.stripe_meter_id = m.stripe_meter_id
+               AND s.hour = m.hour AND s.sent_at IS NOT NULL)
+      FROM platform.meter_pushes m JOIN platform.tenants t ON t.id = m.tenant_id
+     WHERE m.sent_at IS NULL ORDER BY m.hour, m.identifier;
+END
+$$;
+
+-- Record that these pushes are about to be sent: the first send starts Stripe's 24-hour window, and so does a
+-- resend of one first sent more than 23 hours before (the caller has checked that Stripe did not count it).
+-- Returns how many were recorded.
+CREATE FUNCTION platform.meter_push_attempt(p_identifiers text[])
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+  WITH tried AS (
+    UPDATE platform.meter_pushes m SET attempted_at = pg_catalog.now()
+     WHERE m.identifier = ANY (p_identifiers) AND m.sent_at IS NULL
+       AND (m.attempted_at IS NULL OR m.attempted_at < pg_catalog.now() - '23 hours'::pg_catalog.interval)
+    RETURNING 1)
+  SELECT pg_catalog.count(*)::pg_catalog.int4 FROM tried
+$$;
+
+REVOKE ALL ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[])
+  FROM PUBLIC;
+ALTER FUNCTION platform.meter_push_plan(interval, interval) OWNER TO selfbase_billing_definer;
+ALTER FUNCTION platform.meter_push_attempt(text[]) OWNER TO selfbase_billing_definer;
+GRANT EXECUTE ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[])
+  TO selfbase_billing;
+-- postgres_exporter: pushes whose window passed unmarked wait for that check
+GRANT SELECT (attempted_at) ON platform.meter_pushes TO selfbase_monitor;
+"""
