@@ -2,7 +2,8 @@
 # Copyright: selfbase.platform contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Billing reports from the mirrors that the webhook receiver keeps (migration 0006): per tenant, its plan,
-subscription, dunning, payment method, usage against quota, last invoices and amount due; platform-wide, the
+subscription, dunning, payment method, usage against quota, last invoices, amount due and overage that is never
+billed (migration 0012); platform-wide, the
 month's MRR movements."""
 
 from __future__ import absolute_import, division, print_function
@@ -12,6 +13,10 @@ import datetime
 import re
 
 TENANTS = '''
+WITH unbilled AS (
+  SELECT u.tenant_id, json_agg(json_build_object('metric', u.metric, 'reason', u.reason, 'quantity', u.quantity,
+                                                 'since', u.since) ORDER BY u.metric) AS items
+    FROM platform.unbilled_overage() u GROUP BY u.tenant_id)
 SELECT t.slug, t.name, t.status, t.plan_code AS plan,
        CASE WHEN s.tenant_id IS NULL THEN NULL ELSE json_build_object(
          'id', s.stripe_subscription_id, 'status', s.status, 'current_period_start', s.current_period_start,
@@ -33,8 +38,10 @@ SELECT t.slug, t.name, t.status, t.plan_code AS plan,
                     ORDER BY v.created DESC LIMIT %(invoices)s) i), '[]') AS invoices,
        COALESCE((SELECT json_object_agg(o.currency, o.due) FROM (
                    SELECT v.currency, sum(v.amount_remaining) AS due FROM platform.invoices v
-                    WHERE v.tenant_id = t.id AND v.status = 'open' GROUP BY v.currency) o), '{}') AS amount_due
+                    WHERE v.tenant_id = t.id AND v.status = 'open' GROUP BY v.currency) o), '{}') AS amount_due,
+       COALESCE(ub.items, '[]') AS unbilled_overage
   FROM platform.tenants t
+  LEFT JOIN unbilled ub ON ub.tenant_id = t.id
   LEFT JOIN platform.subscriptions s ON s.tenant_id = t.id
   LEFT JOIN platform.tenant_dunning d ON d.tenant_id = t.id
   LEFT JOIN platform.customer_payment_state c ON c.tenant_id = t.id

@@ -102,6 +102,7 @@ tenants:
       invoices: [{id: in_1Q, number: ACME-0007, status: open, currency: usd, amount_due: 2900, amount_paid: 0,
                   amount_remaining: 2900, hosted_invoice_url: "https://invoice.stripe.com/i/acct_1/test_1"}]
       amount_due: {usd: 2900}
+      unbilled_overage: []
   contains:
     subscription:
       description: The mirrored subscription, or null.
@@ -123,6 +124,14 @@ tenants:
     amount_due:
       description: What open invoices still ask for, per currency, in minor units.
       type: dict
+    unbilled_overage:
+      description:
+        - Overage of closed hours in the last 35 days (Stripe's meter window) that no meter event carries, per metric.
+        - I(reason) is V(no_customer) (the tenant has no Stripe customer) or V(no_meter) (its plan's quota of the
+          metric has no Stripe meter); I(quantity) is the sum, I(since) when the oldest of it happened.
+      type: list
+      elements: dict
+      sample: [{metric: api_requests, reason: no_customer, quantity: 1500, since: "2026-11-02T14:00:00+00:00"}]
 mrr:
   description: Per currency, MRR movements of the month, in minor units per month.
   returned: always
@@ -152,7 +161,7 @@ def main():
     if p['invoices'] < 0:
         module.fail_json(msg='invoices must be 0 or more, got %d.' % p['invoices'])
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, '0006', dict(changed=False, tenants=[], mrr=[], month=p['month']))
+    require_schema(module, conn, '0012', dict(changed=False, tenants=[], mrr=[], month=p['month']))
     try:
         result = report(conn, p['slugs'], p['month'], p['invoices'], p['include_tenants'])
     except ValueError as e:

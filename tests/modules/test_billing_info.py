@@ -46,6 +46,24 @@ def test_each_tenant_with_its_subscription_dunning_payment_method_usage_and_invo
     assert {u["metric"] for u in alpha["usage"]} >= {"api_requests", "bandwidth_bytes"}
 
 
+def test_overage_that_is_never_billed_is_reported_per_tenant(mirrors, tenants):  # noqa: F811
+    assert mirrors("billing_info", {"slugs": ["alpha"]})["tenants"][0]["unbilled_overage"] == []
+    with tenants.transaction():  # an agent's overage two hours ago; bandwidth_bytes has no meter in plan iso
+        tenants.execute("SELECT set_config('app.tenant_id', %s, true)", (str(A),))
+        event = tenants.execute(
+            "INSERT INTO platform.usage_events (tenant_id, metric, quantity, idempotency_key, occurred_at) "
+            "VALUES (%s, 'bandwidth_bytes', 25, 'late', date_bin('1 hour', now(), 'epoch') - interval '2 hours') "
+            "RETURNING id, occurred_at", (A,)).fetchone()
+        tenants.execute("INSERT INTO platform.usage_overages (tenant_id, metric, usage_event_id, quantity) "
+                        "VALUES (%s, 'bandwidth_bytes', %s, 25)", (A, event["id"]))
+    res = mirrors("billing_info", {})
+    by_slug = {t["slug"]: t["unbilled_overage"] for t in res["tenants"]}
+    assert by_slug["bravo"] == []
+    (item,) = by_slug["alpha"]
+    assert (item["metric"], item["reason"], item["quantity"]) == ("bandwidth_bytes", "no_meter", 25), item
+    assert item["since"] == event["occurred_at"].isoformat(), item
+
+
 def test_the_months_mrr_new_churned_and_net(mirrors):
     res = mirrors("billing_info", {"month": "2026-10", "include_tenants": False})
     assert res["tenants"] == []
@@ -69,10 +87,11 @@ def test_postgres_exporter_reads_the_billing_ledgers_as_the_monitor_login(mirror
     queries = yaml.safe_load(text.split("{% endif %}")[0].split("\n", 1)[1].replace("{% if", "#"))
     monitor = logins("monitor")
     rows = {}
-    for name in ("selfbase_stripe_events", "selfbase_billing_db", "selfbase_billing_mrr"):
+    for name in ("selfbase_stripe_events", "selfbase_billing_db", "selfbase_billing_mrr", "selfbase_billing_unbilled"):
         rows[name] = monitor.execute(queries[name]["query"]).fetchall()
     assert rows["selfbase_stripe_events"] == [{"source": "webhook", "outcome": "applied", "total": 2.0}]
     db = rows["selfbase_billing_db"][0]
     assert db["failed_payments"] == 1.0 and db["tenants_in_dunning"] == 2.0 and db["meter_push_unsent"] == 0.0
     assert db["meter_push_unverified"] == 0.0
     assert rows["selfbase_billing_mrr"] == [{"currency": "usd", "minor_units": 2900.0}]
+    assert rows["selfbase_billing_unbilled"] == []  # the seeded overage is in the open hour

@@ -60,17 +60,17 @@ def push(tenants, stripe_fake, pg_server, db):  # noqa: F811
         def run(self, api=None, **kw):
             return stripe_events.push_usage(conn, api or self.api(), settle=0, **kw)
 
-        def use(self, tenant, quantity, at):
+        def use(self, tenant, quantity, at, metric="bandwidth_bytes"):
             """Overage-priced usage at a past time, as the metering agent records it (any month)."""
             with tenants.transaction():
                 # the rollup trigger runs as the table owner, under row-level security
                 tenants.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
                 event = tenants.execute(
                     "INSERT INTO platform.usage_events (tenant_id, metric, quantity, idempotency_key, occurred_at) "
-                    "VALUES (%s, 'bandwidth_bytes', %s, %s, %s) RETURNING id",
-                    (tenant, quantity, uuid.uuid4().hex, at)).fetchone()["id"]
+                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (tenant, metric, quantity, uuid.uuid4().hex, at)).fetchone()["id"]
                 tenants.execute("INSERT INTO platform.usage_overages (tenant_id, metric, usage_event_id, quantity, "
-                                "unit_price) VALUES (%s, 'bandwidth_bytes', %s, %s, 0.5)", (tenant, event, quantity))
+                                "unit_price) VALUES (%s, %s, %s, %s, 0.5)", (tenant, metric, event, quantity))
 
         def overage(self, tenant):
             """The platform's overage per closed hour (epoch seconds)."""
@@ -326,6 +326,26 @@ def test_a_late_push_waits_for_a_revision_inside_the_window_of_the_same_hour(pus
     assert push.summaries(A) == push.overage(A) == {int(hour.timestamp()): 130}
 
 
+UNBILLED = "SELECT tenant, metric, reason, quantity FROM platform.unbilled_overage() ORDER BY 1, 2"
+
+
+def test_overage_that_no_meter_event_carries_is_reported(push, logins):  # noqa: F811
+    push.use(A, 100, hour_ago(2))  # a customer and a meter: billed
+    push.use(A, 40, hour_ago(3), metric="api_requests")  # its quota has no meter
+    push.db.execute("UPDATE platform.tenants SET stripe_customer_id = NULL WHERE id = %s", (B,))
+    push.use(B, 7, hour_ago(2))  # no customer
+    push.use(B, 9, datetime.datetime.now(datetime.timezone.utc))  # the open hour: not yet
+    push.use(B, 11, hour_ago(36 * 24))  # past Stripe's 35 days: nothing can bill it any more
+    assert push.run()["sent"] == 1
+    expected = [("alpha", "api_requests", "no_meter", 40), ("bravo", "bandwidth_bytes", "no_customer", 7)]
+    for who in ("monitor", "control"):
+        assert [tuple(r.values()) for r in logins(who).execute(UNBILLED)] == expected, who
+    # the tenant gets its customer: the next run bills its overage, and the report empties
+    push.db.execute("UPDATE platform.tenants SET stripe_customer_id = %s WHERE id = %s", (push.customer[B], B))
+    assert push.run()["sent"] == 1 and push.summaries(B) == {int(hour_ago(2).timestamp()): 7}
+    assert [tuple(r.values()) for r in logins("monitor").execute(UNBILLED)] == expected[:1]
+
+
 def test_the_fake_refuses_what_stripe_refuses(push):
     api = push.api()
     now = push.fake.now()
@@ -357,6 +377,21 @@ def test_no_other_login_can_plan_or_mark_pushes(tenants, logins, who):  # noqa: 
     for sql in ("SELECT * FROM platform.meter_push_plan(interval '0', interval '1 day')",
                 "SELECT platform.meter_push_sent(ARRAY['sb_x'])", "SELECT platform.meter_push_attempt(ARRAY['sb_x'])"):
         assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+@pytest.mark.parametrize("who", ["app", "hasura", "auth"])
+def test_no_tenant_facing_login_reads_every_tenants_unbilled_overage(push, logins, who):  # noqa: F811
+    assert isinstance(error(logins(who), UNBILLED), psycopg.errors.InsufficientPrivilege), who
+    assert isinstance(error(push.login, UNBILLED), psycopg.errors.InsufficientPrivilege)
+
+
+def test_with_execute_left_to_public_the_app_read_every_tenants_usage(push, logins):  # noqa: F811
+    """The defence is the REVOKE from PUBLIC: the function reads every tenant's overage as its owner."""
+    push.use(B, 7, hour_ago(2), metric="api_requests")
+    push.db.execute("GRANT EXECUTE ON FUNCTION platform.unbilled_overage() TO PUBLIC")
+    app = logins("app")
+    app.execute("SELECT set_config('app.tenant_id', %s, false)", (str(A),))
+    assert [tuple(r.values()) for r in app.execute(UNBILLED)] == [("bravo", "api_requests", "no_meter", 7)]
 
 
 def test_the_billing_login_cannot_touch_the_push_ledger_directly(push):

@@ -6,15 +6,20 @@ request's idempotency key) for 24 hours only, and the push ledger re-plans an un
 Stripe took but that was never marked could be sent again and counted twice. The ledger now records when a push
 was first sent; the billing service resends one first sent more than 23 hours before only after Stripe's meter
 event summary shows that it was not counted. platform.meter_push_plan also gives what is marked sent for the same
-customer, meter and hour, which that summary is compared with."""
+customer, meter and hour, which that summary is compared with.
+
+Also overage that is never billed: usage above a quota in overage mode of a tenant without a Stripe customer, or of
+a metric whose quota has no meter, is never planned. platform.unbilled_overage() reports it, for monitoring and
+billing_info."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 VERSION = "0012"
-NAME = "meter_push_window"
+NAME = "meter_gaps"
 SQL = r"""
--- selfbase platform schema, version 0012: meter events past Stripe's 24-hour identifier window.
+-- selfbase platform schema, version 0012: meter events past Stripe's 24-hour identifier window, and overage that
+-- is never billed.
 -- When a push was first sent (or, after a check that Stripe did not count it, sent again); pushes planned
 -- before this migration and not marked may have been sent when they were planned.
 ALTER TABLE platform.meter_pushes ADD COLUMN attempted_at timestamptz;
@@ -84,10 +89,34 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS
   SELECT pg_catalog.count(*)::pg_catalog.int4 FROM tried
 $$;
 
-REVOKE ALL ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[])
-  FROM PUBLIC;
+-- Overage of closed hours within Stripe's 35 days that the planner never takes: the tenant has no Stripe customer
+-- (no_customer), or its plan's quota of the metric has no meter (no_meter). Per tenant and metric: how much, and
+-- when the oldest of it happened.
+CREATE FUNCTION platform.unbilled_overage()
+RETURNS TABLE (tenant_id uuid, tenant text, metric text, reason text, quantity bigint, since timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+  SELECT t.id, t.slug, o.metric,
+         CASE WHEN t.stripe_customer_id IS NULL THEN 'no_customer' ELSE 'no_meter' END,
+         LEAST(pg_catalog.sum(o.quantity), 9223372036854775807)::pg_catalog.int8, pg_catalog.min(e.occurred_at)
+    FROM platform.usage_overages o
+    JOIN platform.usage_events e ON e.id = o.usage_event_id
+    JOIN platform.tenants t ON t.id = o.tenant_id
+    LEFT JOIN platform.plan_quotas q ON q.plan_code = t.plan_code AND q.metric = o.metric
+   -- an overage is recorded at most 5 minutes before its event occurred (meter_record's limit)
+   WHERE o.created_at >= pg_catalog.now() - '35 days 5 minutes'::pg_catalog.interval
+     AND e.occurred_at >= pg_catalog.now() - '35 days'::pg_catalog.interval
+     AND e.occurred_at < pg_catalog.date_bin('1 hour', pg_catalog.now(), 'epoch')
+     AND (t.stripe_customer_id IS NULL OR q.stripe_meter_id IS NULL)
+   GROUP BY 1, 2, 3, 4
+$$;
+
+REVOKE ALL ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[]),
+  platform.unbilled_overage() FROM PUBLIC;
 ALTER FUNCTION platform.meter_push_plan(interval, interval) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.meter_push_attempt(text[]) OWNER TO selfbase_billing_definer;
+ALTER FUNCTION platform.unbilled_overage() OWNER TO selfbase_billing_definer;
+-- the control plane (billing_info) and postgres_exporter: tenant slugs, metrics and quantities, no Stripe id
+GRANT EXECUTE ON FUNCTION platform.unbilled_overage() TO selfbase_admin, selfbase_monitor;
 GRANT EXECUTE ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[])
   TO selfbase_billing;
 -- postgres_exporter: pushes whose window passed unmarked wait for that check
