@@ -4,6 +4,7 @@ against the fake Stripe, whose meter event summaries are compared with the platf
 from __future__ import annotations
 
 import datetime
+import json
 import pathlib
 import sys
 import uuid
@@ -183,7 +184,7 @@ def test_the_fake_stream_is_as_strict_as_stripe(push):
     with pytest.raises(stripe.InvalidRequestError):
         api.stream_events([dict(event, payload={"customer": push.customer[A], "bytes": 1})])
     api.stream_events([dict(event, timestamp="2001-01-01T00:00:00.000Z")])  # taken, refused later
-    assert [e["error"] for e in push.fake.meter_errors] == ["timestamp_out_of_window"]
+    assert [e["error"] for e in push.fake.meter_errors] == ["timestamp_too_far_in_past"]
     with push.fake.lock:
         for session in push.fake.db["meter_event_sessions"].values():
             session["_expires"] = 0
@@ -396,7 +397,8 @@ def test_with_execute_left_to_public_the_app_read_every_tenants_usage(push, logi
 
 def test_the_billing_login_cannot_touch_the_push_ledger_directly(push):
     for sql in ("SELECT * FROM platform.meter_pushes", "UPDATE platform.meter_pushes SET sent_at = now()",
-                "DELETE FROM platform.meter_pushes", "SELECT * FROM platform.usage_overages"):
+                "DELETE FROM platform.meter_pushes", "SELECT * FROM platform.usage_overages",
+                "SELECT * FROM platform.meter_error_reports", "DELETE FROM platform.meter_error_reports"):
         assert isinstance(error(push.login, sql), psycopg.errors.InsufficientPrivilege), sql
 
 
@@ -421,3 +423,87 @@ def test_with_execute_left_to_public_the_app_could_have_usage_billed_twice(push,
     assert logins("app").execute("SELECT platform.meter_push_attempt(%s) AS n", (idents,)).fetchone()["n"] == 1
     assert push.run()["checked"] == 0
     assert push.summaries(A) == {int(hour_ago(3).timestamp()): 200}
+
+
+# ---------------------------------------------------------------- Stripe's meter error reports
+
+REFUSED = "SELECT coalesce(sum(error_count), 0) AS n FROM platform.meter_error_reports " \
+          "WHERE created > now() - interval '24 hours'"
+
+
+def test_refused_meter_events_reach_the_ledger_from_stripes_error_reports(push, logins):  # noqa: F811
+    push.db.execute("UPDATE platform.tenants SET stripe_customer_id = 'cus_gone' WHERE id = %s", (A,))
+    push.use(A, 100, hour_ago(2))
+    push.use(B, 5, hour_ago(2))
+    assert push.run(stream=True)["sent"] == 2  # the stream takes both, and Stripe refuses one later
+    api = push.api()
+    api.stream_events([{"event_name": "no_such_meter", "identifier": "stray",
+                        "payload": {"customer": push.customer[B], "bytes": "1"}}])
+    assert stripe_events.read_meter_errors(push.login, api) == {"reports": 2, "new": 2, "refused": 2}
+    rows = push.db.execute("SELECT event_type, code, stripe_meter_id, error_count, sample_identifiers, message "
+                           "FROM platform.meter_error_reports ORDER BY code").fetchall()
+    (a_push,) = push.db.execute("SELECT identifier FROM platform.meter_pushes WHERE tenant_id = %s", (A,)).fetchall()
+    assert [(r["event_type"], r["code"], r["stripe_meter_id"], r["error_count"], r["sample_identifiers"])
+            for r in rows] == [
+        ("v1.billing.meter.error_report_triggered", "meter_event_customer_not_found", push.meter_id, 1,
+         [a_push["identifier"]]),
+        ("v1.billing.meter.no_meter_found", "no_meter", None, 1, ["stray"])]
+    assert "cus_gone" in rows[0]["message"]
+    marked = push.db.execute("SELECT tenant_id, refused_code FROM platform.meter_pushes ORDER BY 2").fetchall()
+    assert [(r["tenant_id"], r["refused_code"]) for r in marked] == [(A, "meter_event_customer_not_found"), (B, None)]
+    assert logins("monitor").execute(REFUSED).fetchone()["n"] == 2
+    # the next run reads the overlap again and records nothing twice
+    assert stripe_events.read_meter_errors(push.login, push.api()) == {"reports": 2, "new": 0, "refused": 0}
+    assert push.db.execute("SELECT count(*) AS n FROM platform.meter_error_reports").fetchone()["n"] == 2
+
+
+def test_the_fake_lists_v2_events_as_strictly_as_stripe(push):
+    api = push.api()
+    for n in range(3):
+        api.stream_events([{"event_name": "no_such_meter", "identifier": "e%d" % n,
+                            "payload": {"customer": push.customer[A], "bytes": "1"}}])
+    client = api.client
+    since = {"gte": "2020-01-01T00:00:00.000Z"}
+    first = client.raw_request("get", "/v2/core/events", types=stripe_events.METER_ERROR_TYPES, created=since,
+                               limit=2).data
+    assert len(first["data"]) == 2 and first["next_page_url"]
+    rest = client.raw_request("get", first["next_page_url"]).data
+    assert len(rest["data"]) == 1 and rest["next_page_url"] is None
+    idents = [e["data"]["reason"]["error_types"][0]["sample_errors"][0]["request"]["identifier"]
+              for e in first["data"] + rest["data"]]
+    assert idents == ["e2", "e1", "e0"]  # newest first
+    assert len(list(api.v2_events(stripe_events.METER_ERROR_TYPES, 0))) == 3
+    for bad in ({"type": "v1.billing.meter.no_meter_found"}, {"types": ["t"] * 21}, {"created": {"gte": "yesterday"}},
+                {"limit": 101}):
+        with pytest.raises(stripe.StripeError):
+            client.raw_request("get", "/v2/core/events", **bad)
+    session = stripe.StripeClient(client.v2.billing.meter_event_session.create().authentication_token,
+                                  base_addresses={"api": push.fake.url})
+    with pytest.raises(stripe.AuthenticationError):
+        session.raw_request("get", "/v2/core/events")
+    push.fake.advance(31 * 86400)  # Stripe lists 30 days of events
+    assert list(api.v2_events(stripe_events.METER_ERROR_TYPES, 0)) == []
+
+
+@pytest.mark.parametrize("who", list(ROLES))
+def test_no_other_login_records_meter_error_reports(tenants, logins, who):  # noqa: F811
+    c = logins(who)
+    for sql in ("SELECT platform.meter_error_record('{}')", "SELECT platform.meter_error_cursor()",
+                "INSERT INTO platform.meter_error_reports (stripe_event_id, code, event_type, error_count, created) "
+                "VALUES ('evt_x', 'x', 'v1.billing.meter.no_meter_found', 1, now())"):
+        assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+def test_with_execute_left_to_public_the_app_flagged_another_tenants_usage_as_refused(push, logins):  # noqa: F811
+    """The defence is the REVOKE from PUBLIC: a forged report marks bravo's billed usage as refused by Stripe."""
+    push.use(B, 5, hour_ago(2))
+    push.run()
+    (b_push,) = push.db.execute("SELECT identifier FROM platform.meter_pushes").fetchall()
+    push.db.execute("GRANT EXECUTE ON FUNCTION platform.meter_error_record(jsonb) TO PUBLIC")
+    forged = {"id": "evt_forged", "type": "v1.billing.meter.error_report_triggered", "created": "2026-01-01T00:00:00Z",
+              "data": {"reason": {"error_count": 1, "error_types": [{
+                  "code": "meter_event_invalid_value", "error_count": 1,
+                  "sample_errors": [{"error_message": "x", "request": {"identifier": b_push["identifier"]}}]}]}}}
+    logins("app").execute("SELECT platform.meter_error_record(%s)", (json.dumps(forged),))
+    assert push.db.execute("SELECT refused_code FROM platform.meter_pushes").fetchone()["refused_code"] \
+        == "meter_event_invalid_value"

@@ -6,6 +6,7 @@ receiver's re-fetches. A tenant goes through dunning and the edge's answers foll
 import base64
 import json
 import pathlib
+import re
 import sys
 
 import pytest
@@ -175,6 +176,8 @@ def test_events_missed_while_the_receiver_was_down_are_reconciled(fake, tenants)
                f"WHERE t.slug = 'lapsed' AND a.entity = 'dunning' AND a.at >= '{start}'") == "1"
     metrics = PROXY.file("/var/lib/prometheus/node-exporter/selfbase_billing.prom").content_string
     assert "selfbase_billing_sync_success 1" in metrics and "selfbase_billing_events_reconciled" in metrics
+    # with sync_success 1: the sync read the fake's meter error reports
+    assert re.search(r"^selfbase_billing_meter_events_refused \d+$", metrics, re.M), metrics
 
 
 def test_a_killed_receiver_is_restarted_and_takes_events_again(fake, tenants):

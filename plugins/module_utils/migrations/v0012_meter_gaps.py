@@ -10,7 +10,11 @@ customer, meter and hour, which that summary is compared with.
 
 Also overage that is never billed: usage above a quota in overage mode of a tenant without a Stripe customer, or of
 a metric whose quota has no meter, is never planned. platform.unbilled_overage() reports it, for monitoring and
-billing_info."""
+billing_info.
+
+And Stripe's meter error reports: with the v2 meter event stream, a meter event that Stripe refuses is visible only
+in them (v2 events v1.billing.meter.error_report_triggered and v1.billing.meter.no_meter_found). The billing service
+records each in platform.meter_error_reports, and marks the pushes it names."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -24,6 +28,28 @@ SQL = r"""
 -- before this migration and not marked may have been sent when they were planned.
 ALTER TABLE platform.meter_pushes ADD COLUMN attempted_at timestamptz;
 UPDATE platform.meter_pushes SET attempted_at = planned_at WHERE sent_at IS NULL;
+
+-- Stripe's meter error reports, per event and error code: how many meter events it refused and a sample of their
+-- identifiers; the pushes named in a sample carry the code.
+ALTER TABLE platform.meter_pushes ADD COLUMN refused_code text;
+SET LOCAL ROLE selfbase_owner;
+CREATE TABLE platform.meter_error_reports (
+  stripe_event_id    text NOT NULL CHECK (pg_catalog.length(stripe_event_id) <= 255),
+  code               text NOT NULL CHECK (pg_catalog.length(code) <= 100),
+  event_type         text NOT NULL CHECK (event_type IN ('v1.billing.meter.error_report_triggered',
+                                                         'v1.billing.meter.no_meter_found')),
+  stripe_meter_id    text,
+  error_count        integer NOT NULL CHECK (error_count >= 0),
+  sample_identifiers text[] NOT NULL DEFAULT '{}',
+  message            text,
+  created            timestamptz NOT NULL,
+  validation_start   timestamptz,
+  validation_end     timestamptz,
+  received_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  PRIMARY KEY (stripe_event_id, code)
+);
+CREATE INDEX meter_error_reports_created_idx ON platform.meter_error_reports (created);
+RESET ROLE;
 
 DROP FUNCTION platform.meter_push_plan(interval, interval);
 CREATE FUNCTION platform.meter_push_plan(p_settle interval, p_lookback interval)
@@ -110,8 +136,61 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_
    GROUP BY 1, 2, 3, 4
 $$;
 
+-- Record one meter error report, a v2 event as Stripe lists it; taken once (a repeat records nothing). Returns
+-- how many error codes were new.
+CREATE FUNCTION platform.meter_error_record(p_event jsonb)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  IF pg_catalog.jsonb_typeof(p_event) IS DISTINCT FROM 'object'
+     OR p_event->>'type' NOT IN ('v1.billing.meter.error_report_triggered', 'v1.billing.meter.no_meter_found')
+     OR p_event->>'id' IS NULL OR p_event->>'created' IS NULL
+     OR pg_catalog.jsonb_typeof(p_event #> '{data,reason,error_types}') IS DISTINCT FROM 'array' THEN
+    RAISE EXCEPTION 'meter_error_record: not a meter error report (id, type, created, data.reason.error_types)'
+      USING ERRCODE = '22023';
+  END IF;
+  INSERT INTO platform.meter_error_reports (stripe_event_id, code, event_type, stripe_meter_id, error_count,
+                                            sample_identifiers, message, created, validation_start, validation_end)
+  SELECT p_event->>'id', t->>'code', p_event->>'type', p_event #>> '{related_object,id}',
+         (t->>'error_count')::pg_catalog.int4,
+         ARRAY(SELECT e #>> '{request,identifier}'
+                 FROM pg_catalog.jsonb_array_elements(COALESCE(t->'sample_errors', '[]')) e
+                WHERE e #>> '{request,identifier}' IS NOT NULL),
+         (SELECT e->>'error_message' FROM pg_catalog.jsonb_array_elements(COALESCE(t->'sample_errors', '[]')) e
+           LIMIT 1),
+         (p_event->>'created')::pg_catalog.timestamptz,
+         (p_event #>> '{data,validation_start}')::pg_catalog.timestamptz,
+         (p_event #>> '{data,validation_end}')::pg_catalog.timestamptz
+    FROM pg_catalog.jsonb_array_elements(p_event #> '{data,reason,error_types}') t
+  ON CONFLICT DO NOTHING;
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  UPDATE platform.meter_pushes m SET refused_code = r.code
+    FROM platform.meter_error_reports r
+   WHERE r.stripe_event_id = p_event->>'id' AND m.identifier = ANY (r.sample_identifiers)
+     AND m.refused_code IS DISTINCT FROM r.code;
+  RETURN v_n;
+END
+$$;
+
+-- The newest report recorded: where the next read of Stripe's list starts.
+CREATE FUNCTION platform.meter_error_cursor()
+RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+  SELECT pg_catalog.max(r.created) FROM platform.meter_error_reports r
+$$;
+
+REVOKE ALL ON platform.meter_error_reports FROM PUBLIC;
 REVOKE ALL ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[]),
-  platform.unbilled_overage() FROM PUBLIC;
+  platform.unbilled_overage(), platform.meter_error_record(jsonb), platform.meter_error_cursor() FROM PUBLIC;
+ALTER FUNCTION platform.meter_error_record(jsonb) OWNER TO selfbase_billing_definer;
+ALTER FUNCTION platform.meter_error_cursor() OWNER TO selfbase_billing_definer;
+GRANT SELECT, INSERT ON platform.meter_error_reports TO selfbase_billing_definer;
+GRANT EXECUTE ON FUNCTION platform.meter_error_record(jsonb), platform.meter_error_cursor() TO selfbase_billing;
+GRANT SELECT ON platform.meter_error_reports TO selfbase_admin;
+-- postgres_exporter: counts and codes, no Stripe id
+GRANT SELECT (code, error_count, created) ON platform.meter_error_reports TO selfbase_monitor;
 ALTER FUNCTION platform.meter_push_plan(interval, interval) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.meter_push_attempt(text[]) OWNER TO selfbase_billing_definer;
 ALTER FUNCTION platform.unbilled_overage() OWNER TO selfbase_billing_definer;

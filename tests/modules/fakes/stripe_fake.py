@@ -323,6 +323,7 @@ class FakeStripe:
         self.db: dict[str, dict] = {k: {} for k in PREFIX}
         self.db["meter_events"] = []  # every event that counts, in order: a resent identifier counts again
         self.db["meter_identifiers"] = {}  # identifier -> when Stripe took it; forgotten after 24 hours
+        self.db["v2_events"] = []  # meter error reports, oldest first (GET /v2/core/events)
         self.meter_errors: list[dict] = []  # what Stripe would report asynchronously (meter error reports)
         self.idem: dict[str, dict] = {}
         self.seq = 0
@@ -929,14 +930,19 @@ class FakeStripe:
         meters = [m for m in self.db["billing/meters"].values()
                   if m["event_name"] == event["event_name"] and m["status"] == "active"]
         value = payload.get(meters[0]["value_settings"]["event_payload_key"]) if meters else None
+        key = meters[0]["customer_mapping"]["event_payload_key"] if meters else None
         if not meters:
-            self.meter_errors.append(dict(event, error="no_meter"))
-        elif not payload.get(meters[0]["customer_mapping"]["event_payload_key"]):
-            self.meter_errors.append(dict(event, error="meter_event_no_customer_defined"))
-        elif payload[meters[0]["customer_mapping"]["event_payload_key"]] not in self.db["customers"]:
-            self.meter_errors.append(dict(event, error="meter_event_customer_not_found"))
+            self._refuse_meter_event(event, "no_meter", "No active meter has the event name %s." % event["event_name"])
+        elif not payload.get(key):
+            self._refuse_meter_event(event, "meter_event_no_customer_defined",
+                                     "Customer mapping key %s not found in payload." % key, meters[0])
+        elif payload[key] not in self.db["customers"]:
+            self._refuse_meter_event(event, "meter_event_customer_not_found",
+                                     "No customer %s was found." % payload[key], meters[0])
         elif value is None or not re.fullmatch(r"-?\d+(\.\d+)?", value):
-            self.meter_errors.append(dict(event, error="meter_event_invalid_value"))
+            self._refuse_meter_event(event, "meter_event_invalid_value",
+                                     "The value of %s is not a number." % meters[0]["value_settings"][
+                                         "event_payload_key"], meters[0])
         else:
             self.db["meter_events"].append(event)
             self.db["meter_identifiers"][event["identifier"]] = event["created"]
@@ -1386,13 +1392,85 @@ class FakeStripe:
                         continue
                     event = {"object": "billing.meter_event", "created": now, "event_name": e["event_name"],
                              "identifier": ident, "livemode": False, "payload": e["payload"], "timestamp": stamp}
-                    if stamp is None or stamp < now - METER_EVENT_WINDOW or stamp > now + 300:
-                        self.meter_errors.append(dict(event, error="timestamp_out_of_window"))
+                    if stamp is not None and stamp > now + 300:
+                        self._refuse_meter_event(event, "timestamp_in_future", "Timestamp is too far in the future.",
+                                                 self._meter_named(e["event_name"]))
+                    elif stamp is None or stamp < now - METER_EVENT_WINDOW:
+                        self._refuse_meter_event(event, "timestamp_too_far_in_past",
+                                                 "Timestamp must be within the past 35 calendar days.",
+                                                 self._meter_named(e["event_name"]))
                     else:
                         self._take_meter_event(event)
                 self._save()
                 return 200, {}
+            if method == "GET" and path == "/v2/core/events":
+                if token != self.api_key and (self._strict_key or not re.match(r"^(sk|rk)_", token)):
+                    return err(401, "unauthorized", "Invalid API Key provided")
+                return self._v2_event_list(doc, now, err)
             return err(404, "not_found", "Unrecognized request URL (%s: %s)" % (method, path))
+
+    def _meter_named(self, event_name):
+        return next((m for m in self.db["billing/meters"].values()
+                     if m["event_name"] == event_name and m["status"] == "active"), None)
+
+    def _refuse_meter_event(self, event, code, message, meter=None):
+        """Stripe's asynchronous refusal of a meter event: a meter error report, a v2 event (one per refusal
+        here; Stripe groups a window's), v1.billing.meter.no_meter_found when no meter has the event name."""
+        self.meter_errors.append(dict(event, error=code))
+        now = self.now()
+        self.db["v2_events"].append({
+            "id": "evt_test_" + secrets.token_hex(16), "object": "v2.core.event", "context": None,
+            "created": _iso(now), "livemode": False, "reason": None,
+            "type": "v1.billing.meter.error_report_triggered" if meter else "v1.billing.meter.no_meter_found",
+            "data": {"developer_message_summary": "There is 1 invalid event",
+                     "reason": {"error_count": 1, "error_types": [{
+                         "code": code, "error_count": 1,
+                         "sample_errors": [{"error_message": message,
+                                            "request": {"identifier": event["identifier"]}}]}]},
+                     "validation_start": _iso(now - 10), "validation_end": _iso(now)},
+            **({"related_object": {"id": meter["id"], "type": "billing.meter",
+                                   "url": "/v1/billing/meters/%s" % meter["id"]}} if meter else {})})
+
+    def _v2_event_list(self, q, now, err):
+        """GET /v2/core/events as the SDK's EventListParams type it: types (at most 20), created (gt, gte, lt,
+        lte: RFC 3339), limit, object_id; the last 30 days, newest first; next_page_url carries the filters."""
+        offset = 0
+        if "page" in q:
+            try:
+                q = json.loads(urllib.parse.unquote(q.pop("page")))
+                offset = q.pop("_offset")
+            except (ValueError, KeyError):
+                return err(400, "invalid_parameter", "page: not a page token")
+        known = re.compile(r"^(types\[\d+\]|created\[(gt|gte|lt|lte)\]|limit|object_id)$")
+        unknown = sorted(k for k in q if not known.match(k))
+        if unknown:
+            return err(400, "invalid_parameter", "Received unknown parameter: %s" % unknown[0])
+        types = [v for k, v in sorted(q.items()) if k.startswith("types[")]
+        if len(types) > 20:
+            return err(400, "invalid_parameter", "types: at most 20 event types")
+        bounds = {}
+        for k, v in q.items():
+            if k.startswith("created["):
+                bounds[k[8:-1]] = _epoch(v)
+                if bounds[k[8:-1]] is None:
+                    return err(400, "invalid_parameter", "%s: not an RFC 3339 timestamp" % k)
+        try:
+            limit = int(q.get("limit", 20))
+        except ValueError:
+            return err(400, "invalid_parameter", "limit: an integer")
+        if not 1 <= limit <= 100:
+            return err(400, "invalid_parameter", "limit: 1 to 100")
+        tests = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+                 "lte": lambda a, b: a <= b}
+        found = [e for e in reversed(self.db["v2_events"])
+                 if _epoch(e["created"]) >= now - EVENT_DAYS * 86400 and (not types or e["type"] in types)
+                 and (q.get("object_id") is None or (e.get("related_object") or {}).get("id") == q["object_id"])
+                 and all(tests[op](_epoch(e["created"]), at) for op, at in bounds.items())]
+        page = found[offset:offset + limit]
+        more = offset + limit < len(found)
+        token = urllib.parse.quote(json.dumps(dict(q, _offset=offset + limit), sort_keys=True))
+        return 200, {"data": page, "next_page_url": "/v2/core/events?page=%s" % token if more else None,
+                     "previous_page_url": None}
 
     # --- events and invoices (read only: Stripe creates them)
     def event_list(self, p):
@@ -1476,7 +1554,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         if path.startswith("/v2/"):  # v2: JSON bodies, its own authentication
-            return self._handle_v2(method, path, body)
+            return self._handle_v2(method, path, body, url.query)
         raw = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
         if method == "POST":
             raw += urllib.parse.parse_qsl(body, keep_blank_values=True)
@@ -1517,7 +1595,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                       type_="api_error").body())
         return self._reply(status, resp, headers)
 
-    def _handle_v2(self, method, path, body):
+    def _handle_v2(self, method, path, body, query=""):
         """The v2 meter event stream: a session (15 minutes) from the secret key, then batches of at most 100 events
         authenticated with the session's token, answered before they are processed (validation is asynchronous:
         refused events become meter error reports; a known identifier is dropped)."""
@@ -1531,7 +1609,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry.fault = "drop" if fault.drop else str(fault.status)
             return self._drop() if fault.drop else self._reply(fault.status, {"error": {"type": "api_error"}})
         try:
-            doc = json.loads(body or "{}")
+            doc = json.loads(body or "{}") if method != "GET" else dict(urllib.parse.parse_qsl(query))
         except ValueError:
             return self._reply(400, {"error": {"type": "invalid_request_error", "message": "Invalid JSON body"}})
         status, resp = fake.v2(method, path, token, doc)

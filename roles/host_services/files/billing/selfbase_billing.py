@@ -87,6 +87,7 @@ def sync(config):
             out["meter_push"] = stripe_events.push_usage(conn, client, config["sync"]["settle"],
                                                          config["sync"]["lookback"], config["sync"]["workers"],
                                                          stream=config["sync"]["meter_api"] == "v2")
+            out["meter_errors"] = stripe_events.read_meter_errors(conn, client, config["sync"]["overlap"])
     except Exception as e:  # reported, and the metrics say the run failed; the timer runs it again
         ok, out["error"] = 0, "%s: %s" % (type(e).__name__, e)
         raise
@@ -98,6 +99,9 @@ def sync(config):
                                                                  [("", int(time.time()))]),
             "selfbase_billing_meter_push_unsent": ("Planned meter events Stripe had not taken after the last run.",
                                                    [("", pushed.get("planned", 0) - pushed.get("sent", 0))]),
+            "selfbase_billing_meter_events_refused": ("Meter events that Stripe's error reports read by the last run "
+                                                      "say it refused.",
+                                                      [("", (out.get("meter_errors") or {}).get("refused", 0))]),
             "selfbase_billing_events_reconciled": ("Events the last run recovered from /v1/events.",
                                                    [("", (out.get("reconcile") or {}).get("applied", 0))]),
         })

@@ -132,6 +132,17 @@ class StripeApi(object):
                 return None
             raise
 
+    def v2_events(self, types, created_gte):
+        """Stripe's v2 events of these types created at or after ``created_gte`` (epoch seconds), every page."""
+        params = {'types': types, 'created': {'gte': time.strftime('%Y-%m-%dT%H:%M:%S.000Z',
+                                                                   time.gmtime(created_gte))}, 'limit': 100}
+        path = '/v2/core/events'
+        while path:
+            self.calls += 1
+            page = self.client.raw_request('get', path, **params).data
+            yield from page['data']
+            path, params = page.get('next_page_url'), {}
+
     def post(self, path, params, idempotency_key):
         self.calls += 1
         return self.client.raw_request('post', path, idempotency_key=idempotency_key, **params).data
@@ -186,6 +197,27 @@ def reconcile(conn, reader, overlap=600, now=None):
         counts[outcome] = counts.get(outcome, 0) + 1
     conn.execute('SELECT platform.stripe_sync_cursor(pg_catalog.to_timestamp(%s))', (now,))
     return counts
+
+
+METER_ERROR_TYPES = ['v1.billing.meter.error_report_triggered', 'v1.billing.meter.no_meter_found']
+
+
+def read_meter_errors(conn, api, overlap=600, now=None):
+    """Record Stripe's meter error reports (v2 events, listed for 30 days) from the newest recorded, less
+    ``overlap`` seconds for reports Stripe lists late; a report is recorded once. Returns the reports read, the new
+    ones, and the meter events that the new ones say Stripe refused."""
+    now = time.time() if now is None else now
+    newest = conn.execute('SELECT extract(epoch FROM platform.meter_error_cursor()) AS c').fetchone()['c']
+    since = max(float(newest) - overlap if newest is not None else 0, now - EVENT_RETENTION + 60)
+    out = {'reports': 0, 'new': 0, 'refused': 0}
+    for event in api.v2_events(METER_ERROR_TYPES, since):
+        with conn.transaction():
+            new = conn.execute('SELECT platform.meter_error_record(%s) AS n', (Jsonb(event),)).fetchone()['n']
+        out['reports'] += 1
+        if new:
+            out['new'] += 1
+            out['refused'] += sum(t.get('error_count', 0) for t in event['data']['reason']['error_types'])
+    return out
 
 
 def _meter_event(meters, api, row):
