@@ -485,6 +485,37 @@ def test_reconcile_recovers_the_events_missed_while_the_receiver_was_down(world)
     conn.close()
 
 
+GAP = ("SELECT COALESCE((SELECT extract(epoch FROM gap_to - gap_from) FROM platform.stripe_sync_state "
+       "WHERE gap_found_at > now() - interval '7 days'), 0)::float8 AS g")
+
+
+def test_a_cursor_older_than_stripes_30_days_is_recorded_as_lost_events(world, logins):  # noqa: F811
+    conn = stripe_events.connect(world.dsn)
+    assert "lost_seconds" not in stripe_events.reconcile(conn, world.reader)
+    monitor = logins("monitor")
+    assert monitor.execute(GAP).fetchone()["g"] == 0
+    # the sync did not run for 40 days: Stripe lists only the last 30 of them
+    world.db.execute("UPDATE platform.stripe_sync_state SET cursor = now() - interval '40 days'")
+    counts = stripe_events.reconcile(conn, world.reader)
+    assert abs(counts["lost_seconds"] - 10 * 86400) < 60, counts
+    assert abs(monitor.execute(GAP).fetchone()["g"] - 10 * 86400) < 60
+    # the cursor moved on: the next run loses nothing, and the gap stays on record for the alert
+    assert "lost_seconds" not in stripe_events.reconcile(conn, world.reader)
+    assert monitor.execute(GAP).fetchone()["g"] > 0
+    err = error(conn, "SELECT platform.stripe_sync_gap(now() - interval '30 days')")
+    assert err.sqlstate == "22023"  # no gap behind a recent cursor
+    conn.close()
+
+
+def test_with_execute_left_to_public_the_app_rewrote_the_recorded_gap(tenants, logins):  # noqa: F811
+    """The defence is the REVOKE from PUBLIC: the app wrote what the on-call engineer is told was lost."""
+    tenants.execute("INSERT INTO platform.stripe_sync_state (name, cursor) VALUES ('events', now() - interval '40 days') "
+                    "ON CONFLICT (name) DO UPDATE SET cursor = EXCLUDED.cursor")
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.stripe_sync_gap(timestamptz) TO PUBLIC")
+    logins("app").execute("SELECT platform.stripe_sync_gap(now() - interval '40 days' + interval '1 second')")
+    assert 0 < logins("monitor").execute(GAP).fetchone()["g"] < 60
+
+
 # ---------------------------------------------------------------- attacks
 
 BILLING_FUNCTIONS = [
@@ -492,6 +523,7 @@ BILLING_FUNCTIONS = [
     ("SELECT * FROM platform.stripe_event_apply('evt_forged', '{}')", ()),
     ("SELECT * FROM platform.billing_dunning_tick()", ()),
     ("SELECT platform.stripe_sync_cursor(now() + interval '1 year')", ()),
+    ("SELECT platform.stripe_sync_gap(now() - interval '40 days')", ()),
     ("SELECT * FROM platform.billing_settle(%s)", (str(A),)),
 ]
 

@@ -14,7 +14,10 @@ billing_info.
 
 And Stripe's meter error reports: with the v2 meter event stream, a meter event that Stripe refuses is visible only
 in them (v2 events v1.billing.meter.error_report_triggered and v1.billing.meter.no_meter_found). The billing service
-records each in platform.meter_error_reports, and marks the pushes it names."""
+records each in platform.meter_error_reports, and marks the pushes it names.
+
+And the reconcile's gap: Stripe lists 30 days of events, so a sync that did not run for longer cannot recover what
+happened in between. The billing service records the newest such gap; monitoring alerts on it for 7 days."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -50,6 +53,10 @@ CREATE TABLE platform.meter_error_reports (
 );
 CREATE INDEX meter_error_reports_created_idx ON platform.meter_error_reports (created);
 RESET ROLE;
+
+-- The newest stretch of Stripe events the reconcile could no longer list (its cursor was older than 30 days).
+ALTER TABLE platform.stripe_sync_state ADD COLUMN gap_from timestamptz, ADD COLUMN gap_to timestamptz,
+  ADD COLUMN gap_found_at timestamptz, ADD CONSTRAINT stripe_sync_state_gap_check CHECK (gap_from <= gap_to);
 
 DROP FUNCTION platform.meter_push_plan(interval, interval);
 CREATE FUNCTION platform.meter_push_plan(p_settle interval, p_lookback interval)
@@ -180,6 +187,30 @@ RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
   SELECT pg_catalog.max(r.created) FROM platform.meter_error_reports r
 $$;
+
+-- Record that the events from p_from to p_to are lost to the reconcile: from its cursor (which must be older than
+-- Stripe's 30 days) to the oldest event Stripe still lists. Returns the gap's length in seconds.
+CREATE FUNCTION platform.stripe_sync_gap(p_to timestamptz)
+RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
+DECLARE
+  v_from pg_catalog.timestamptz;
+BEGIN
+  SELECT s.cursor INTO v_from FROM platform.stripe_sync_state s WHERE s.name = 'events' FOR UPDATE;
+  IF v_from IS NULL OR p_to IS NULL OR p_to <= v_from OR p_to > pg_catalog.now() - '29 days'::pg_catalog.interval THEN
+    RAISE EXCEPTION 'stripe_sync_gap: no gap: the cursor is % and Stripe lists events from %', v_from, p_to
+      USING ERRCODE = '22023';
+  END IF;
+  UPDATE platform.stripe_sync_state SET gap_from = v_from, gap_to = p_to, gap_found_at = pg_catalog.now()
+   WHERE name = 'events';
+  RETURN pg_catalog.date_part('epoch', p_to - v_from);
+END
+$$;
+
+REVOKE ALL ON FUNCTION platform.stripe_sync_gap(timestamptz) FROM PUBLIC;
+ALTER FUNCTION platform.stripe_sync_gap(timestamptz) OWNER TO selfbase_billing_definer;
+GRANT EXECUTE ON FUNCTION platform.stripe_sync_gap(timestamptz) TO selfbase_billing;
+GRANT SELECT (gap_from, gap_to, gap_found_at) ON platform.stripe_sync_state TO selfbase_monitor;
 
 REVOKE ALL ON platform.meter_error_reports FROM PUBLIC;
 REVOKE ALL ON FUNCTION platform.meter_push_plan(interval, interval), platform.meter_push_attempt(text[]),

@@ -187,11 +187,16 @@ def dunning_tick(conn):
 
 def reconcile(conn, reader, overlap=600, now=None):
     """Replay Stripe's event list from the stored cursor (less ``overlap`` seconds, for events Stripe lists
-    late), at most 30 days back. The ledger skips what was taken. Returns counts per outcome."""
+    late), at most 30 days back. The ledger skips what was taken. Returns counts per outcome, and lost_seconds
+    when the cursor was older than the 30 days Stripe lists (recorded in the platform database)."""
     now = time.time() if now is None else now
     cursor = conn.execute('SELECT extract(epoch FROM platform.stripe_sync_cursor()) AS c').fetchone()['c']
     since = max(float(cursor) - overlap if cursor is not None else 0, now - EVENT_RETENTION)
     counts = {}
+    if cursor is not None and float(cursor) < now - EVENT_RETENTION:
+        # Stripe no longer lists what happened between the cursor and its oldest event: recorded, and alerted on
+        counts['lost_seconds'] = int(conn.execute('SELECT platform.stripe_sync_gap(pg_catalog.to_timestamp(%s)) AS g',
+                                                  (now - EVENT_RETENTION,)).fetchone()['g'])
     for event in reader.events_since(since):
         outcome = apply_event(conn, reader, event, 'reconcile')['outcome']
         counts[outcome] = counts.get(outcome, 0) + 1
