@@ -47,6 +47,7 @@ EXPECTED_ALERTS = {
     "MeteringLagHigh",
     "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
     "BillingSyncFailing", "MeterPushBacklog", "MeterPushNearStripeWindow", "StripeEventsDelayed",
+    "MeterPushUnverified", "OverageNotBilled", "MeterEventsRefused", "StripeEventsLost",
 }
 TEXTFILE = "/var/lib/prometheus/node-exporter/selfbase_backup.prom"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
