@@ -315,6 +315,17 @@ def test_a_summary_that_fits_neither_all_nor_none_is_left_to_an_operator(push, l
     assert push.run()["planned"] == 0
 
 
+def test_a_meter_that_does_not_sum_its_events_is_left_to_an_operator(push):
+    _taken_then_lost(push, A, 100, hour_ago(3))
+    _a_day_later(push)
+    with push.fake.lock:  # a count meter: its summary counts events, whatever their values
+        push.fake.db["billing/meters"][push.meter_id]["default_aggregation"]["formula"] = "count"
+    assert push.summaries(A) == {int(hour_ago(3).timestamp()): 1}
+    res = push.run()
+    assert (res["checked"], res["sent"], res["unverified"]) == (1, 0, 1), res
+    assert len(meter_posts(push.fake)) == 1
+
+
 def test_a_late_push_waits_for_a_revision_inside_the_window_of_the_same_hour(push):
     hour = hour_ago(5)
     _taken_then_lost(push, A, 100, hour)

@@ -961,14 +961,16 @@ class FakeStripe:
         bounds = [(t, min(t + window, end)) for t in range(start, end, window)] if window else [(start, end)]
         out = []
         for lo, hi in bounds:
-            values = [float(e["payload"][meter["value_settings"]["event_payload_key"]])
-                      for e in self.db["meter_events"]
-                      if e["event_name"] == meter["event_name"] and e["payload"].get(key) == p["customer"]
-                      and lo <= e["timestamp"] < hi]
+            found = sorted((e for e in self.db["meter_events"]
+                            if e["event_name"] == meter["event_name"] and e["payload"].get(key) == p["customer"]
+                            and lo <= e["timestamp"] < hi), key=lambda e: e["timestamp"])
+            values = [float(e["payload"].get(meter["value_settings"]["event_payload_key"], 0)) for e in found]
+            formula = meter["default_aggregation"]["formula"]
             if values:
                 out.append({"id": "mtrusum_%d" % lo, "object": "billing.meter_event_summary",
-                            "aggregated_value": sum(values), "end_time": hi, "livemode": False, "meter": oid,
-                            "start_time": lo})
+                            "aggregated_value": {"sum": sum(values), "count": float(len(values)),
+                                                 "last": values[-1]}[formula],
+                            "end_time": hi, "livemode": False, "meter": oid, "start_time": lo})
         limit = p.get("limit", 10)
         if p.get("starting_after"):
             out = [o for o in out if o["start_time"] > int(p["starting_after"].split("_")[1])]

@@ -225,11 +225,16 @@ def read_meter_errors(conn, api, overlap=600, now=None):
     return out
 
 
+def _meter(meters, api, meter_id):
+    """A meter, read once a run."""
+    if meter_id not in meters:
+        meters[meter_id] = api.get('/v1/billing/meters/%s' % meter_id)
+    return meters[meter_id]
+
+
 def _meter_event(meters, api, row):
     """The meter event of a planned push, with the payload keys of its meter."""
-    meter = meters.get(row['stripe_meter_id'])
-    if meter is None:
-        meter = meters[row['stripe_meter_id']] = api.get('/v1/billing/meters/%s' % row['stripe_meter_id'])
+    meter = _meter(meters, api, row['stripe_meter_id'])
     return {'event_name': meter['event_name'], 'identifier': row['identifier'],
             'timestamp': int(row['hour'].timestamp()),
             'payload': {meter['customer_mapping']['event_payload_key']: row['stripe_customer_id'],
@@ -240,17 +245,19 @@ def _stream_event(event):
     return dict(event, timestamp=time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime(event['timestamp'])))
 
 
-def _counted_before(api, rows, fresh_keys):
+def _counted_before(api, meters, rows, fresh_keys):
     """Split unmarked pushes first sent more than DEDUP_WINDOW ago, whose identifiers Stripe may have forgotten,
     by what Stripe's meter event summary of their customer, meter and hour shows: (counted, not counted,
     unverified). A group that also has a push inside the window waits for it to be marked; a summary that fits
-    neither all nor none of a group (usage sent by something else, or a part counted) needs an operator."""
+    neither all nor none of a group (usage sent by something else, or a part counted), or a meter that does not
+    sum its events, needs an operator."""
     groups = {}
     for r in rows:
         groups.setdefault((r['stripe_meter_id'], r['stripe_customer_id'], r['hour']), []).append(r)
     counted, uncounted, unverified = [], [], []
     for (meter, customer, hour), group in groups.items():
-        if (meter, customer, hour) in fresh_keys:
+        formula = ((_meter(meters, api, meter) or {}).get('default_aggregation') or {}).get('formula')
+        if (meter, customer, hour) in fresh_keys or formula != 'sum':
             unverified += group
             continue
         start = int(hour.timestamp())
@@ -285,14 +292,14 @@ def push_usage(conn, api, settle=900, lookback=3 * 86400, workers=8, batch=500, 
     fresh, stale = [], []
     for r in live:
         (fresh if r['attempted_at'] is None or r['attempted_at'].timestamp() > now - DEDUP_WINDOW else stale).append(r)
+    meters = {}
     counted, uncounted, unverified = _counted_before(
-        api, stale, {(r['stripe_meter_id'], r['stripe_customer_id'], r['hour']) for r in fresh})
+        api, meters, stale, {(r['stripe_meter_id'], r['stripe_customer_id'], r['hour']) for r in fresh})
     sent = conn.execute('SELECT platform.meter_push_sent(%s) AS n',
                         ([r['identifier'] for r in counted],)).fetchone()['n'] if counted else 0
     live = fresh + uncounted
     if live:
         conn.execute('SELECT platform.meter_push_attempt(%s)', ([r['identifier'] for r in live],))
-    meters = {}
     events = [_meter_event(meters, api, r) for r in live]
 
     def send(event):
