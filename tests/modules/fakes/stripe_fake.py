@@ -47,6 +47,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import operator
 import os
 import random
 import re
@@ -77,6 +78,7 @@ CURRENCIES = set(
 ZERO_DECIMAL = set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 WEBHOOK_LIMIT = 16  # Stripe's limit of webhook endpoints per account and mode
 EVENT_DAYS = 30  # Stripe serves events of the last 30 days only
+RANGE = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}  # created[...] filters
 
 # Parameter specs: "str", "int", "bool", "meta" (string map, "" clears), "decimal",
 # ("enum", ...values), ["str"] (list of strings), [{...}] (list of dicts), {...} (nested dict).
@@ -927,22 +929,21 @@ class FakeStripe:
     def _take_meter_event(self, event):
         """Stripe's asynchronous checks of a meter event: an error report, or the event counts."""
         payload = event["payload"]
-        meters = [m for m in self.db["billing/meters"].values()
-                  if m["event_name"] == event["event_name"] and m["status"] == "active"]
-        value = payload.get(meters[0]["value_settings"]["event_payload_key"]) if meters else None
-        key = meters[0]["customer_mapping"]["event_payload_key"] if meters else None
-        if not meters:
+        meter = self._meter_named(event["event_name"])
+        value = payload.get(meter["value_settings"]["event_payload_key"]) if meter else None
+        key = meter["customer_mapping"]["event_payload_key"] if meter else None
+        if not meter:
             self._refuse_meter_event(event, "no_meter", "No active meter has the event name %s." % event["event_name"])
         elif not payload.get(key):
             self._refuse_meter_event(event, "meter_event_no_customer_defined",
-                                     "Customer mapping key %s not found in payload." % key, meters[0])
+                                     "Customer mapping key %s not found in payload." % key, meter)
         elif payload[key] not in self.db["customers"]:
             self._refuse_meter_event(event, "meter_event_customer_not_found",
-                                     "No customer %s was found." % payload[key], meters[0])
+                                     "No customer %s was found." % payload[key], meter)
         elif value is None or not re.fullmatch(r"-?\d+(\.\d+)?", value):
             self._refuse_meter_event(event, "meter_event_invalid_value",
-                                     "The value of %s is not a number." % meters[0]["value_settings"][
-                                         "event_payload_key"], meters[0])
+                                     "The value of %s is not a number." % meter["value_settings"]["event_payload_key"],
+                                     meter)
         else:
             self.db["meter_events"].append(event)
             self.db["meter_identifiers"][event["identifier"]] = event["created"]
@@ -1462,12 +1463,10 @@ class FakeStripe:
             return err(400, "invalid_parameter", "limit: an integer")
         if not 1 <= limit <= 100:
             return err(400, "invalid_parameter", "limit: 1 to 100")
-        tests = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
-                 "lte": lambda a, b: a <= b}
         found = [e for e in reversed(self.db["v2_events"])
                  if _epoch(e["created"]) >= now - EVENT_DAYS * 86400 and (not types or e["type"] in types)
                  and (q.get("object_id") is None or (e.get("related_object") or {}).get("id") == q["object_id"])
-                 and all(tests[op](_epoch(e["created"]), at) for op, at in bounds.items())]
+                 and all(RANGE[op](_epoch(e["created"]), at) for op, at in bounds.items())]
         page = found[offset:offset + limit]
         more = offset + limit < len(found)
         token = urllib.parse.quote(json.dumps(dict(q, _offset=offset + limit), sort_keys=True))
@@ -1478,8 +1477,6 @@ class FakeStripe:
     def event_list(self, p):
         p = coerce(EVENT_LIST, p)
         created = p.get("created") or {}
-        tests = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
-                 "lte": lambda a, b: a <= b}
         if "type" in p and "types" in p:
             raise bad("types", "You may only specify one of these parameters: type, types.")
         types = set(p.get("types") or []) | ({p["type"]} if p.get("type") else set())
@@ -1488,7 +1485,7 @@ class FakeStripe:
             raise bad("types", "Wildcards are only allowed in the type parameter.")
 
         def pred(o):
-            return o["created"] >= oldest and all(tests[k](o["created"], v) for k, v in created.items()) and (
+            return o["created"] >= oldest and all(RANGE[k](o["created"], v) for k, v in created.items()) and (
                 not types or any(o["type"] == t or (t.endswith(".*") and o["type"].startswith(t[:-1]))
                                  for t in types))
         return self._list("events", p, "/v1/events", pred)
