@@ -317,9 +317,12 @@ def test_replication_lag_metric(host, db, hvars):
         def standby_row():
             out = _psql(db, "SET ROLE selfbase_exporter; " + query, port=5433, host="/tmp")
             return out.strip().splitlines()[-1].split("|")  # after psql's "SET"
-        # A transaction replayed while streaming: the lag is 0 and the replay time is known.
+        # A transaction replayed while streaming: the lag is 0 and the replay time is known
+        # (caught up can also mean before that commit arrived: wait for its replay time too).
         _psql(db, "SELECT txid_current()")
-        assert _poll(lambda: standby_row() == ["1", "0"], timeout=20), standby_row()
+        replayed = "SELECT pg_last_xact_replay_timestamp() IS NOT NULL"
+        assert _poll(lambda: standby_row() == ["1", "0"]
+                     and _psql(db, replayed, port=5433, host="/tmp").strip() == "t", timeout=20), standby_row()
         # Pause replay, then write a commit that must reach the standby: it is
         # received but not replayed, so the lag is the age of the last replayed commit.
         _psql(db, "SELECT pg_wal_replay_pause()", port=5433, host="/tmp")
