@@ -63,8 +63,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:
     from fakes import stripe_sdk_params
+    from fakes.stripe_fake_discounts import DiscountsMixin
 except ImportError:  # standalone (the demo): this file's directory is on sys.path
     import stripe_sdk_params
+    from stripe_fake_discounts import DiscountsMixin
 
 API_VERSION = "2026-10-28.endive"
 
@@ -130,7 +132,8 @@ SUB_COMMON = dict(EXPAND, metadata=META, proration_behavior=PRORATION, cancel_at
                   description="str", default_payment_method="str",
                   collection_method=("enum", "charge_automatically", "send_invoice"), days_until_due="int",
                   payment_behavior=("enum", "allow_incomplete", "default_incomplete", "error_if_incomplete",
-                                    "pending_if_incomplete"))
+                                    "pending_if_incomplete"),
+                  discounts=[{"coupon": "str", "promotion_code": "str", "discount": "str"}])
 SUB_CREATE = dict(SUB_COMMON, customer="str", trial_period_days="int", trial_end="int",
                   items=[{"price": "str", "quantity": "int", "metadata": META}])
 SUB_UPDATE = dict(SUB_COMMON, trial_end="str",
@@ -151,12 +154,14 @@ INVOICE_LIST = dict(LIST, customer="str", subscription="str",
 
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
           "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
-          "payment_methods": "pm"}
+          "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
           "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
-          "payment_methods": "payment_method"}
-NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint"}
+          "payment_methods": "payment_method", "coupons": "coupon", "promotion_codes": "promotion_code",
+          "discounts": "discount"}
+NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint",
+         "promotion_codes": "promotion code"}
 
 
 class ApiError(Exception):
@@ -310,8 +315,10 @@ class Fault:
     should_retry: str | None = None
 
 
-class FakeStripe:
+class FakeStripe(DiscountsMixin):
     """The fake server. Thread-safe: each request is handled under one lock (except injected delays)."""
+
+    bad = staticmethod(bad)
 
     def __init__(self, port=0, host="127.0.0.1", state_file=None, api_key=None):
         self.host, self.port = host, port
@@ -459,7 +466,7 @@ class FakeStripe:
                   "currency": sub["currency"], "quantity": si.get("quantity"),
                   "period": {"start": si["current_period_start"], "end": si["current_period_end"]}}
                  for si in items]
-        due = sum(line["amount"] for line in lines) if amount is None else amount
+        due = self.discounted(sub, sum(line["amount"] for line in lines)) if amount is None else amount
         customer = self.db["customers"][sub["customer"]]
         count = sum(1 for i in self.db["invoices"].values() if i["customer"] == customer["id"]) + 1
         inv = self._new("invoices", {
@@ -622,9 +629,13 @@ class FakeStripe:
     def _find(self, kind, oid, param="id"):
         obj = self.db[kind].get(oid)
         if obj is None:
-            raise ApiError(404 if param == "id" else 400, "No such %s: '%s'" % (NAMES.get(kind, kind.rstrip("s")), oid),
-                           param=param, code="resource_missing")
+            raise self.missing(NAMES.get(kind, kind.rstrip("s")), oid, param)
         return obj
+
+    @staticmethod
+    def missing(name, oid, param):
+        return ApiError(404 if param == "id" else 400, "No such %s: '%s'" % (name, oid), param=param,
+                        code="resource_missing")
 
     # --- request dispatch (called with the lock held)
     def handle(self, method, path, params):
@@ -665,7 +676,7 @@ class FakeStripe:
             ("GET", r"/v1/events/([^/]+)", self.event_get),
             ("GET", r"/v1/invoices", self.invoice_list),
             ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
-        ]
+        ] + self.discount_routes()
         for m, pattern, fn in routes:
             match = re.fullmatch(pattern, path)
             if m == method and match:
@@ -1182,15 +1193,17 @@ class FakeStripe:
             "customer": customer["id"], "days_until_due": p.get("days_until_due"),
             "default_payment_method": p.get("default_payment_method"), "description": p.get("description"),
             "ended_at": None, "latest_invoice": None, "metadata": self._metadata({}, p.get("metadata")),
-            "pending_update": None, "start_date": now, "status": status,
+            "discounts": [], "pending_update": None, "start_date": now, "status": status,
             "trial_end": trial_end, "trial_start": now if trial_end else None, "_items": []})
         for item, price in zip(p["items"], prices):
             end = trial_end or self._period_end(now, price["recurring"])
             sub["_items"].append(self._item(sub["id"], price, item.get("quantity"), item.get("metadata"), now, end)["id"])
+        if p.get("discounts"):
+            self.apply_discounts(sub, p["discounts"], self._first_amount(sub))
         self._emit("customer.subscription.created", self._sub_view(sub))
         if status == "incomplete":  # its first invoice waits to be paid
             self._open_invoice(sub, "subscription_create")
-        return self._sub_view(sub)
+        return self.expand_discounts(self._sub_view(sub), p.get("expand") or [])
 
     @staticmethod
     def _check_days_until_due(p, collection):
@@ -1200,8 +1213,8 @@ class FakeStripe:
             raise bad("days_until_due", "Missing required param: days_until_due.", code="parameter_missing")
 
     def sub_get(self, p, oid):
-        coerce(EXPAND, p)
-        return self._sub_view(self._find("subscriptions", oid))
+        p = coerce(EXPAND, p)
+        return self.expand_discounts(self._sub_view(self._find("subscriptions", oid)), p.get("expand") or [])
 
     def sub_update(self, p, oid):
         p = coerce(SUB_UPDATE, p)
@@ -1264,9 +1277,17 @@ class FakeStripe:
                 si["current_period_end"] = self._period_end(now, si["price"]["recurring"])
         elif p.get("trial_end") not in (None, "now"):
             raise bad("trial_end", "trial_end must be 'now' in this fake.")
+        if "discounts" in p:
+            self.apply_discounts(sub, p["discounts"], self._first_amount(sub))
         sub["metadata"] = self._metadata(sub["metadata"], p.get("metadata"))
         self._emit("customer.subscription.updated", self._sub_view(sub), before)
-        return self._sub_view(sub)
+        return self.expand_discounts(self._sub_view(sub), p.get("expand") or [])
+
+    def _first_amount(self, sub):
+        """What the subscription's licensed items cost a period, before discounts."""
+        items = [self.db["subscription_items"][i] for i in sub["_items"]]
+        return sum((si["price"]["unit_amount"] or 0) * si.get("quantity", 1) for si in items
+                   if si["price"]["recurring"]["usage_type"] == "licensed")
 
     def _cancel(self, sub):
         now = self.now()
@@ -1297,7 +1318,8 @@ class FakeStripe:
             return ok and ("customer" not in p or o["customer"] == p["customer"]) and (
                 "price" not in p or any(self.db["subscription_items"][i]["price"]["id"] == p["price"]
                                         for i in o["_items"]))
-        return self._list("subscriptions", p, "/v1/subscriptions", pred, view=self._sub_view)
+        return self._list("subscriptions", p, "/v1/subscriptions", pred,
+                          view=lambda o: self.expand_discounts(self._sub_view(o), p.get("expand") or []))
 
     # --- webhook endpoints
     def _webhook_fields(self, p):

@@ -60,6 +60,15 @@ ROUTES = [
     ("GET", r"/v1/events/[^/]+", P.EventRetrieveParams),
     ("GET", r"/v1/invoices", P.InvoiceListParams),
     ("GET", r"/v1/invoices/[^/]+", P.InvoiceRetrieveParams),
+    ("POST", r"/v1/coupons", P.CouponCreateParams),
+    ("GET", r"/v1/coupons", P.CouponListParams),
+    ("GET", r"/v1/coupons/[^/]+", P.CouponRetrieveParams),
+    ("POST", r"/v1/coupons/[^/]+", P.CouponUpdateParams),
+    ("DELETE", r"/v1/coupons/[^/]+", P.CouponDeleteParams),
+    ("POST", r"/v1/promotion_codes", P.PromotionCodeCreateParams),
+    ("GET", r"/v1/promotion_codes", P.PromotionCodeListParams),
+    ("GET", r"/v1/promotion_codes/[^/]+", P.PromotionCodeRetrieveParams),
+    ("POST", r"/v1/promotion_codes/[^/]+", P.PromotionCodeUpdateParams),
 ]
 
 
