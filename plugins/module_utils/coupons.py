@@ -117,7 +117,7 @@ def desired_code(c, i, redeem_by, now):
         raise BillingError('%sminimum_amount_currency: give minimum_amount and minimum_amount_currency together'
                            % field)
     currency = c['minimum_amount_currency'] and check_currency(c['minimum_amount_currency'],
-                                                              field + 'minimum_amount_currency')
+                                                               field + 'minimum_amount_currency')
     if currency:
         _minor(currency, c['minimum_amount'], field + 'minimum_amount')
     return dict(code=c['code'], active=c['active'], expires_at=expires,

@@ -136,7 +136,8 @@ def find_customer(module, client, tenant):
 
 def find_subscription(module, client, customer, mirror):
     # Stripe lists every status but canceled by default; an expired incomplete one is over too
-    subs = [s for s in client.list('/v1/subscriptions', {'customer': customer['id']}) if s['status'] not in ENDED]
+    subs = [s for s in client.list('/v1/subscriptions', {'customer': customer['id'], 'expand': ['data.discounts']})
+            if s['status'] not in ENDED]
     if not subs:
         return None
     stored = mirror and mirror['stripe_subscription_id']
@@ -150,6 +151,46 @@ def find_subscription(module, client, customer, mirror):
         module.warn('Stripe customer %s has %d open subscriptions; managing %s only'
                     % (customer['id'], len(subs), chosen['id']))
     return chosen
+
+
+def find_promotion_code(client, p, customer, want, mirror, sub):
+    """The active promotion code p names, usable by this tenant; raises BillingError where Stripe would refuse it."""
+    code = p['promotion_code']
+    found = [c for c in client.list('/v1/promotion_codes', {'code': code, 'active': 'true'})
+             if c.get('customer') in (None, customer and customer['id'])]
+    if not found:
+        raise BillingError('promotion_code: no active promotion code %s that tenant %s can redeem; create it with '
+                           'selfbase.platform.billing_coupon' % (code, p['tenant']))
+    promo = max(found, key=lambda c: (c.get('customer') is not None, c.get('created', 0)))
+    r = promo.get('restrictions') or {}
+    minimum = ((r.get('currency_options') or {}).get(want['currency']) or {}).get('minimum_amount')
+    if minimum is None and r.get('minimum_amount_currency') == want['currency']:
+        minimum = r.get('minimum_amount')
+    if minimum is not None and (want['amount'] or 0) < minimum:
+        raise BillingError('promotion_code: %s needs a first invoice of at least %d (minor units of %s); plan %s '
+                           'costs %d' % (code, minimum, want['currency'], want['plan'], want['amount'] or 0))
+    earlier = (mirror and mirror['stripe_subscription_id'] and (sub is None or sub['id'] != mirror[
+        'stripe_subscription_id'])) or (sub is not None and sub.get('latest_invoice'))
+    if r.get('first_time_transaction') and earlier and not applied_code(sub) == code:
+        raise BillingError('promotion_code: %s is for first-time customers only, and tenant %s has paid or been '
+                           'invoiced before' % (code, p['tenant']))
+    return promo
+
+
+def applied_code(sub):
+    """The promotion code the module applied to a subscription (kept in its metadata, so that a discount that ran
+    out is not redeemed again)."""
+    return ((sub or {}).get('metadata') or {}).get('promotion_code')
+
+
+def discount_of(sub, promo=None):
+    """The subscription's discount from a promotion code or coupon: its promotion code and coupon ids."""
+    if promo is not None:
+        return dict(promotion_code=promo['id'], coupon=(promo.get('promotion') or {}).get('coupon'))
+    for d in (sub or {}).get('discounts') or []:
+        if isinstance(d, dict):
+            return dict(promotion_code=d.get('promotion_code'), coupon=(d.get('source') or {}).get('coupon'))
+    return None
 
 
 def _items(sub):
@@ -259,6 +300,9 @@ def create_write(p, customer, mirror, want, meta):
     if p['days_until_due'] is not None:
         params['days_until_due'] = p['days_until_due']
     params['payment_behavior'] = p['payment_behavior']
+    if want.get('promotion'):
+        params['discounts'] = [{'promotion_code': want['promotion']['id']}]
+        meta = params['metadata'] = dict(meta, promotion_code=p['promotion_code'])
     status = new_status(p, params, customer, want['amount'])
     return dict(what='subscription', label='create subscription on %s%s%s' % (
         want['price'], ' with a %d-day trial' % days if 'trial_period_days' in params else '',
@@ -282,7 +326,14 @@ def update_write(p, sub, want, meta):
     if items:
         params['items'] = items
         params['proration_behavior'] = p['proration_behavior']
-    if any((sub.get('metadata') or {}).get(k) != v for k, v in meta.items()):
+    applied = applied_code(sub)
+    if want.get('promotion') and applied != p['promotion_code']:
+        params['discounts'] = [{'promotion_code': want['promotion']['id']}]
+        meta = dict(meta, promotion_code=p['promotion_code'])
+    elif p['promotion_code'] == '' and (sub.get('discounts') or applied):
+        params['discounts'] = ''
+        meta = dict(meta, promotion_code='')
+    if any((sub.get('metadata') or {}).get(k) != (v or None) for k, v in meta.items()):
         params['metadata'] = meta
     if bool(sub.get('cancel_at_period_end')) != (p['cancel'] == 'at_period_end'):
         params['cancel_at_period_end'] = 'true' if p['cancel'] == 'at_period_end' else 'false'
@@ -293,7 +344,9 @@ def update_write(p, sub, want, meta):
     if not params:
         return None, swap
     what = ['price %s -> %s' % (base['price']['id'] if base else None, want['price'])] if swap else []
-    what.extend(k for k in sorted(params) if k not in ('items', 'proration_behavior'))
+    what.extend(k for k in sorted(params) if k not in ('items', 'proration_behavior', 'discounts'))
+    if 'discounts' in params:
+        what.append('promotion code %s' % p['promotion_code'] if p['promotion_code'] else 'no discount')
     if items and not swap:
         what.append('metered items')
     return dict(what='subscription_update', label='update subscription %s (%s)' % (sub['id'], ', '.join(what)),
@@ -302,7 +355,8 @@ def update_write(p, sub, want, meta):
 
 # What each update parameter comes from, to name the option when Stripe would refuse it
 UPDATE_OPTION = dict(items='plan', proration_behavior='plan', cancel_at_period_end='cancel',
-                     collection_method='collection_method', days_until_due='days_until_due')
+                     collection_method='collection_method', days_until_due='days_until_due',
+                     discounts='promotion_code')
 
 
 def check_incomplete(p, sub, update):
@@ -489,7 +543,12 @@ class SubscriptionRun(object):
         customer, sub, ended = self.find(tenant, mirror)
         if want is not None:
             check_subscription(p, sub, want)
+            if p['promotion_code'] and applied_code(sub) != p['promotion_code']:
+                want['promotion'] = find_promotion_code(self.client, p, customer, want, mirror, sub)
         writes = plan_writes(p, tenant, customer, sub, mirror, want)
+        discount = discount_of(sub)
+        if any('discounts' in w.get('params', {}) for w in writes):
+            discount = discount_of(None, want['promotion']) if want.get('promotion') else None
         self.actions = [w['label'] for w in writes]
 
         customer_id = customer['id'] if customer else None
@@ -509,7 +568,8 @@ class SubscriptionRun(object):
             write_db(cur, tenant, new_tenant if tenant_changed else tenant, mirror, after)
             self.conn.commit()
         self.conn.rollback()
-        result = dict(changed=changed, subscription=after_public, actions=self.actions, api_calls=self.client.counts())
+        result = dict(changed=changed, subscription=after_public, discount=discount, actions=self.actions,
+                      api_calls=self.client.counts())
         if module._diff:
             result['diff'] = dict(before=before_public, after=after_public)
         return result

@@ -45,7 +45,7 @@ options:
   currency_options:
     description:
       - Discounts in other currencies, in their minor units, so that an O(amount_off) coupon applies to
-        subscriptions in those currencies too, for example C({eur: 500}). Currencies can be added in place; a
+        subscriptions in those currencies too, for example V(eur) with V(500). Currencies can be added in place; a
         changed or removed amount makes a new coupon.
     type: dict
   duration:

@@ -92,6 +92,18 @@ options:
   email:
     description: Billing e-mail of the Stripe customer. Compared only when set.
     type: str
+  promotion_code:
+    description:
+      - A promotion code (see M(selfbase.platform.billing_coupon)) the subscription redeems, for example
+        C(LAUNCH20). The code must be active and usable by the tenant; the run fails before any write, naming this
+        option, when it is not, when the plan's price is below the code's minimum amount, or when the code is for
+        first-time customers and the tenant was invoiced before.
+      - It replaces the subscription's discounts. The code is recorded in the subscription's
+        C(metadata.promotion_code), and is redeemed once; a discount that ran out (a V(once) or V(repeating)
+        coupon) is not redeemed again on the next run.
+      - An empty string removes the subscription's discounts. Not compared when not set.
+      - Stripe refuses it on an C(incomplete) subscription, and so does the module.
+    type: str
   update_tenant:
     description:
       - Mirror the subscription onto the tenant too, besides C(platform.subscriptions), in C(plan), C(billing_cycle),
@@ -229,6 +241,20 @@ subscription:
       description: When it was canceled, or null.
       type: str
       sample: null
+discount:
+  description:
+    - The subscription's discount after the run (in check mode, as it would be), or null.
+  returned: always
+  type: dict
+  contains:
+    promotion_code:
+      description: Id of the promotion code redeemed, or null for a coupon applied in Stripe.
+      type: str
+      sample: promo_1Q8
+    coupon:
+      description: Id of the coupon.
+      type: str
+      sample: Z4OV52SU
 actions:
   description: Stripe writes of this run, in order (in check mode, those it would make).
   returned: always
@@ -265,6 +291,7 @@ def main():
         payment_behavior=dict(type='str', default='error_if_incomplete',
                               choices=['error_if_incomplete', 'allow_incomplete', 'default_incomplete']),
         email=dict(type='str'),
+        promotion_code=dict(type='str', no_log=False),
         update_tenant=dict(type='bool', default=True),
         state=dict(type='str', default='present', choices=['present', 'absent']),
     )

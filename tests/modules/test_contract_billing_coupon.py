@@ -172,7 +172,7 @@ def test_the_fake_refuses_what_stripe_refuses(stripe_fake):
     coupon = client.raw_request("post", "/v1/coupons", percent_off=10, redeem_by=stripe_fake.now() + 3600).data
     assert "unknown parameter: percent_off" in refused("/v1/coupons/%s" % coupon["id"], percent_off=5)
     assert "exactly one of amount_off or percent_off" in refused("/v1/coupons", percent_off=5, amount_off=5,
-                                                                  currency="usd")
+                                                                 currency="usd")
     assert "duration_in_months" in refused("/v1/coupons", percent_off=5, duration="repeating")
     promo = dict(type="coupon", coupon=coupon["id"])
     assert "after the coupon's redeem_by" in refused("/v1/promotion_codes", promotion=promo, code="X1",

@@ -390,3 +390,99 @@ def test_immediate_cancel_bills_uninvoiced_usage(bill, world, stripe_fake):
     assert (cancel.method, cancel.path) == ("DELETE", "/v1/subscriptions/%s" % sub_id)
     assert (cancel.params["invoice_now"], cancel.params["prorate"]) == ("true", "true")
     assert stripe_fake.db["subscriptions"][sub_id]["_final_invoice"] == {"invoice_now": True, "prorate": True}
+
+
+def _coupon(bill, **codes):
+    """The coupon 'welcome' (25% off for 2 months) with promotion codes given as code=options."""
+    res = bill("billing_coupon", {"key": "welcome", "percent_off": 25, "duration": "repeating",
+                                  "duration_in_months": 2,
+                                  "promotion_codes": [dict(o, code=c) for c, o in codes.items()]}, login=False)
+    assert res["changed"] is True, res
+    return res
+
+
+def test_a_promotion_code_discounts_the_subscription_once(bill, world, stripe_fake):
+    """The code is resolved before any write, redeemed with the subscription, recorded in its metadata, and not
+    redeemed again when the discount has run out; an empty code removes the discount."""
+    conn = world
+    _on_pro(conn)
+    coupon = _coupon(bill, WELCOME={})
+    promo = coupon["promotion_codes"][0]["id"]
+    stripe_fake.reset_log()
+    args = {"tenant": "acme", "promotion_code": "WELCOME", "collection_method": "send_invoice", "days_until_due": 7}
+    predicted = bill("tenant_subscription", args, check=True)
+    assert predicted["discount"] == {"promotion_code": promo, "coupon": coupon["coupon"]["id"]}, predicted
+    assert stripe_fake.writes() == []
+    res = bill("tenant_subscription", args)
+    assert res["discount"] == predicted["discount"], res
+    sub = stripe_fake.get("subscriptions", res["subscription"]["stripe_subscription_id"])
+    [discount] = [stripe_fake.get("discounts", d) for d in sub["discounts"]]
+    assert (discount["promotion_code"], discount["source"]["coupon"]) == (promo, coupon["coupon"]["id"])
+    assert sub["metadata"]["promotion_code"] == "WELCOME"
+    assert stripe_fake.promotion_codes()[0]["times_redeemed"] == 1
+    # the invoice is discounted: 25% off pro's 2900
+    assert stripe_fake.get("invoices", stripe_fake.invoice(sub["id"]))["amount_due"] == 2175
+
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", args)
+    assert res["changed"] is False and stripe_fake.writes() == [] and res["discount"] == predicted["discount"], res
+    # Stripe ends the discount after two months; the code is not redeemed again
+    stripe_fake.db["subscriptions"][sub["id"]]["discounts"] = []
+    res = bill("tenant_subscription", args)
+    assert res["changed"] is False and res["discount"] is None and stripe_fake.writes() == [], res
+
+    res = bill("tenant_subscription", dict(args, promotion_code=""))
+    assert res["changed"] is True and res["discount"] is None, res
+    assert "promotion_code" not in stripe_fake.get("subscriptions", sub["id"])["metadata"]
+    assert bill("tenant_subscription", dict(args, promotion_code=""))["changed"] is False
+
+
+@pytest.mark.parametrize("codes, message", [
+    ({}, "promotion_code: no active promotion code WELCOME that tenant acme can redeem"),
+    ({"WELCOME": {"active": False}}, "promotion_code: no active promotion code WELCOME"),
+    ({"WELCOME": {"minimum_amount": 5000, "minimum_amount_currency": "usd"}},
+     "promotion_code: WELCOME needs a first invoice of at least 5000 (minor units of usd); plan pro costs 2900"),
+])
+def test_an_unusable_promotion_code_fails_before_any_write(bill, world, stripe_fake, codes, message):
+    conn = world
+    _on_pro(conn)
+    if codes:
+        _coupon(bill, **codes)
+    before = _snapshot(conn)
+    stripe_fake.reset_log()
+    for check in (True, False):
+        res = bill("tenant_subscription", {"tenant": "acme", "promotion_code": "WELCOME"}, check=check)
+        assert res["failed"] is True and res["msg"].startswith(message), res["msg"]
+    assert stripe_fake.writes() == [] and _snapshot(conn) == before
+
+
+def test_a_first_time_code_is_refused_after_a_first_invoice(bill, world, stripe_fake):
+    conn = world
+    _on_pro(conn)
+    _coupon(bill, NEWHERE={"first_time_transaction": True})
+    args = {"tenant": "acme", "collection_method": "send_invoice", "days_until_due": 7}
+    sub_id = bill("tenant_subscription", args)["subscription"]["stripe_subscription_id"]
+    stripe_fake.invoice(sub_id)
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", dict(args, promotion_code="NEWHERE"))
+    assert res["failed"] and res["msg"].startswith("promotion_code: NEWHERE is for first-time customers"), res
+    assert stripe_fake.writes() == []
+    # the fake, as strict as Stripe, refuses the redemption the module would have sent
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
+    other = client.raw_request("post", "/v1/subscriptions", customer=stripe_fake.get("subscriptions", sub_id)["customer"],
+                               items=[{"price": _price(conn, "starter", "month")}], collection_method="send_invoice",
+                               days_until_due=7).data
+    with pytest.raises(stripe.InvalidRequestError, match="prior transactions"):
+        client.raw_request("post", "/v1/subscriptions/%s" % other["id"],
+                           discounts=[{"promotion_code": stripe_fake.promotion_codes()[0]["id"]}])
+
+
+def test_an_incomplete_subscription_takes_no_promotion_code(bill, world, stripe_fake):
+    conn = world
+    _on_pro(conn)
+    _coupon(bill, WELCOME={})
+    sub_id = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete"}
+                  )["subscription"]["stripe_subscription_id"]
+    res = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete",
+                                       "promotion_code": "WELCOME"})
+    assert res["failed"] and res["msg"].startswith("promotion_code: subscription %s" % sub_id), res

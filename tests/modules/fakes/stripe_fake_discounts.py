@@ -72,7 +72,7 @@ class DiscountsMixin:
         percent, amount = p.get("percent_off"), p.get("amount_off")
         if (percent is None) == (amount is None):
             raise self.bad("percent_off" if percent is not None else None,
-                       "You must pass exactly one of amount_off or percent_off.")
+                           "You must pass exactly one of amount_off or percent_off.")
         if percent is not None and not 0 < float(percent) <= 100:
             raise self.bad("percent_off", "Invalid percent_off: must be greater than 0 and at most 100.")
         currency = None
@@ -195,7 +195,7 @@ class DiscountsMixin:
         active = p.get("active", "true") == "true"
         if active and self._code_taken(code, customer):
             raise self.bad("code", "An active promotion code with `code: %s` already exists." % code,
-                       "resource_already_exists")
+                           "resource_already_exists")
         expires = int(p["expires_at"]) if p.get("expires_at") is not None else None
         if expires is not None and expires <= self.now():
             raise self.bad("expires_at", "expires_at must be in the future.")
@@ -207,7 +207,7 @@ class DiscountsMixin:
         if (r.get("minimum_amount") is None) != (r.get("minimum_amount_currency") is None):
             name = "minimum_amount_currency" if r.get("minimum_amount") is not None else "minimum_amount"
             raise self.bad("restrictions[%s]" % name, "minimum_amount and minimum_amount_currency go together.",
-                       "parameter_missing")
+                           "parameter_missing")
         restrictions = {
             "currency_options": {c: {"minimum_amount": int(o["minimum_amount"])}
                                  for c, o in (r.get("currency_options") or {}).items()},
@@ -237,11 +237,11 @@ class DiscountsMixin:
                 if not self._promo_active(pc):
                     pc["_active"] = False
                     raise self.bad("active", "This promotion code cannot be reactivated: its coupon is no longer valid, "
-                               "it expired or it reached max_redemptions.")
+                                   "it expired or it reached max_redemptions.")
                 if self._code_taken(pc["code"], pc["customer"], skip=pc["id"]):
                     pc["_active"] = False
                     raise self.bad("active", "An active promotion code with `code: %s` already exists." % pc["code"],
-                               "resource_already_exists")
+                                   "resource_already_exists")
             elif not want:
                 pc["_active"] = False
         options = ((p.get("restrictions") or {}).get("currency_options") or {})
@@ -287,7 +287,7 @@ class DiscountsMixin:
             if coupon["amount_off"] is not None and coupon["currency"] != sub["currency"] and \
                     sub["currency"] not in (coupon["currency_options"] or {}):
                 raise self.bad(name, "The coupon %s has no amount in %s, the currency of the subscription."
-                           % (coupon["id"], sub["currency"]))
+                               % (coupon["id"], sub["currency"]))
             new.append((coupon, pc))
         if len({c["id"] for c, _pc in new}) < len(new):
             raise self.bad("discounts", "A coupon can only be applied once to the same subscription.")
@@ -317,7 +317,7 @@ class DiscountsMixin:
         if r["first_time_transaction"] and any(
                 s["customer"] == sub["customer"] and s["id"] != sub["id"] for s in self.db["subscriptions"].values()):
             raise self.bad(param, "This promotion code cannot be redeemed because the associated customer has prior "
-                       "transactions.")
+                           "transactions.")
         minimum = (r["currency_options"].get(sub["currency"]) or {}).get("minimum_amount")
         if minimum is None and r["minimum_amount_currency"] == sub["currency"]:
             minimum = r["minimum_amount"]

@@ -20,7 +20,7 @@ WANT = dict(plan="pro", plan_active=True, trial_days=None, cycle="month", curren
 def params(**kw):
     p = dict(tenant="acme", trial_days=None, cancel="none", collection_method=None, days_until_due=None,
              payment_behavior="error_if_incomplete", proration_behavior="create_prorations", email=None,
-             update_tenant=True, state="present")
+             promotion_code=None, update_tenant=True, state="present")
     p.update(kw)
     return p
 
