@@ -4,7 +4,7 @@
 """Billing reports from the mirrors that the webhook receiver keeps (migration 0006): per tenant, its plan,
 subscription, dunning, payment method, usage against quota, last invoices, amount due and overage that is never
 billed (migration 0012); platform-wide, the
-month's MRR movements."""
+month's MRR movements (migration 0013)."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -48,30 +48,33 @@ SELECT t.slug, t.name, t.status, t.plan_code AS plan,
  WHERE t.status <> 'deleted' AND (%(slugs)s::text[] IS NULL OR t.slug = ANY(%(slugs)s::text[]))
  ORDER BY t.slug'''
 
-# A subscription counts from its start (after any trial) until it is canceled, at its plan price (a year's
-# price over 12). Incomplete subscriptions never counted.
+# Per tenant and currency, MRR at the month's start and end (platform.mrr_at, migration 0013: the subscription's
+# version in force then, after recurring discounts); the difference is new (never paid before), reactivated,
+# expansion, contraction or churned.
 MRR = '''
 WITH b AS (SELECT %(start)s::timestamptz AS m0,
                   LEAST(%(start)s::timestamptz + interval '1 month', now()) AS m1),
-subs AS (
-  SELECT p.currency, CASE p.billing_cycle WHEN 'year' THEN p.unit_amount / 12.0 ELSE p.unit_amount END AS monthly,
-         GREATEST(s.started_at, COALESCE(s.trial_end, s.started_at)) AS paying_from, s.canceled_at
-    FROM platform.subscriptions s
-    JOIN platform.plan_prices p ON p.stripe_price_id = s.stripe_price_id
-   WHERE s.started_at IS NOT NULL AND s.status NOT IN ('incomplete', 'incomplete_expired')),
-f AS (
-  SELECT subs.currency, subs.monthly,
-         subs.paying_from <= b.m0 AND (subs.canceled_at IS NULL OR subs.canceled_at > b.m0) AS at_start,
-         subs.paying_from <= b.m1 AND (subs.canceled_at IS NULL OR subs.canceled_at > b.m1) AS at_end
-    FROM subs, b)
-SELECT f.currency,
-       COALESCE(sum(f.monthly) FILTER (WHERE f.at_start), 0) AS mrr_start,
-       COALESCE(sum(f.monthly) FILTER (WHERE f.at_end AND NOT f.at_start), 0) AS new,
-       COALESCE(sum(f.monthly) FILTER (WHERE f.at_start AND NOT f.at_end), 0) AS churned,
-       COALESCE(sum(f.monthly) FILTER (WHERE f.at_end), 0) AS mrr_end,
-       count(*) FILTER (WHERE f.at_end AND NOT f.at_start) AS new_subscriptions,
-       count(*) FILTER (WHERE f.at_start AND NOT f.at_end) AS churned_subscriptions
-  FROM f GROUP BY f.currency ORDER BY f.currency'''
+j AS (
+  SELECT COALESCE(s.tenant_id, e.tenant_id) AS tenant_id, COALESCE(s.currency, e.currency) AS currency,
+         COALESCE(s.mrr, 0) AS s, COALESCE(e.mrr, 0) AS e
+    FROM (SELECT m.* FROM b, platform.mrr_at(b.m0) m) s
+    FULL JOIN (SELECT m.* FROM b, platform.mrr_at(b.m1) m) e ON e.tenant_id = s.tenant_id AND e.currency = s.currency),
+k AS (
+  SELECT j.currency, j.s, j.e, COALESCE(f.since < b.m0, false) AS paid_before
+    FROM j CROSS JOIN b LEFT JOIN platform.mrr_first_paying() f ON f.tenant_id = j.tenant_id)
+SELECT k.currency,
+       COALESCE(sum(k.s), 0) AS mrr_start,
+       COALESCE(sum(k.e) FILTER (WHERE k.s = 0 AND k.e > 0 AND NOT k.paid_before), 0) AS new,
+       COALESCE(sum(k.e) FILTER (WHERE k.s = 0 AND k.e > 0 AND k.paid_before), 0) AS reactivated,
+       COALESCE(sum(k.e - k.s) FILTER (WHERE k.s > 0 AND k.e > k.s), 0) AS expansion,
+       COALESCE(sum(k.s - k.e) FILTER (WHERE k.s > 0 AND k.e > 0 AND k.e < k.s), 0) AS contraction,
+       COALESCE(sum(k.s) FILTER (WHERE k.s > 0 AND k.e = 0), 0) AS churned,
+       COALESCE(sum(k.e), 0) AS mrr_end,
+       count(*) FILTER (WHERE k.s = 0 AND k.e > 0 AND NOT k.paid_before) AS new_subscriptions,
+       count(*) FILTER (WHERE k.s = 0 AND k.e > 0 AND k.paid_before) AS reactivated_subscriptions,
+       count(*) FILTER (WHERE k.s > 0 AND k.e = 0) AS churned_subscriptions
+  FROM k GROUP BY k.currency HAVING sum(k.s) > 0 OR sum(k.e) > 0 ORDER BY k.currency'''
+MOVEMENTS = ('mrr_start', 'new', 'reactivated', 'expansion', 'contraction', 'churned', 'mrr_end')
 
 
 def month_start(month, today=None):
@@ -90,7 +93,7 @@ def report(conn, slugs=None, month=None, invoices=3, with_tenants=True):
     mrr = []
     for row in conn.execute(MRR, dict(start=start)).fetchall():
         row = dict(row)
-        for key in ('mrr_start', 'new', 'churned', 'mrr_end'):
+        for key in MOVEMENTS:
             row[key] = round(float(row[key]), 2)
         row['net'] = round(row['mrr_end'] - row['mrr_start'], 2)
         mrr.append(row)

@@ -15,11 +15,14 @@ description:
     Stripe. Per tenant - its plan and status, its subscription, its dunning state, whether it has a payment method
     (brand and last 4 digits only), its usage against quota in the current period, its last invoices and the amount
     due on open invoices.
-  - Platform-wide, per currency, the MRR at the start and at the end of a month, what new subscriptions added and
-    what ended ones took away, and the net change.
+  - Platform-wide, per currency, the MRR at the start and at the end of a month and its movements, per tenant
+    between the two - new (a tenant that never paid before), reactivated (one that paid before), expansion,
+    contraction and churned - and the net change.
   - A subscription counts towards MRR from its start, or the end of its trial, until it is canceled, at its plan's
-    price (a yearly price over 12). Incomplete subscriptions never count. Plan changes within a month are not
-    tracked separately (the mirror keeps the current price).
+    price times its quantity (a yearly price over 12), less a recurring discount (percent off, or an amount off
+    spread over the billing period; a V(once) discount is not recurring). Incomplete subscriptions never count.
+    Each change of price, quantity, discount or status is kept in C(platform.subscription_versions) (migration
+    0013), so a month's figures are those that held then.
   - Never changes anything.
 options:
   slugs:
@@ -138,8 +141,9 @@ mrr:
   type: list
   elements: dict
   sample:
-    - {currency: usd, mrr_start: 120000.0, new: 5800.0, churned: 2900.0, mrr_end: 122900.0, net: 2900.0,
-       new_subscriptions: 2, churned_subscriptions: 1}
+    - {currency: usd, mrr_start: 120000.0, new: 5800.0, reactivated: 2900.0, expansion: 7000.0,
+       contraction: 580.0, churned: 2900.0, mrr_end: 132220.0, net: 12220.0, new_subscriptions: 2,
+       reactivated_subscriptions: 1, churned_subscriptions: 1}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -161,7 +165,7 @@ def main():
     if p['invoices'] < 0:
         module.fail_json(msg='invoices must be 0 or more, got %d.' % p['invoices'])
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, '0012', dict(changed=False, tenants=[], mrr=[], month=p['month']))
+    require_schema(module, conn, '0013', dict(changed=False, tenants=[], mrr=[], month=p['month']))
     try:
         result = report(conn, p['slugs'], p['month'], p['invoices'], p['include_tenants'])
     except ValueError as e:
