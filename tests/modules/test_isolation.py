@@ -25,7 +25,7 @@ TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
     "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
-    "tenant_placements",
+    "tenant_placements", "subscription_versions",
 ])
 # Views with tenant rows: no policies of their own; the definer behind each walls them, and only Hasura's login
 # reads them (test_operators.py attacks each).
@@ -55,6 +55,8 @@ EXPECTED = {
     "tenant_choices": dict(select="denied", update="denied", delete="denied", insert="denied"),
     # the placement registry (0010): only the control plane writes it, the monitor reads it
     "tenant_placements": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    # written by record_subscription_version() (0013) only; the control plane and the monitor read it
+    "subscription_versions": dict(select="denied", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -110,6 +112,8 @@ def insert_for(table, tenant, event_id=None):
                          "'cus_x', 'mtr_x')", (t,)),
         "tenant_placements": ("INSERT INTO platform.tenant_placements (tenant_id, tier, state) "
                               "VALUES (%s, 'pooled', 'active')", (t,)),
+        "subscription_versions": ("INSERT INTO platform.subscription_versions (tenant_id, valid_from, status) "
+                                  "VALUES (%s, now(), 'active')", (t,)),
     }[table]
 
 

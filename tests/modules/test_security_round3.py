@@ -557,3 +557,57 @@ def test_with_the_0003_grant_one_login_stalled_every_tenants_quota_checks(tenant
     err = error(victim, "INSERT INTO platform.projects (tenant_id, name) VALUES (%s, 'x')", (B,))
     assert err.sqlstate == "55P03"
     holder.rollback()
+
+
+# 0013. Subscription versions: MRR history that no login writes -------------------------------------
+
+FORGE = ("INSERT INTO platform.subscription_versions (tenant_id, valid_from, status, currency, billing_cycle, "
+         "monthly_amount, started_at) VALUES (%s, '2020-01-01', 'active', 'usd', 'month', 99999900, '2020-01-01')")
+MRR_2021 = "SELECT coalesce(sum(mrr), 0) AS mrr FROM platform.mrr_at('2021-01-01')"
+
+
+@pytest.mark.parametrize("who", list(ROLES) + ["billing"])
+def test_no_login_writes_subscription_versions_and_only_control_and_monitor_read_them(tenants, logins, biller,
+                                                                                      who):  # noqa: F811
+    c = biller if who == "billing" else logins(who)
+    if who != "billing":
+        act_for(c, A)
+    for sql, params in ((FORGE, (A,)), ("UPDATE platform.subscription_versions SET monthly_amount = 0", ()),
+                        ("DELETE FROM platform.subscription_versions", ())):
+        assert error(c, sql, params).sqlstate == "42501", (who, sql)
+    if who in ("control", "monitor"):
+        assert c.execute("SELECT count(*) AS n FROM platform.subscription_versions").fetchone()["n"] == 2
+        assert c.execute(MRR_2021).fetchone()["mrr"] == 0
+    else:
+        assert error(c, "SELECT * FROM platform.subscription_versions").sqlstate == "42501", who
+        assert error(c, MRR_2021).sqlstate == "42501", who
+
+
+def test_without_the_grants_a_tenant_session_forged_its_mrr_history(tenants, logins):  # noqa: F811
+    tenants.execute("GRANT SELECT, INSERT ON platform.subscription_versions TO PUBLIC")
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.mrr_at(timestamptz) TO PUBLIC")
+    app = logins("app")
+    act_for(app, A)
+    app.execute(FORGE, (A,))  # the tenant_isolation policy lets a tenant write its own rows
+    assert app.execute(MRR_2021).fetchone()["mrr"] == 99999900
+
+
+def test_the_billing_login_records_a_version_with_the_discount_through_stripe_event_apply(tenants, biller,
+                                                                                          plans):  # noqa: F811
+    sub = dict(_subscription("price_pro", "pro"), currency="usd", discounts=[{
+        "id": "di_1", "object": "discount", "promotion_code": "promo_1", "end": None, "start": 1767225600,
+        "source": {"type": "coupon", "coupon": {"id": "co_1", "object": "coupon", "percent_off": 25.0,
+                                                "amount_off": None, "currency": None, "duration": "forever"}}}])
+    assert _apply(biller, sub)["outcome"] == "applied"
+    row = tenants.execute("SELECT discount FROM platform.subscriptions WHERE tenant_id = %s", (A,)).fetchone()
+    assert row["discount"] == {"coupon": "co_1", "promotion_code": "promo_1", "percent_off": 25.0, "amount_off": None,
+                               "duration": "forever", "end": None}
+    version = tenants.execute("SELECT * FROM platform.subscription_versions WHERE tenant_id = %s "
+                              "ORDER BY valid_from DESC, id DESC LIMIT 1", (A,)).fetchone()
+    assert (version["status"], version["monthly_amount"], version["discount"]["percent_off"]) == ("active", 2900, 25.0)
+    assert tenants.execute("SELECT mrr FROM platform.mrr_at(now()) WHERE tenant_id = %s", (A,)).fetchone()["mrr"] == 2175
+    # the same object again changes nothing: no new version
+    count = "SELECT count(*) AS n FROM platform.subscription_versions WHERE tenant_id = %s"
+    before = tenants.execute(count, (A,)).fetchone()["n"]
+    _apply(biller, sub)
+    assert tenants.execute(count, (A,)).fetchone()["n"] == before
