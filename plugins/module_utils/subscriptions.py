@@ -22,7 +22,9 @@ ENDED = ('canceled', 'incomplete_expired')
 KEEP_TENANT_STATUS = ('suspended', 'deleted')
 MIRROR = ('stripe_customer_id', 'stripe_subscription_id', 'stripe_item_id', 'stripe_price_id', 'metered_items',
           'plan', 'billing_cycle', 'currency', 'status', 'current_period_start', 'current_period_end', 'trial_end',
-          'cancel_at_period_end', 'canceled_at')
+          'cancel_at_period_end', 'canceled_at', 'discount')
+# Subscriptions are read and written with their discount's coupon (the mirror's discount, migration 0013)
+EXPAND = ['discounts.source.coupon']
 TIMES = ('current_period_start', 'current_period_end', 'trial_end', 'canceled_at')
 
 
@@ -136,7 +138,8 @@ def find_customer(module, client, tenant):
 
 def find_subscription(module, client, customer, mirror):
     # Stripe lists every status but canceled by default; an expired incomplete one is over too
-    subs = [s for s in client.list('/v1/subscriptions', {'customer': customer['id'], 'expand': ['data.discounts']})
+    subs = [s for s in client.list('/v1/subscriptions', {'customer': customer['id'],
+                                                         'expand': ['data.' + e for e in EXPAND]})
             if s['status'] not in ENDED]
     if not subs:
         return None
@@ -162,6 +165,12 @@ def find_promotion_code(client, p, customer, want, mirror, sub):
         raise BillingError('promotion_code: no active promotion code %s that tenant %s can redeem; create it with '
                            'selfbase.platform.billing_coupon' % (code, p['tenant']))
     promo = max(found, key=lambda c: (c.get('customer') is not None, c.get('created', 0)))
+    promo = dict(promo, coupon=client.get('/v1/coupons/%s' % promo['promotion']['coupon']))
+    off = discount_view(promo['coupon'], promo['id'], want['currency'], None)
+    if off['percent_off'] is None and off['amount_off'] is None:
+        raise BillingError('promotion_code: the coupon of %s takes an amount off in %s only, and the subscription is '
+                           'in %s; add a currency option to the coupon' % (code, promo['coupon'].get('currency'),
+                                                                          want['currency']))
     r = promo.get('restrictions') or {}
     minimum = ((r.get('currency_options') or {}).get(want['currency']) or {}).get('minimum_amount')
     if minimum is None and r.get('minimum_amount_currency') == want['currency']:
@@ -183,13 +192,23 @@ def applied_code(sub):
     return ((sub or {}).get('metadata') or {}).get('promotion_code')
 
 
-def discount_of(sub, promo=None):
-    """The subscription's discount from a promotion code or coupon: its promotion code and coupon ids."""
-    if promo is not None:
-        return dict(promotion_code=promo['id'], coupon=(promo.get('promotion') or {}).get('coupon'))
+def discount_view(coupon, promotion_code, currency, end):
+    """The mirror's discount (as stripe_event_apply writes it): the coupon's percent off, or its amount off in the
+    subscription's currency, its duration, and when the discount ends."""
+    coupon = coupon if isinstance(coupon, dict) else {'id': coupon}
+    amount = coupon.get('amount_off') if coupon.get('currency') == currency else None
+    if amount is None:
+        amount = ((coupon.get('currency_options') or {}).get(currency) or {}).get('amount_off')
+    return dict(coupon=coupon.get('id'), promotion_code=promotion_code, percent_off=coupon.get('percent_off'),
+                amount_off=amount, duration=coupon.get('duration'), end=end)
+
+
+def discount_of(sub):
+    """The first discount of a subscription read with EXPAND, or None."""
     for d in (sub or {}).get('discounts') or []:
         if isinstance(d, dict):
-            return dict(promotion_code=d.get('promotion_code'), coupon=(d.get('source') or {}).get('coupon'))
+            return discount_view((d.get('source') or {}).get('coupon'), d.get('promotion_code'), sub.get('currency'),
+                                 d.get('end'))
     return None
 
 
@@ -217,7 +236,9 @@ def mirror_of(sub, customer_id, want, metric_by_price):
         current_period_start=_epoch(first.get('current_period_start', sub.get('current_period_start'))),
         current_period_end=_epoch(first.get('current_period_end', sub.get('current_period_end'))),
         trial_end=_epoch(sub.get('trial_end')), cancel_at_period_end=bool(sub.get('cancel_at_period_end')),
-        canceled_at=_epoch(sub.get('canceled_at')))
+        canceled_at=_epoch(sub.get('canceled_at')), discount=discount_of(sub),
+        # not compared (public() leaves it out): MRR counts from it
+        started_at=_epoch(sub.get('start_date')))
 
 
 def default_payment(customer):
@@ -402,7 +423,7 @@ def predict(p, writes, customer_id, sub, ended, mirror, want, metric_by_price):
         return mirror
     after = dict(mirror or dict((k, None) for k in MIRROR))
     after.update(stripe_customer_id=customer_id, plan=want['plan'], billing_cycle=want['cycle'],
-                 currency=want['currency'], stripe_price_id=want['price'],
+                 currency=want['currency'], stripe_price_id=want['price'], discount=None,
                  cancel_at_period_end=p['cancel'] == 'at_period_end',
                  metered_items=dict((m, dict(item=None, price=pid)) for m, pid in want['metered'].items()))
     if sub is None:
@@ -413,9 +434,13 @@ def predict(p, writes, customer_id, sub, ended, mirror, want, metric_by_price):
         old = mirror_of(sub, customer_id, want, metric_by_price)
         after.update(dict((k, old[k]) for k in ('stripe_subscription_id', 'stripe_item_id', 'status',
                                                 'current_period_start', 'current_period_end', 'trial_end',
-                                                'canceled_at')))
+                                                'canceled_at', 'discount')))
         for m, v in after['metered_items'].items():
             v['item'] = old['metered_items'].get(m, {}).get('item')
+    if any('discounts' in w.get('params', {}) for w in writes):
+        # when Stripe ends the discount is known once it is redeemed
+        promo = want.get('promotion')
+        after['discount'] = promo and discount_view(promo['coupon'], promo['id'], want['currency'], None)
     return after
 
 
@@ -449,24 +474,24 @@ def apply_writes(client, p, tenant, writes, customer_id, sub):
             client.post('/v1/customers/%s' % customer_id, w['params'], key=idempotency_key(
                 'customer update', customer_id, w['before'], w['params']))
         elif w['what'] == 'subscription':
-            params = dict(w['params'], customer=customer_id)
+            params = dict(w['params'], customer=customer_id, expand=EXPAND)
             sub = client.post('/v1/subscriptions', params, key=idempotency_key(
                 'subscription', str(tenant['id']), params, w['previous'], w['pays_with']))
         elif w['what'] == 'subscription_update':
-            sub = client.post('/v1/subscriptions/%s' % sub['id'], w['params'], key=idempotency_key(
-                'subscription update', sub['id'], w['before'], w['params']))
+            sub = client.post('/v1/subscriptions/%s' % sub['id'], dict(w['params'], expand=EXPAND),
+                              key=idempotency_key('subscription update', sub['id'], w['before'], w['params']))
         elif w['what'] == 'cancel':
             # invoice_now bills the metered usage not invoiced yet; prorate credits unused licensed time
             sub = client.delete('/v1/subscriptions/%s' % w['id'], dict(
-                invoice_now=True, prorate=p['proration_behavior'] != 'none'))
+                invoice_now=True, prorate=p['proration_behavior'] != 'none', expand=EXPAND))
     return customer_id, sub
 
 
 _UPSERT = (
     'INSERT INTO platform.subscriptions AS s (tenant_id, stripe_customer_id, stripe_subscription_id, '
     'stripe_item_id, stripe_price_id, metered_items, plan_code, billing_cycle, currency, status, '
-    'current_period_start, current_period_end, trial_end, cancel_at_period_end, canceled_at) '
-    'VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE '
+    'current_period_start, current_period_end, trial_end, cancel_at_period_end, canceled_at, discount, started_at) '
+    'VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE '
     'SET stripe_customer_id = EXCLUDED.stripe_customer_id, '
     'stripe_subscription_id = EXCLUDED.stripe_subscription_id, stripe_item_id = EXCLUDED.stripe_item_id, '
     'stripe_price_id = EXCLUDED.stripe_price_id, metered_items = EXCLUDED.metered_items, '
@@ -475,7 +500,7 @@ _UPSERT = (
     'current_period_start = EXCLUDED.current_period_start, '
     'current_period_end = EXCLUDED.current_period_end, trial_end = EXCLUDED.trial_end, '
     'cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at, '
-    'updated_at = now()')
+    'discount = EXCLUDED.discount, started_at = COALESCE(EXCLUDED.started_at, s.started_at), updated_at = now()')
 
 
 def write_db(cur, tenant, new_tenant, mirror, after):
@@ -490,7 +515,8 @@ def write_db(cur, tenant, new_tenant, mirror, after):
             tenant['id'], after['stripe_customer_id'], after['stripe_subscription_id'], after['stripe_item_id'],
             after['stripe_price_id'], jsonb(after['metered_items'] or {}), after['plan'], after['billing_cycle'],
             after['currency'], after['status'], _ts(after['current_period_start']), _ts(after['current_period_end']),
-            _ts(after['trial_end']), after['cancel_at_period_end'], _ts(after['canceled_at'])))
+            _ts(after['trial_end']), after['cancel_at_period_end'], _ts(after['canceled_at']),
+            None if after['discount'] is None else jsonb(after['discount']), _ts(after.get('started_at'))))
         audit(cur, 'subscription', slug, 'create' if mirror is None else 'update', public(slug, mirror) or None,
               public(slug, after), tenant_id=tenant['id'])
 
@@ -523,7 +549,7 @@ class SubscriptionRun(object):
     def run(self, conn):
         self.conn = conn
         p, module = self.p, self.module
-        require_schema(module, self.conn, '0003', dict(changed=True, subscription={}, actions=[],
+        require_schema(module, self.conn, '0013', dict(changed=True, subscription={}, actions=[],
                                                        api_calls=self.client.counts()))
         check_params(p)
         cancel_now = p['state'] == 'absent' or p['cancel'] == 'immediately'
@@ -546,9 +572,6 @@ class SubscriptionRun(object):
             if p['promotion_code'] and applied_code(sub) != p['promotion_code']:
                 want['promotion'] = find_promotion_code(self.client, p, customer, want, mirror, sub)
         writes = plan_writes(p, tenant, customer, sub, mirror, want)
-        discount = discount_of(sub)
-        if any('discounts' in w.get('params', {}) for w in writes):
-            discount = discount_of(None, want['promotion']) if want.get('promotion') else None
         self.actions = [w['label'] for w in writes]
 
         customer_id = customer['id'] if customer else None
@@ -568,8 +591,7 @@ class SubscriptionRun(object):
             write_db(cur, tenant, new_tenant if tenant_changed else tenant, mirror, after)
             self.conn.commit()
         self.conn.rollback()
-        result = dict(changed=changed, subscription=after_public, discount=discount, actions=self.actions,
-                      api_calls=self.client.counts())
+        result = dict(changed=changed, subscription=after_public, actions=self.actions, api_calls=self.client.counts())
         if module._diff:
             result['diff'] = dict(before=before_public, after=after_public)
         return result

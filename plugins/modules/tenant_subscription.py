@@ -102,7 +102,8 @@ options:
         C(metadata.promotion_code), and is redeemed once; a discount that ran out (a V(once) or V(repeating)
         coupon) is not redeemed again on the next run.
       - An empty string removes the subscription's discounts. Not compared when not set.
-      - Stripe refuses it on an C(incomplete) subscription, and so does the module.
+      - Stripe refuses it on an C(incomplete) subscription, and so does the module. The discount is mirrored in
+        RV(subscription.discount) and counts in MRR (M(selfbase.platform.billing_info)).
     type: str
   update_tenant:
     description:
@@ -241,20 +242,14 @@ subscription:
       description: When it was canceled, or null.
       type: str
       sample: null
-discount:
-  description:
-    - The subscription's discount after the run (in check mode, as it would be), or null.
-  returned: always
-  type: dict
-  contains:
-    promotion_code:
-      description: Id of the promotion code redeemed, or null for a coupon applied in Stripe.
-      type: str
-      sample: promo_1Q8
-    coupon:
-      description: Id of the coupon.
-      type: str
-      sample: Z4OV52SU
+    discount:
+      description:
+        - The subscription's discount, or null. C(percent_off), or C(amount_off) in the subscription's currency, as
+          the coupon gives; C(duration) (C(once), C(repeating), C(forever)); C(end) as seconds since the epoch, null
+          for a discount without end and in check mode for a discount not redeemed yet.
+      type: dict
+      sample: {"coupon": "Z4OV52SU", "promotion_code": "promo_1Q8", "percent_off": 25.0, "amount_off": null,
+               "duration": "repeating", "end": 1801440000}
 actions:
   description: Stripe writes of this run, in order (in check mode, those it would make).
   returned: always

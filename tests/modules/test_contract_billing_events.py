@@ -220,6 +220,28 @@ def test_two_secrets_are_accepted_during_a_rotation(world):
     assert len(ledger(world.db)) == 2
 
 
+def test_a_discount_reaches_the_mirror_and_mrr_through_the_receiver(world):
+    """Stripe's subscription is re-fetched with its discount's coupon: the mirror, a new version and MRR follow."""
+    coupon = world.fake.handle("POST", "/v1/coupons", {"amount_off": "500", "currency": "usd", "duration": "forever"})
+    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"],
+                      {"discounts": {"0": {"coupon": coupon["id"]}}})
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["coupon.created", "customer.subscription.updated"]
+    assert [a[0] for a in world.deliver(events)] == [200, 200]
+    row = world.db.execute("SELECT discount, started_at FROM platform.subscriptions WHERE tenant_id = %s",
+                           (A,)).fetchone()
+    assert row["discount"] == {"coupon": coupon["id"], "promotion_code": None, "percent_off": None,
+                               "amount_off": 500, "duration": "forever", "end": None}, row
+    # the world's price is not in the price book: add it, and the next event makes a version that counts
+    price = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
+    world.db.execute("INSERT INTO platform.plan_prices (plan_code, billing_cycle, currency, unit_amount, "
+                     "stripe_price_id) VALUES ('iso', 'month', 'usd', 2900, %s)", (price,))
+    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"], {"metadata": {"note": "x"}})
+    world.deliver(world.new_events())
+    mrr = world.db.execute("SELECT mrr FROM platform.mrr_at(now()) WHERE tenant_id = %s", (A,)).fetchone()
+    assert mrr is not None and mrr["mrr"] == 2400, mrr
+
+
 def test_out_of_order_and_late_delivery_never_moves_the_mirror_back(world):
     inv = fail_renewal(world)
     failed = world.new_events()

@@ -411,28 +411,37 @@ def test_a_promotion_code_discounts_the_subscription_once(bill, world, stripe_fa
     stripe_fake.reset_log()
     args = {"tenant": "acme", "promotion_code": "WELCOME", "collection_method": "send_invoice", "days_until_due": 7}
     predicted = bill("tenant_subscription", args, check=True)
-    assert predicted["discount"] == {"promotion_code": promo, "coupon": coupon["coupon"]["id"]}, predicted
+    discount = {"coupon": coupon["coupon"]["id"], "promotion_code": promo, "percent_off": 25.0, "amount_off": None,
+                "duration": "repeating", "end": None}
+    assert predicted["subscription"]["discount"] == discount, predicted
     assert stripe_fake.writes() == []
     res = bill("tenant_subscription", args)
-    assert res["discount"] == predicted["discount"], res
     sub = stripe_fake.get("subscriptions", res["subscription"]["stripe_subscription_id"])
-    [discount] = [stripe_fake.get("discounts", d) for d in sub["discounts"]]
-    assert (discount["promotion_code"], discount["source"]["coupon"]) == (promo, coupon["coupon"]["id"])
+    [di] = [stripe_fake.get("discounts", d) for d in sub["discounts"]]
+    assert di["end"] is not None and res["subscription"]["discount"] == dict(discount, end=di["end"]), res
+    assert (di["promotion_code"], di["source"]["coupon"]) == (promo, coupon["coupon"]["id"])
     assert sub["metadata"]["promotion_code"] == "WELCOME"
     assert stripe_fake.promotion_codes()[0]["times_redeemed"] == 1
+    # mirrored, and counted in MRR: 25% off pro's 2900
+    assert _mirror(conn)["discount"] == res["subscription"]["discount"]
+    assert conn.execute("SELECT mrr FROM platform.mrr_at(now())").fetchone()["mrr"] == 2175
     # the invoice is discounted: 25% off pro's 2900
     assert stripe_fake.get("invoices", stripe_fake.invoice(sub["id"]))["amount_due"] == 2175
 
     stripe_fake.reset_log()
     res = bill("tenant_subscription", args)
-    assert res["changed"] is False and stripe_fake.writes() == [] and res["discount"] == predicted["discount"], res
-    # Stripe ends the discount after two months; the code is not redeemed again
+    assert res["changed"] is False and stripe_fake.writes() == [], res
+    # Stripe ends the discount after two months; the mirror follows, and the code is not redeemed again
     stripe_fake.db["subscriptions"][sub["id"]]["discounts"] = []
     res = bill("tenant_subscription", args)
-    assert res["changed"] is False and res["discount"] is None and stripe_fake.writes() == [], res
+    assert res["changed"] is True and res["subscription"]["discount"] is None and stripe_fake.writes() == [], res
+    assert conn.execute("SELECT mrr FROM platform.mrr_at(now())").fetchone()["mrr"] == 2900
+    assert bill("tenant_subscription", args)["changed"] is False
 
+    stripe_fake.db["subscriptions"][sub["id"]]["discounts"] = [di["id"]]
     res = bill("tenant_subscription", dict(args, promotion_code=""))
-    assert res["changed"] is True and res["discount"] is None, res
+    assert res["changed"] is True and res["subscription"]["discount"] is None, res
+    assert stripe_fake.get("subscriptions", sub["id"])["discounts"] == []
     assert "promotion_code" not in stripe_fake.get("subscriptions", sub["id"])["metadata"]
     assert bill("tenant_subscription", dict(args, promotion_code=""))["changed"] is False
 

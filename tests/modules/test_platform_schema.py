@@ -74,7 +74,7 @@ def test_roles_follow_least_privilege(schema):
     assert set(roles) == {"selfbase_owner", "selfbase_app", "selfbase_admin", "selfbase_monitor",
                           "selfbase_graphql", "selfbase_meter", "selfbase_meter_definer", "selfbase_billing",
                           "selfbase_billing_definer", "selfbase_quota_definer", "selfbase_choice_definer",
-                          "selfbase_operator_definer", "selfbase_quota_reader"}
+                          "selfbase_operator_definer", "selfbase_quota_reader", "selfbase_mrr_definer"}
     assert not any(r["rolcanlogin"] or r["rolbypassrls"] or r["rolsuper"] for r in roles.values())
     owners = {r["owner"] for r in schema.execute(
         "SELECT DISTINCT pg_get_userbyid(relowner) AS owner FROM pg_class "

@@ -53,6 +53,15 @@ def _event_apply():
 
 SQL = r"""
 -- selfbase platform schema, version 0013: subscription versions for MRR movements, discounts in the mirror.
+DO $roles$
+BEGIN
+  -- Owns record_subscription_version(), the only writer of the versions. Nobody logs in as it.
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'selfbase_mrr_definer') THEN
+    CREATE ROLE selfbase_mrr_definer NOLOGIN NOBYPASSRLS;
+  END IF;
+END
+$roles$;
+GRANT USAGE ON SCHEMA platform TO selfbase_mrr_definer;
 SET LOCAL ROLE selfbase_owner;
 
 ALTER TABLE platform.subscriptions ADD COLUMN discount jsonb
@@ -81,7 +90,7 @@ CREATE POLICY tenant_isolation ON platform.subscription_versions
   USING (tenant_id = platform.current_tenant_id()) WITH CHECK (tenant_id = platform.current_tenant_id());
 CREATE POLICY control_plane ON platform.subscription_versions FOR SELECT TO selfbase_admin USING (true);
 CREATE POLICY monitoring ON platform.subscription_versions FOR SELECT TO selfbase_monitor USING (true);
-CREATE POLICY recorder ON platform.subscription_versions FOR INSERT TO selfbase_owner WITH CHECK (true);
+CREATE POLICY recorder ON platform.subscription_versions TO selfbase_mrr_definer USING (true) WITH CHECK (true);
 
 -- The plan price a month of a subscription's licensed price, times its quantity (the mirror's items), or NULL
 -- for a price the price book does not know.
@@ -99,29 +108,31 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, platform, pg_temp AS $$
     FROM platform.plan_prices p WHERE p.stripe_price_id = p_price
 $$;
 
--- A new version whenever what the subscription is worth, or whether it counts, changes. A tenant's first row
--- stands for all its past (its start and cancel dates still decide when it counts): a receiver set up after the
--- subscription started still tells that month's MRR.
+-- A new version whenever what the subscription is worth, or whether it counts, differs from the tenant's last
+-- version (also when only the price book learnt its price). A tenant's first version stands for all its past (its
+-- start and cancel dates still decide when it counts): a receiver set up after the subscription started still
+-- tells that month's MRR.
 CREATE FUNCTION platform.record_subscription_version() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
 DECLARE
   v_new record;
-  v_old record;
+  v_last record;
 BEGIN
   SELECT * INTO v_new FROM platform.subscription_monthly(NEW.stripe_price_id, NEW.items);
-  IF TG_OP = 'UPDATE' THEN
-    SELECT * INTO v_old FROM platform.subscription_monthly(OLD.stripe_price_id, OLD.items);
-    IF (OLD.status, OLD.started_at, OLD.trial_end, OLD.canceled_at, OLD.discount, v_old.currency,
-        v_old.billing_cycle, v_old.monthly)
-       IS NOT DISTINCT FROM (NEW.status, NEW.started_at, NEW.trial_end, NEW.canceled_at, NEW.discount,
-                             v_new.currency, v_new.billing_cycle, v_new.monthly) THEN
-      RETURN NULL;
-    END IF;
+  SELECT v.status, v.started_at, v.trial_end, v.canceled_at, v.discount, v.currency, v.billing_cycle,
+         v.monthly_amount
+    INTO v_last FROM platform.subscription_versions v
+   WHERE v.tenant_id = NEW.tenant_id ORDER BY v.valid_from DESC, v.id DESC LIMIT 1;
+  IF FOUND AND (v_last.status, v_last.started_at, v_last.trial_end, v_last.canceled_at, v_last.discount,
+                v_last.currency, v_last.billing_cycle, v_last.monthly_amount)
+     IS NOT DISTINCT FROM (NEW.status, NEW.started_at, NEW.trial_end, NEW.canceled_at, NEW.discount,
+                           v_new.currency, v_new.billing_cycle, v_new.monthly) THEN
+    RETURN NULL;
   END IF;
   INSERT INTO platform.subscription_versions (tenant_id, valid_from, status, currency, billing_cycle,
                                               monthly_amount, started_at, trial_end, canceled_at, discount)
-  VALUES (NEW.tenant_id, CASE TG_OP WHEN 'INSERT' THEN '-infinity' ELSE pg_catalog.now() END, NEW.status, v_new.currency, v_new.billing_cycle, v_new.monthly,
-          NEW.started_at, NEW.trial_end, NEW.canceled_at, NEW.discount);
+  VALUES (NEW.tenant_id, CASE WHEN FOUND THEN pg_catalog.now() ELSE '-infinity' END, NEW.status, v_new.currency,
+          v_new.billing_cycle, v_new.monthly, NEW.started_at, NEW.trial_end, NEW.canceled_at, NEW.discount);
   RETURN NULL;
 END
 $$;
@@ -176,6 +187,10 @@ REVOKE ALL ON platform.subscription_versions FROM PUBLIC;
 REVOKE ALL ON FUNCTION platform.subscription_monthly(text, jsonb), platform.record_subscription_version(),
   platform.mrr_at(timestamptz), platform.mrr_first_paying() FROM PUBLIC;
 GRANT SELECT ON platform.subscription_versions TO selfbase_admin, selfbase_monitor;
+GRANT SELECT, INSERT ON platform.subscription_versions TO selfbase_mrr_definer;
+GRANT SELECT (stripe_price_id, currency, billing_cycle, unit_amount) ON platform.plan_prices TO selfbase_mrr_definer;
+GRANT EXECUTE ON FUNCTION platform.subscription_monthly(text, jsonb) TO selfbase_mrr_definer;
+ALTER FUNCTION platform.record_subscription_version() OWNER TO selfbase_mrr_definer;
 GRANT EXECUTE ON FUNCTION platform.mrr_at(timestamptz), platform.mrr_first_paying() TO selfbase_admin,
   selfbase_monitor;
 GRANT SELECT (discount) ON platform.subscriptions TO selfbase_monitor;

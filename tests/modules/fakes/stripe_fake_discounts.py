@@ -342,7 +342,12 @@ class DiscountsMixin:
         return amount
 
     def expand_discounts(self, out, expand):
-        """``expand[]=discounts`` (or ``data.discounts`` on a list): the discount objects instead of their ids."""
-        if "discounts" in expand or "data.discounts" in expand:
+        """``expand[]=discounts`` (``data.discounts`` on a list): the discount objects instead of their ids; with
+        ``discounts.source.coupon``, each with its coupon."""
+        expand = [e[5:] if e.startswith("data.") else e for e in expand]
+        if "discounts" in expand or "discounts.source.coupon" in expand:
             out["discounts"] = [self.out(self.db["discounts"][d]) for d in out.get("discounts") or []]
+        if "discounts.source.coupon" in expand:
+            for d in out["discounts"]:
+                d["source"] = dict(d["source"], coupon=self._coupon_view(self.db["coupons"][d["source"]["coupon"]]))
         return out

@@ -70,8 +70,8 @@ def object_ref(event):
     data = event.get('data') or {}
     obj = data.get('object') or {}
     kind = obj.get('object')
-    if kind == 'subscription':
-        return obj['id'], '/v1/subscriptions/%s' % obj['id'], {}
+    if kind == 'subscription':  # with its discount's coupon, for the mirror and MRR
+        return obj['id'], '/v1/subscriptions/%s' % obj['id'], {'expand': ['discounts.source.coupon']}
     if kind == 'invoice' and obj.get('id'):  # invoice.upcoming has no id: nothing to mirror
         return obj['id'], '/v1/invoices/%s' % obj['id'], {}
     customer = None
