@@ -170,7 +170,7 @@ def find_promotion_code(client, p, customer, want, mirror, sub):
     if off['percent_off'] is None and off['amount_off'] is None:
         raise BillingError('promotion_code: the coupon of %s takes an amount off in %s only, and the subscription is '
                            'in %s; add a currency option to the coupon' % (code, promo['coupon'].get('currency'),
-                                                                          want['currency']))
+                                                                           want['currency']))
     r = promo.get('restrictions') or {}
     minimum = ((r.get('currency_options') or {}).get(want['currency']) or {}).get('minimum_amount')
     if minimum is None and r.get('minimum_amount_currency') == want['currency']:
