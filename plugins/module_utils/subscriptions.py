@@ -180,7 +180,7 @@ def find_promotion_code(client, p, customer, want, mirror, sub):
                            'costs %d' % (code, minimum, want['currency'], want['plan'], want['amount'] or 0))
     earlier = (mirror and mirror['stripe_subscription_id'] and (sub is None or sub['id'] != mirror[
         'stripe_subscription_id'])) or (sub is not None and sub.get('latest_invoice'))
-    if r.get('first_time_transaction') and earlier and not applied_code(sub) == code:
+    if r.get('first_time_transaction') and earlier:
         raise BillingError('promotion_code: %s is for first-time customers only, and tenant %s has paid or been '
                            'invoiced before' % (code, p['tenant']))
     return promo

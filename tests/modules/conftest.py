@@ -133,3 +133,16 @@ def stripe_fake():
     """A fresh stateful fake Stripe server on 127.0.0.1 (contract tests)."""
     with FakeStripe() as fake:
         yield fake
+
+
+def stripe_runner(module):
+    """A fixture that runs ``module`` (Stripe only, no database) against the stripe_fake server."""
+    @pytest.fixture()
+    def run(stripe_fake):  # pylint: disable=redefined-outer-name
+        runner = Runner(None, None)
+
+        def call(args, **kwargs):
+            args = dict(dict(api_key=stripe_fake.api_key, api_base=stripe_fake.url), **args)
+            return runner(module, args, login=False, **kwargs)
+        return call
+    return run

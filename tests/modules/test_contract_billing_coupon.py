@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Runner
+from conftest import stripe_runner
 
 LAUNCH = {"key": "launch", "name": "Launch offer", "percent_off": 20, "duration": "repeating",
           "duration_in_months": 3, "promotion_codes": [{"code": "LAUNCH20"}, {"code": "PARTNER", "max_redemptions": 2}]}
 
 
-@pytest.fixture()
-def run(stripe_fake):
-    runner = Runner(None, None)
-
-    def call(args, **kwargs):
-        args = dict(dict(api_key=stripe_fake.api_key, api_base=stripe_fake.url), **args)
-        return runner("billing_coupon", args, login=False, **kwargs)
-    return call
+run = stripe_runner("billing_coupon")
 
 
 def _live(stripe_fake, kind):

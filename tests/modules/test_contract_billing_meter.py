@@ -6,19 +6,12 @@ import json
 
 import pytest
 
-from conftest import Runner
+from conftest import Runner, stripe_runner
 
 METERS = "/v1/billing/meters"
 
 
-@pytest.fixture()
-def run(stripe_fake):
-    runner = Runner(None, None)
-
-    def call(args, **kwargs):
-        args = dict(dict(api_key=stripe_fake.api_key, api_base=stripe_fake.url), **args)
-        return runner("billing_meter", args, login=False, **kwargs)
-    return call
+run = stripe_runner("billing_meter")
 
 
 API = {"event_name": "api_requests", "display_name": "API requests", "aggregation": "sum"}

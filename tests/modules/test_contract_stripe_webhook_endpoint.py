@@ -11,21 +11,14 @@ import sys
 
 import pytest
 
-from conftest import COLLECTIONS, Runner
+from conftest import COLLECTIONS, stripe_runner
 
 HOOKS = "/v1/webhook_endpoints"
 URL = "https://api.example.com/webhooks/stripe"
 HOOK = {"url": URL, "enabled_events": ["invoice.paid", "customer.subscription.updated"], "description": "billing"}
 
 
-@pytest.fixture()
-def run(stripe_fake):
-    runner = Runner(None, None)
-
-    def call(args, **kwargs):
-        args = dict(dict(api_key=stripe_fake.api_key, api_base=stripe_fake.url), **args)
-        return runner("stripe_webhook_endpoint", args, login=False, **kwargs)
-    return call
+run = stripe_runner("stripe_webhook_endpoint")
 
 
 def test_check_then_create_then_noop(stripe_fake, run):

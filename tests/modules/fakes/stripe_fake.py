@@ -617,9 +617,10 @@ class FakeStripe(DiscountsMixin):
             json.dump({"db": self.db, "idempotency": self.idem, "seq": self.seq}, fh)
         os.replace(tmp, self.state_file)
 
-    def _new(self, kind, fields):
+    def _new(self, kind, fields, oid=None):
+        """A new object of ``kind``, with the id given (where Stripe takes one) or a generated one."""
         self.seq += 1
-        oid = "%s_%s" % (PREFIX[kind], "".join(random.choices(string.ascii_letters + string.digits, k=14)))
+        oid = oid or "%s_%s" % (PREFIX[kind], "".join(random.choices(string.ascii_letters + string.digits, k=14)))
         obj = {"id": oid, "object": OBJECT[kind], "created": self.now(), "livemode": False}
         obj.update(fields)
         obj["_seq"] = self.seq

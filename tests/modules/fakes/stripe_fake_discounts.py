@@ -109,15 +109,9 @@ class DiscountsMixin:
             "metadata": self._metadata({}, p.get("metadata")), "name": p.get("name"),
             "percent_off": float(percent) if percent is not None else None,
             "redeem_by": int(p["redeem_by"]) if p.get("redeem_by") is not None else None, "times_redeemed": 0}
-        if p.get("id"):
-            if p["id"] in self.db["coupons"]:
-                raise self.bad("id", "Coupon already exists.", "resource_already_exists")
-            self.seq += 1
-            fields.update(id=p["id"], object="coupon", created=self.now(), livemode=False, _seq=self.seq)
-            self.db["coupons"][p["id"]] = fields
-            coupon = fields
-        else:
-            coupon = self._new("coupons", fields)
+        if p.get("id") in self.db["coupons"]:
+            raise self.bad("id", "Coupon already exists.", "resource_already_exists")
+        coupon = self._new("coupons", fields, p.get("id"))
         self._emit("coupon.created", self._coupon_view(coupon))
         return self._coupon_view(coupon)
 
