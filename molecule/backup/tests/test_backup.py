@@ -267,11 +267,12 @@ def test_broken_archiving_fails_check_and_shows_in_the_archiver_statistics(hosts
     for name in DBS:
         db = hosts[name]
         assert db.run(f"cp -p {conf} /root/pgbackrest.conf.good && "
-                      f"sed -i 's/^repo1-host=.*/repo1-host=172.30.92.99/' {conf}").rc == 0
+                      # an address nobody answers; each attempt gives up after 5 s, not io-timeout's 60 s
+                      f"sed -i 's/^repo1-host=.*/repo1-host=172.30.92.99\\nio-timeout=5/' {conf}").rc == 0
         assert pgbackrest(db, "--archive-timeout=5 check").rc != 0
     try:
         # New WAL keeps coming (an asynchronous pusher started before the break may
-        # still ship a segment); each attempt fails after archive-push's 60 s timeout.
+        # still ship a segment); each attempt fails when its connection times out.
         deadline = time.time() + 300
         failing = {}
         while time.time() < deadline and set(failing.values()) != {"1"}:
