@@ -14,6 +14,8 @@ import json
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import BillingError, check_currency
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import audit, jsonb, require_schema
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import StripeError, idempotency_key
+from ansible_collections.selfbase.platform.plugins.module_utils.tax import (
+    check_automatic_tax, check_tax_params, customer_tax_params, tax_id_writes, tax_view)
 
 # Stripe status -> tenant status; statuses not listed leave the tenant alone.
 TENANT_STATUS = dict(trialing='trial', active='active', incomplete='past_due', past_due='past_due', unpaid='past_due',
@@ -269,6 +271,7 @@ def new_status(p, params, customer, amount):
 # Planning (plain dicts in, plain dicts out) -----------------------------------
 
 def check_params(p):
+    check_tax_params(p)
     if p['trial_days'] is not None and not 0 <= p['trial_days'] <= 730:
         raise BillingError('trial_days: must be from 0 to 730 days; got %d' % p['trial_days'])
     if p['days_until_due'] is not None and p['days_until_due'] < 0:
@@ -293,8 +296,9 @@ def customer_writes(p, tenant, customer):
         params = {'name': tenant['name'], 'metadata': {'tenant_id': str(tenant['id']), 'tenant_slug': slug}}
         if p['email']:
             params['email'] = p['email']
+        params.update(customer_tax_params(p, None))
         return [dict(what='customer', label='create customer for %s' % slug, params=params)]
-    change = {}
+    change = customer_tax_params(p, customer)
     if customer.get('name') != tenant['name']:
         change['name'] = tenant['name']
     if p['email'] is not None and (customer.get('email') or '') != p['email']:
@@ -303,8 +307,10 @@ def customer_writes(p, tenant, customer):
         change['metadata'] = {'tenant_id': str(tenant['id']), 'tenant_slug': slug}
     if not change:
         return []
-    return [dict(what='customer_update', label='update customer %s (%s)' % (customer['id'], ', '.join(sorted(change))),
-                 params=change, before=dict(name=customer.get('name'), email=customer.get('email')))]
+    return [dict(what='customer_update', label='update customer %s (%s)' % (
+        customer['id'], ', '.join(sorted(k for k in change if k != 'tax'))), params=change, before=dict(
+            name=customer.get('name'), email=customer.get('email'), address=customer.get('address'),
+            tax_exempt=customer.get('tax_exempt')))]
 
 
 def create_write(p, customer, mirror, want, meta):
@@ -321,6 +327,8 @@ def create_write(p, customer, mirror, want, meta):
     if p['days_until_due'] is not None:
         params['days_until_due'] = p['days_until_due']
     params['payment_behavior'] = p['payment_behavior']
+    if p['automatic_tax']:
+        params['automatic_tax'] = {'enabled': 'true'}
     if want.get('promotion'):
         params['discounts'] = [{'promotion_code': want['promotion']['id']}]
         meta = params['metadata'] = dict(meta, promotion_code=p['promotion_code'])
@@ -362,6 +370,8 @@ def update_write(p, sub, want, meta):
         params['collection_method'] = p['collection_method']
     if p['days_until_due'] is not None and sub.get('days_until_due') != p['days_until_due']:
         params['days_until_due'] = p['days_until_due']
+    if p['automatic_tax'] is not None and bool((sub.get('automatic_tax') or {}).get('enabled')) != p['automatic_tax']:
+        params['automatic_tax'] = {'enabled': 'true' if p['automatic_tax'] else 'false'}
     if not params:
         return None, swap
     what = ['price %s -> %s' % (base['price']['id'] if base else None, want['price'])] if swap else []
@@ -377,7 +387,7 @@ def update_write(p, sub, want, meta):
 # What each update parameter comes from, to name the option when Stripe would refuse it
 UPDATE_OPTION = dict(items='plan', proration_behavior='plan', cancel_at_period_end='cancel',
                      collection_method='collection_method', days_until_due='days_until_due',
-                     discounts='promotion_code')
+                     discounts='promotion_code', automatic_tax='automatic_tax')
 
 
 def check_incomplete(p, sub, update):
@@ -392,11 +402,12 @@ def check_incomplete(p, sub, update):
                            % (', '.join(options), sub['id'], p['tenant']))
 
 
-def plan_writes(p, tenant, customer, sub, mirror, want):
-    """The Stripe writes, in order, that make the subscription what p asks for."""
+def plan_writes(p, tenant, customer, sub, mirror, want, tax_ids=None):
+    """The Stripe writes, in order, that make the subscription what p asks for (``tax_ids``: the customer's)."""
     if want is None:
         return [dict(what='cancel', label='cancel subscription %s now' % sub['id'], id=sub['id'])] if sub else []
-    writes = customer_writes(p, tenant, customer)
+    # the customer's address and tax IDs first: Stripe Tax reads them for the first invoice
+    writes = customer_writes(p, tenant, customer) + tax_id_writes(p, customer, tax_ids or [])
     meta = {'tenant_id': str(tenant['id']), 'plan_code': want['plan'], 'billing_cycle': want['cycle']}
     if sub is None:
         writes.append(create_write(p, customer, mirror, want, meta))
@@ -473,6 +484,15 @@ def apply_writes(client, p, tenant, writes, customer_id, sub):
         elif w['what'] == 'customer_update':
             client.post('/v1/customers/%s' % customer_id, w['params'], key=idempotency_key(
                 'customer update', customer_id, w['before'], w['params']))
+        elif w['what'] == 'tax_id':
+            client.post('/v1/customers/%s/tax_ids' % customer_id, w['params'],
+                        key=idempotency_key('tax id', customer_id, w['params']))
+        elif w['what'] == 'tax_id_delete':
+            try:
+                client.delete('/v1/customers/%s/tax_ids/%s' % (customer_id, w['id']))
+            except StripeError as e:
+                if e.status != 404:  # a retry after it was deleted
+                    raise
         elif w['what'] == 'subscription':
             params = dict(w['params'], customer=customer_id, expand=EXPAND)
             sub = client.post('/v1/subscriptions', params, key=idempotency_key(
@@ -567,11 +587,16 @@ class SubscriptionRun(object):
                 raise BillingError('tenant: %s is deleted; restore it before subscribing it' % p['tenant'])
             want = resolve(p, cur, tenant, mirror)
         customer, sub, ended = self.find(tenant, mirror)
+        # the customer's tax IDs, when they are declared
+        tax_ids = None
+        if customer and p['tax_ids'] is not None:
+            tax_ids = self.client.list('/v1/customers/%s/tax_ids' % customer['id'])
         if want is not None:
             check_subscription(p, sub, want)
+            check_automatic_tax(p, self.client, customer)
             if p['promotion_code'] and applied_code(sub) != p['promotion_code']:
                 want['promotion'] = find_promotion_code(self.client, p, customer, want, mirror, sub)
-        writes = plan_writes(p, tenant, customer, sub, mirror, want)
+        writes = plan_writes(p, tenant, customer, sub, mirror, want, tax_ids)
         self.actions = [w['label'] for w in writes]
 
         customer_id = customer['id'] if customer else None
@@ -592,6 +617,13 @@ class SubscriptionRun(object):
             self.conn.commit()
         self.conn.rollback()
         result = dict(changed=changed, subscription=after_public, actions=self.actions, api_calls=self.client.counts())
+        if want is not None:
+            result['tax'] = tax_view(p, customer, tax_ids, sub)
         if module._diff:
             result['diff'] = dict(before=before_public, after=after_public)
+            if want is not None:
+                result['diff']['before'] = dict(before_public, tax=tax_view(
+                    dict(p, billing_address=None, tax_exempt=None, tax_ids=None, automatic_tax=None),
+                    customer, tax_ids, sub))
+                result['diff']['after'] = dict(after_public, tax=result['tax'])
         return result

@@ -105,6 +105,66 @@ options:
       - Stripe refuses it on an C(incomplete) subscription, and so does the module. The discount is mirrored in
         RV(subscription.discount) and counts in MRR (M(selfbase.platform.billing_info)).
     type: str
+  automatic_tax:
+    description:
+      - Let Stripe Tax compute the tax of the subscription's invoices (the subscription's C(automatic_tax)).
+        Not compared when not set.
+      - Before any write, the run fails when Stripe Tax is not active on the account (its head office address is
+        set in Stripe), or when the customer has no address Stripe Tax can place (O(billing_address), or the
+        address the application saved on the customer).
+      - Stripe refuses a change on an C(incomplete) subscription, and so does the module.
+    type: bool
+  billing_address:
+    description:
+      - The Stripe customer's billing address, which Stripe Tax places the customer by and invoices show.
+      - Not compared when not set, so an address the customer saved in Checkout or the Customer Portal stays. When
+        set, lines not given are cleared.
+    type: dict
+    suboptions:
+      line1:
+        description: Street, PO box or company name.
+        type: str
+      line2:
+        description: Apartment, suite, unit or building.
+        type: str
+      city:
+        description: City, district, suburb, town or village.
+        type: str
+      state:
+        description: State, county, province or region (ISO 3166-2 subdivision code, such as C(NY)).
+        type: str
+      postal_code:
+        description: Postal code; required, and checked, for the US (C(12345) or C(12345-6789)) and Canada.
+        type: str
+      country:
+        description: Two-letter ISO 3166-1 country code in capitals, such as C(US) or C(DE).
+        type: str
+        required: true
+  tax_exempt:
+    description:
+      - The customer's tax status, C(none), C(exempt), or C(reverse) (reverse charge, shown on invoices). Not
+        compared when not set.
+    type: str
+    choices: [none, exempt, reverse]
+  tax_ids:
+    description:
+      - The customer's tax IDs, exactly; tax IDs it has and that are not listed are removed, and an empty list
+        removes them all. Not compared when not set, so tax IDs the customer gave in Checkout stay.
+      - Stripe cannot change a tax ID: a changed value is a new tax ID, and the old one is removed.
+    type: list
+    elements: dict
+    suboptions:
+      type:
+        description:
+          - A tax ID type of the pinned Stripe API version, such as C(eu_vat), C(gb_vat), C(us_ein), C(au_abn).
+        type: str
+        required: true
+      value:
+        description:
+          - The tax ID, such as C(DE123456789); the formats of C(eu_vat), C(gb_vat), C(us_ein), C(au_abn) and
+            C(ca_bn) are checked before any write.
+        type: str
+        required: true
   update_tenant:
     description:
       - Mirror the subscription onto the tenant too, besides C(platform.subscriptions), in C(plan), C(billing_cycle),
@@ -160,6 +220,15 @@ EXAMPLES = r'''
     plan: pro
     billing_cycle: year
     proration_behavior: none
+
+- name: Stripe Tax on a tenant's invoices, with its address and VAT number
+  selfbase.platform.tenant_subscription:
+    login_db: selfbase
+    tenant: acme
+    automatic_tax: true
+    billing_address: {line1: Hauptstrasse 1, city: Berlin, postal_code: "10115", country: DE}
+    tax_ids:
+      - {type: eu_vat, value: DE123456789}
 
 - name: Cancel at the end of the period
   selfbase.platform.tenant_subscription:
@@ -250,6 +319,28 @@ subscription:
       type: dict
       sample: {"coupon": "Z4OV52SU", "promotion_code": "promo_1Q8", "percent_off": 25.0, "amount_off": null,
                "duration": "repeating", "end": 1801440000}
+tax:
+  description: The customer's tax details and Stripe Tax on the subscription, as Stripe holds them after the run.
+  returned: unless the subscription is cancelled
+  type: dict
+  contains:
+    automatic_tax:
+      description: Whether Stripe Tax computes the subscription's tax.
+      type: bool
+    billing_address:
+      description: The customer's address (C(line1), C(line2), C(city), C(state), C(postal_code), C(country)), or
+        null.
+      type: dict
+    tax_exempt:
+      description: C(none), C(exempt) or C(reverse).
+      type: str
+    tax_ids:
+      description: The customer's tax IDs (C(type) and C(value)); null when O(tax_ids) is not set (not read).
+      type: list
+      elements: dict
+  sample: {"automatic_tax": true, "billing_address": {"line1": "1 Main St", "line2": null, "city": "Brooklyn",
+           "state": "NY", "postal_code": "11201", "country": "US"}, "tax_exempt": "none",
+           "tax_ids": [{"type": "us_ein", "value": "12-3456789"}]}
 actions:
   description: Stripe writes of this run, in order (in check mode, those it would make).
   returned: always
@@ -287,6 +378,13 @@ def main():
                               choices=['error_if_incomplete', 'allow_incomplete', 'default_incomplete']),
         email=dict(type='str'),
         promotion_code=dict(type='str', no_log=False),
+        automatic_tax=dict(type='bool'),
+        billing_address=dict(type='dict', options=dict(
+            line1=dict(type='str'), line2=dict(type='str'), city=dict(type='str'), state=dict(type='str'),
+            postal_code=dict(type='str', no_log=False), country=dict(type='str', required=True))),
+        tax_exempt=dict(type='str', choices=['none', 'exempt', 'reverse']),
+        tax_ids=dict(type='list', elements='dict', no_log=False, options=dict(
+            type=dict(type='str', required=True), value=dict(type='str', required=True, no_log=False))),
         update_tenant=dict(type='bool', default=True),
         state=dict(type='str', default='present', choices=['present', 'absent']),
     )

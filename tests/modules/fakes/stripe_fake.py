@@ -64,9 +64,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 try:
     from fakes import stripe_sdk_params
     from fakes.stripe_fake_discounts import DiscountsMixin
+    from fakes.stripe_fake_tax import TaxMixin
 except ImportError:  # standalone (the demo): this file's directory is on sys.path
     import stripe_sdk_params
     from stripe_fake_discounts import DiscountsMixin
+    from stripe_fake_tax import TaxMixin
 
 API_VERSION = "2026-10-28.endive"
 
@@ -123,7 +125,9 @@ IDENTIFIER_WINDOW = 24 * 3600
 
 ADDRESS = {k: "str" for k in ("line1", "line2", "city", "state", "postal_code", "country")}
 CUSTOMER_FIELDS = dict(EXPAND, name="str", email="str", description="str", metadata=META, phone="str",
-                       preferred_locales=["str"], address=ADDRESS, tax_exempt=("enum", "none", "exempt", "reverse"))
+                       preferred_locales=["str"], address=ADDRESS, tax_exempt=("enum", "none", "exempt", "reverse"),
+                       tax={"ip_address": "str", "validate_location": ("enum", "deferred", "immediately")})
+CUSTOMER_CREATE = dict(CUSTOMER_FIELDS, tax_id_data=[{"type": "str", "value": "str"}])
 CUSTOMER_LIST = dict(LIST, email="str")
 CUSTOMER_SEARCH = dict(EXPAND, query="str", limit="int", page="str")
 
@@ -133,7 +137,8 @@ SUB_COMMON = dict(EXPAND, metadata=META, proration_behavior=PRORATION, cancel_at
                   collection_method=("enum", "charge_automatically", "send_invoice"), days_until_due="int",
                   payment_behavior=("enum", "allow_incomplete", "default_incomplete", "error_if_incomplete",
                                     "pending_if_incomplete"),
-                  discounts=[{"coupon": "str", "promotion_code": "str", "discount": "str"}])
+                  discounts=[{"coupon": "str", "promotion_code": "str", "discount": "str"}],
+                  automatic_tax={"enabled": "bool", "liability": {"type": "str", "account": "str"}})
 SUB_CREATE = dict(SUB_COMMON, customer="str", trial_period_days="int", trial_end="int",
                   items=[{"price": "str", "quantity": "int", "metadata": META}])
 SUB_UPDATE = dict(SUB_COMMON, trial_end="str",
@@ -154,12 +159,13 @@ INVOICE_LIST = dict(LIST, customer="str", subscription="str",
 
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
           "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
-          "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di"}
+          "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di",
+          "tax_ids": "txi", "tax_registrations": "taxreg"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
           "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
           "payment_methods": "payment_method", "coupons": "coupon", "promotion_codes": "promotion_code",
-          "discounts": "discount"}
+          "discounts": "discount", "tax_ids": "tax_id", "tax_registrations": "tax.registration"}
 NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint",
          "promotion_codes": "promotion code"}
 
@@ -315,7 +321,7 @@ class Fault:
     should_retry: str | None = None
 
 
-class FakeStripe(DiscountsMixin):
+class FakeStripe(DiscountsMixin, TaxMixin):
     """The fake server. Thread-safe: each request is handled under one lock (except injected delays)."""
 
     bad = staticmethod(bad)
@@ -467,10 +473,11 @@ class FakeStripe(DiscountsMixin):
                   "period": {"start": si["current_period_start"], "end": si["current_period_end"]}}
                  for si in items]
         due = self.discounted(sub, sum(line["amount"] for line in lines)) if amount is None else amount
+        taxes, added = self.invoice_taxes(sub, due)
         customer = self.db["customers"][sub["customer"]]
         count = sum(1 for i in self.db["invoices"].values() if i["customer"] == customer["id"]) + 1
         inv = self._new("invoices", {
-            "account_country": "US", "amount_due": due, "amount_paid": 0, "amount_remaining": due,
+            "account_country": "US", "amount_due": due + added, "amount_paid": 0, "amount_remaining": due + added,
             "attempt_count": 0, "attempted": False, "billing_reason": reason,
             "collection_method": sub["collection_method"], "currency": sub["currency"],
             "customer": customer["id"], "due_date": None,
@@ -485,7 +492,9 @@ class FakeStripe(DiscountsMixin):
             "period_start": items[0]["current_period_start"] if items else self.now(),
             "status": "open", "status_transitions": {"finalized_at": self.now(), "paid_at": None,
                                                      "voided_at": None, "marked_uncollectible_at": None},
-            "subtotal": due, "total": due})
+            "subtotal": due, "subtotal_excluding_tax": due - sum(t["amount"] for t in taxes) + added,
+            "total": due + added, "total_excluding_tax": due - sum(t["amount"] for t in taxes) + added,
+            "total_taxes": taxes})
         sub["latest_invoice"] = inv["id"]
         self._emit("invoice.created", self.out(inv))
         self._emit("invoice.finalized", self.out(inv))
@@ -677,7 +686,7 @@ class FakeStripe(DiscountsMixin):
             ("GET", r"/v1/events/([^/]+)", self.event_get),
             ("GET", r"/v1/invoices", self.invoice_list),
             ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
-        ] + self.discount_routes()
+        ] + self.discount_routes() + self.tax_routes()
         for m, pattern, fn in routes:
             match = re.fullmatch(pattern, path)
             if m == method and match:
@@ -1025,12 +1034,14 @@ class FakeStripe(DiscountsMixin):
         for k, v in p.items():
             if k == "metadata":
                 obj["metadata"] = self._metadata(obj.get("metadata", {}), v)
-            elif k != "expand":
+            elif k not in ("expand", "tax", "tax_id_data"):
                 obj[k] = v if v != "" else None
         return obj
 
     def customer_create(self, p):
-        p = coerce(CUSTOMER_FIELDS, p)
+        self.check_customer_tax(p, {})
+        raw = p
+        p = coerce(CUSTOMER_CREATE, p)
         base = {"address": None, "balance": 0, "currency": None, "default_source": None, "delinquent": False,
                 "description": None, "email": None, "invoice_prefix": secrets.token_hex(4).upper(),
                 "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None,
@@ -1039,6 +1050,7 @@ class FakeStripe(DiscountsMixin):
                 "tax_exempt": "none", "test_clock": None}
         customer = self._new("customers", self._customer_fields(p, base))
         self._emit("customer.created", self.out(customer))
+        self.customer_tax_ids_created(customer, raw)
         return customer
 
     def customer_get(self, p, oid):
@@ -1048,6 +1060,12 @@ class FakeStripe(DiscountsMixin):
             return {"id": oid, "object": "customer", "deleted": True}
         obj = json.loads(json.dumps(self.out(obj)))
         for path in p.get("expand") or []:
+            if path == "tax":
+                obj["tax"] = self.customer_tax(obj)
+                continue
+            if path == "tax_ids":
+                obj["tax_ids"] = self.customer_tax_ids(oid)
+                continue
             if path != "invoice_settings.default_payment_method":
                 raise bad("expand", "This property cannot be expanded (%s)." % path)
             pm = obj["invoice_settings"]["default_payment_method"]
@@ -1055,10 +1073,12 @@ class FakeStripe(DiscountsMixin):
         return obj
 
     def customer_update(self, p, oid):
+        raw = p
         p = coerce(CUSTOMER_FIELDS, p)
         obj = self._find("customers", oid)
         if obj.get("_deleted"):
             raise ApiError(404, "No such customer: '%s'" % oid, param="id", code="resource_missing")
+        self.check_customer_tax(raw, obj)
         self._customer_fields(p, obj)
         self._emit("customer.updated", self.out(obj))
         return obj
@@ -1138,11 +1158,13 @@ class FakeStripe(DiscountsMixin):
         return price
 
     def sub_create(self, p):
+        raw = p
         p = coerce(SUB_CREATE, p)
         self._require(p, "customer")
         customer = self._find("customers", p["customer"], "customer")
         if customer.get("_deleted"):
             raise bad("customer", "No such customer: '%s'" % p["customer"], code="resource_missing")
+        tax = self.automatic_tax(raw, customer) or {"enabled": False, "liability": None, "disabled_reason": None}
         if not p.get("items"):
             raise bad("items", "Missing required param: items.", code="parameter_missing")
         prices = []
@@ -1188,7 +1210,7 @@ class FakeStripe(DiscountsMixin):
         else:
             status = "active"
         sub = self._new("subscriptions", {
-            "automatic_tax": {"enabled": False, "liability": None}, "billing_cycle_anchor": trial_end or now,
+            "automatic_tax": tax, "billing_cycle_anchor": trial_end or now,
             "cancel_at": None, "cancel_at_period_end": p.get("cancel_at_period_end", False), "canceled_at": None,
             "collection_method": collection, "currency": prices[0]["currency"],
             "customer": customer["id"], "days_until_due": p.get("days_until_due"),
@@ -1218,6 +1240,7 @@ class FakeStripe(DiscountsMixin):
         return self.expand_discounts(self._sub_view(self._find("subscriptions", oid)), p.get("expand") or [])
 
     def sub_update(self, p, oid):
+        raw = p
         p = coerce(SUB_UPDATE, p)
         sub = self._find("subscriptions", oid)
         before = self._sub_view(sub)
@@ -1226,6 +1249,7 @@ class FakeStripe(DiscountsMixin):
         if sub["status"] == "incomplete" and set(p) - {"metadata", "default_source", "expand"}:
             raise bad(sorted(set(p) - {"metadata", "default_source", "expand"})[0],
                       "An incomplete subscription can only update its metadata and default_source.")
+        tax = self.automatic_tax(raw, self.db["customers"][sub["customer"]])
         collection = p.get("collection_method", sub["collection_method"])
         if p.get("days_until_due") is not None and collection != "send_invoice":
             raise bad("days_until_due", "days_until_due can only be set when collection_method is send_invoice.")
@@ -1265,6 +1289,8 @@ class FakeStripe(DiscountsMixin):
             raise bad("items", "The currency of a subscription cannot be changed: its prices must be in %s."
                       % sub["currency"])
         sub["_items"] = items
+        if tax is not None:
+            sub["automatic_tax"] = tax
         for k in ("cancel_at_period_end", "description", "default_payment_method", "collection_method",
                   "days_until_due"):
             if k in p:

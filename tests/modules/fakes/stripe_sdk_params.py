@@ -19,6 +19,7 @@ import typing_extensions
 from stripe import params as P
 from stripe._request_options import RequestOptions
 from stripe.params import billing as PB
+from stripe.params import tax as PT
 
 _OPTIONS = set(RequestOptions.__annotations__)  # api_key, idempotency_key, ...: headers, not parameters
 
@@ -45,6 +46,13 @@ ROUTES = [
     ("GET", r"/v1/customers/search", P.CustomerSearchParams),
     ("GET", r"/v1/customers/[^/]+", P.CustomerRetrieveParams),
     ("POST", r"/v1/customers/[^/]+", P.CustomerUpdateParams),
+    ("POST", r"/v1/customers/[^/]+/tax_ids", P.CustomerCreateTaxIdParams),
+    ("GET", r"/v1/customers/[^/]+/tax_ids", P.CustomerListTaxIdsParams),
+    ("DELETE", r"/v1/customers/[^/]+/tax_ids/[^/]+", P.CustomerDeleteTaxIdParams),
+    ("GET", r"/v1/tax/settings", PT.SettingsRetrieveParams),
+    ("POST", r"/v1/tax/settings", PT.SettingsUpdateParams),
+    ("POST", r"/v1/tax/registrations", PT.RegistrationCreateParams),
+    ("GET", r"/v1/tax/registrations", PT.RegistrationListParams),
     ("DELETE", r"/v1/customers/[^/]+", P.CustomerDeleteParams),
     ("POST", r"/v1/subscriptions", P.SubscriptionCreateParams),
     ("GET", r"/v1/subscriptions", P.SubscriptionListParams),
