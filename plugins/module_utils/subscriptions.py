@@ -27,6 +27,7 @@ MIRROR = ('stripe_customer_id', 'stripe_subscription_id', 'stripe_item_id', 'str
           'cancel_at_period_end', 'canceled_at', 'discount')
 # Subscriptions are read and written with their discount's coupon (the mirror's discount, migration 0013)
 EXPAND = ['discounts.source.coupon']
+TAX_OPTIONS = ('automatic_tax', 'billing_address', 'tax_exempt', 'tax_ids')
 TIMES = ('current_period_start', 'current_period_end', 'trial_end', 'canceled_at')
 
 
@@ -621,9 +622,9 @@ class SubscriptionRun(object):
             result['tax'] = tax_view(p, customer, tax_ids, sub)
         if module._diff:
             result['diff'] = dict(before=before_public, after=after_public)
-            if want is not None:
+            if want is not None and any(p[k] is not None for k in TAX_OPTIONS):
                 result['diff']['before'] = dict(before_public, tax=tax_view(
-                    dict(p, billing_address=None, tax_exempt=None, tax_ids=None, automatic_tax=None),
+                    dict(p, **dict.fromkeys(TAX_OPTIONS)),
                     customer, tax_ids, sub))
                 result['diff']['after'] = dict(after_public, tax=result['tax'])
         return result

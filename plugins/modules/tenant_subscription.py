@@ -190,7 +190,8 @@ attributes:
       mirror, and writes nothing.
   diff_mode:
     support: full
-    description: Shows the subscription mirror before and after, in the shape of RV(subscription).
+    description: Shows the subscription mirror before and after, in the shape of RV(subscription), with RV(tax)
+      when a tax option is set.
   idempotent:
     support: full
     description: A second run with the same options makes no Stripe write; the database changes only when Stripe

@@ -436,6 +436,42 @@ def test_invoices_and_payment_state_are_mirrored_without_card_data(world):
     assert not columns & {"exp_month", "exp_year", "number", "cvc", "fingerprint"}
 
 
+def test_tax_reaches_the_invoice_and_customer_mirrors(world):
+    """Stripe Tax on an invoice, and a customer's address, tax status and tax IDs as the application sets them at
+    Stripe (Checkout, the Customer Portal): the receiver re-fetches the customer with its tax and tax IDs."""
+    fake = world.fake
+    customer = world.db.execute("SELECT stripe_customer_id AS c FROM platform.tenants WHERE id = %s",
+                                (A,)).fetchone()["c"]
+    fake.handle("POST", "/v1/tax/settings", {"head_office": {"address": {"country": "DE"}}})
+    fake.handle("POST", "/v1/tax/registrations", {"country": "DE", "active_from": "now",
+                                                  "country_options": {"de": {"type": "standard"}}})
+    fake.handle("POST", "/v1/customers/%s" % customer, {"address": {"country": "DE", "city": "Berlin"}})
+    tax_id = fake.handle("POST", "/v1/customers/%s/tax_ids" % customer, {"type": "eu_vat", "value": "DE123456789"})
+    fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"], {"automatic_tax": {"enabled": "true"}})
+    inv = fake.invoice(world.sub["alpha"])
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["customer.updated", "customer.tax_id.created",
+                                           "customer.subscription.updated", "invoice.created", "invoice.finalized"]
+    assert [a[1]["outcome"] for a in world.deliver(events)] == ["applied"] * 5
+    want = fake.get("invoices", inv)
+    row = world.db.execute("SELECT tax, total, total_excluding_tax FROM platform.invoices "
+                           "WHERE stripe_invoice_id = %s", (inv,)).fetchone()
+    assert row["tax"] == sum(t["amount"] for t in want["total_taxes"]) > 0
+    assert (row["total"], row["total_excluding_tax"]) == (want["total"], want["total_excluding_tax"])
+    state = world.db.execute("SELECT * FROM platform.customer_payment_state WHERE tenant_id = %s", (A,)).fetchone()
+    assert state["address"] == {"line1": None, "line2": None, "city": "Berlin", "state": None, "postal_code": None,
+                                "country": "DE"}
+    assert (state["tax_exempt"], state["tax_location"]) == ("none", "supported")
+    assert state["tax_ids"] == [{"type": "eu_vat", "value": "DE123456789", "verification": "pending"}]
+    # the tax ID removed: its event alone brings the mirror along
+    fake.handle("DELETE", "/v1/customers/%s/tax_ids/%s" % (customer, tax_id["id"]), {})
+    events = world.new_events()
+    assert [e["type"] for e in events] == ["customer.tax_id.deleted"]
+    assert [a[1]["outcome"] for a in world.deliver(events)] == ["applied"]
+    assert world.db.execute("SELECT tax_ids FROM platform.customer_payment_state WHERE tenant_id = %s",
+                            (A,)).fetchone()["tax_ids"] == []
+
+
 def test_a_detached_card_leaves_the_customer_without_a_payment_method(world):
     """payment_method.detached no longer names the customer: the receiver finds it in previous_attributes."""
     customer = world.db.execute("SELECT stripe_customer_id AS c FROM platform.tenants WHERE id = %s",

@@ -79,8 +79,12 @@ def object_ref(event):
         customer = obj.get('id')
     elif kind == 'payment_method':  # a detached method no longer names its customer
         customer = obj.get('customer') or (data.get('previous_attributes') or {}).get('customer')
+    elif kind == 'tax_id':  # customer.tax_id.*: the customer's tax IDs changed
+        customer = obj.get('customer') or (obj.get('owner') or {}).get('customer')
     if customer:
-        return customer, '/v1/customers/%s' % customer, {'expand': ['invoice_settings.default_payment_method']}
+        # with where Stripe Tax places it and its tax IDs, for the mirror (migration 0014)
+        return customer, '/v1/customers/%s' % customer, {
+            'expand': ['invoice_settings.default_payment_method', 'tax', 'tax_ids']}
     return None
 
 
