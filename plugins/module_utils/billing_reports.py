@@ -26,14 +26,17 @@ SELECT t.slug, t.name, t.status, t.plan_code AS plan,
          'state', d.state, 'reason', d.reason, 'since', d.since, 'grace_ends_at', d.grace_ends_at) END AS dunning,
        json_build_object('present', COALESCE(c.has_payment_method, false), 'brand', c.brand, 'last4', c.last4)
          AS payment_method,
+       CASE WHEN c.tenant_id IS NULL THEN NULL ELSE json_build_object(
+         'country', c.address ->> 'country', 'tax_exempt', c.tax_exempt, 'location', c.tax_location,
+         'tax_ids', c.tax_ids) END AS tax,
        COALESCE((SELECT json_agg(json_build_object('metric', q.metric, 'used', q.used, 'limit', q.limit_value,
                                                    'percent', q.percent, 'status', q.status, 'period', q.period)
                                  ORDER BY q.metric)
                    FROM platform.quota_status(t.id) q), '[]') AS usage,
        COALESCE((SELECT json_agg(i ORDER BY i.created DESC) FROM (
                    SELECT v.stripe_invoice_id AS id, v.number, v.status, v.currency, v.amount_due, v.amount_paid,
-                          v.amount_remaining, v.period_start, v.period_end, v.hosted_invoice_url, v.invoice_pdf,
-                          v.created
+                          v.amount_remaining, v.total, v.tax, v.total_excluding_tax, v.period_start, v.period_end,
+                          v.hosted_invoice_url, v.invoice_pdf, v.created
                      FROM platform.invoices v WHERE v.tenant_id = t.id
                     ORDER BY v.created DESC LIMIT %(invoices)s) i), '[]') AS invoices,
        COALESCE((SELECT json_object_agg(o.currency, o.due) FROM (

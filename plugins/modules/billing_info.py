@@ -120,8 +120,17 @@ tenants:
       description: Usage against every quota in the current period, as in RV(selfbase.platform.tenant_info#module:tenants).
       type: list
       elements: dict
+    tax:
+      description:
+        - The customer's tax details as mirrored from Stripe, or null before the customer's first event - its
+          country, V(tax_exempt) (V(none), V(exempt) or V(reverse)), V(location) (where Stripe Tax places it -
+          V(supported), V(not_collecting), V(unrecognized_location) or V(failed)) and V(tax_ids) (type, value and
+          verification status).
+      type: dict
     invoices:
-      description: The last O(invoices) invoices, newest first; amounts in the currency's minor unit.
+      description:
+        - The last O(invoices) invoices, newest first; amounts in the currency's minor unit, with the tax Stripe
+          charged (V(tax)) and the total before it (V(total_excluding_tax)).
       type: list
       elements: dict
     amount_due:
@@ -165,7 +174,7 @@ def main():
     if p['invoices'] < 0:
         module.fail_json(msg='invoices must be 0 or more, got %d.' % p['invoices'])
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, '0013', dict(changed=False, tenants=[], mrr=[], month=p['month']))
+    require_schema(module, conn, '0014', dict(changed=False, tenants=[], mrr=[], month=p['month']))
     try:
         result = report(conn, p['slugs'], p['month'], p['invoices'], p['include_tenants'])
     except ValueError as e:

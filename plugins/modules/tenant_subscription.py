@@ -150,7 +150,7 @@ options:
     description:
       - The customer's tax IDs, exactly; tax IDs it has and that are not listed are removed, and an empty list
         removes them all. Not compared when not set, so tax IDs the customer gave in Checkout stay.
-      - Stripe cannot change a tax ID: a changed value is a new tax ID, and the old one is removed.
+      - Stripe cannot change a tax ID, so a changed value is a new tax ID, and the old one is removed.
     type: list
     elements: dict
     suboptions:

@@ -44,7 +44,9 @@ def test_each_tenant_with_its_subscription_dunning_payment_method_usage_and_invo
     assert alpha["subscription"]["status"] == "past_due" and alpha["plan"] == "iso"
     assert alpha["dunning"]["state"] == "past_due" and alpha["dunning"]["reason"] == "seeded"
     assert alpha["payment_method"] == {"present": True, "brand": "visa", "last4": "4242"}
+    assert alpha["tax"] == {"country": None, "tax_exempt": None, "location": None, "tax_ids": []}
     assert [i["number"] for i in alpha["invoices"]] == ["ALPHA-0002", "ALPHA-0001"], alpha["invoices"]
+    assert {"tax", "total", "total_excluding_tax"} <= set(alpha["invoices"][0])
     assert alpha["amount_due"] == {"usd": 2900}
     assert {u["metric"] for u in alpha["usage"]} >= {"api_requests", "bandwidth_bytes"}
 

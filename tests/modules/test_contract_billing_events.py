@@ -647,6 +647,7 @@ def test_the_definer_functions_pin_their_search_path_and_owner(tenants):  # noqa
     "SELECT hosted_invoice_url FROM platform.invoices", "SELECT stripe_customer_id FROM platform.invoices",
     "SELECT object_id FROM platform.stripe_events", "SELECT * FROM platform.customer_payment_state",
     "SELECT stripe_customer_id FROM platform.meter_pushes", "SELECT reason FROM platform.tenant_dunning",
-    "SELECT stripe_subscription_id FROM platform.subscriptions", "SELECT * FROM platform.stripe_sync_state"])
+    "SELECT stripe_subscription_id FROM platform.subscriptions", "SELECT * FROM platform.stripe_sync_state",
+    "SELECT address, tax_ids FROM platform.customer_payment_state"])
 def test_the_monitor_login_reads_no_stripe_id_or_invoice_url(tenants, logins, sql):  # noqa: F811
     assert error(logins("monitor"), sql).sqlstate == "42501"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from test_contract_tenant_subscription import _snapshot, bill, world  # noqa: F401 - fixtures
+from test_contract_tenant_subscription import _snapshot, bill, world  # noqa: F401  pylint: disable=unused-import
 
 ADDRESS = {"line1": "1 Main St", "city": "New York", "state": "NY", "postal_code": "10001", "country": "US"}
 EIN = {"type": "us_ein", "value": "12-3456789"}

@@ -163,10 +163,7 @@ def test_tenant_isolation_holds_after_the_full_converge():
 def test_billing_reached_stripe_and_the_database():
     # The price book is in Stripe (the contract fake) and in PostgreSQL, and
     # the paying tenants' subscriptions are mirrored.
-    req = urllib.request.Request(STRIPE + "/v1/products?limit=100",
-                                 headers={"Authorization": "Bearer " + VAULT["vault_stripe_api_key"]})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        products = json.load(resp)["data"]
+    products = _stripe("/v1/products?limit=100")["data"]
     assert sorted(p["metadata"]["plan_code"] for p in products) == ["pro", "starter"]
     plans = _psql("SELECT string_agg(code || ':' || (stripe_product_id IS NOT NULL)::text, ',' ORDER BY code) "
                   "FROM platform.plans")
@@ -175,6 +172,33 @@ def test_billing_reached_stripe_and_the_database():
                  "JOIN platform.tenants t ON t.id = s.tenant_id")
     got = dict(item.split(":") for item in subs.stdout.strip().split(","))
     assert set(got) == {"acme", "initech"} and set(got.values()) <= {"active", "trialing"}, got
+
+
+def _stripe(path):
+    req = urllib.request.Request(STRIPE + path, headers={"Authorization": "Bearer " + VAULT["vault_stripe_api_key"]})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_acme_is_taxed_by_stripe_tax_and_its_tax_details_are_mirrored():
+    """subscriptions.yml's address and tax ID reached acme's customer and Stripe Tax its subscription; the sync
+    job's reconcile mirrors them (customer.tax_id.created, the customer re-fetched with its tax)."""
+    [customer] = [c for c in _stripe("/v1/customers?limit=100")["data"] if c["metadata"].get("tenant_slug") == "acme"]
+    assert (customer["address"]["country"], customer["address"]["postal_code"]) == ("US", "10001")
+    assert [(t["type"], t["value"]) for t in _stripe("/v1/customers/%s/tax_ids" % customer["id"])["data"]] == [
+        ("us_ein", "12-3456789")]
+    [sub] = _stripe("/v1/subscriptions?customer=%s" % customer["id"])["data"]
+    assert sub["automatic_tax"]["enabled"] is True
+    sync = [api for api in API if _host(api).run("systemctl is-enabled selfbase-billing-sync.timer").rc == 0]
+    assert len(sync) == 1, sync
+    assert _host(sync[0]).run("systemctl start selfbase-billing-sync.service").rc == 0
+    query = ("SELECT c.tax_location || ' ' || c.tax_ids::text FROM platform.customer_payment_state c "
+             "JOIN platform.tenants t ON t.id = c.tenant_id WHERE t.slug = 'acme'")
+    want = 'supported [{"type": "us_ein", "value": "12-3456789", "verification": "unavailable"}]'
+
+    def mirrored():
+        return _psql(query).stdout.strip()
+    assert until(lambda: mirrored() == want, 60), mirrored()
 
 
 def test_billing_service_runs_on_both_api_hosts():

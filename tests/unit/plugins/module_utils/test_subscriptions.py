@@ -20,7 +20,8 @@ WANT = dict(plan="pro", plan_active=True, trial_days=None, cycle="month", curren
 def params(**kw):
     p = dict(tenant="acme", trial_days=None, cancel="none", collection_method=None, days_until_due=None,
              payment_behavior="error_if_incomplete", proration_behavior="create_prorations", email=None,
-             promotion_code=None, update_tenant=True, state="present")
+             promotion_code=None, update_tenant=True, state="present", automatic_tax=None, billing_address=None,
+             tax_exempt=None, tax_ids=None)
     p.update(kw)
     return p
 
