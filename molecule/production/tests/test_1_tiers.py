@@ -208,7 +208,7 @@ def test_billing_service_runs_on_both_api_hosts():
 
 def test_site_through_ansible_runner_changes_nothing():
     """The way AWX runs a job template: ansible-runner, artifacts checked (with Molecule's
-    Mitogen strategy: the common, nginx and api scenarios run Ansible's own)."""
+    Mitogen strategy: the common and nginx scenarios run Ansible's own)."""
     with tempfile.TemporaryDirectory() as data:
         run = ansible_runner.run(private_data_dir=data, playbook=str(SITE), inventory=os.path.dirname(INVENTORY),
                                  envvars=_env(), quiet=True)
