@@ -487,7 +487,7 @@ def apply_writes(client, p, tenant, writes, customer_id, sub):
                 'customer update', customer_id, w['before'], w['params']))
         elif w['what'] == 'tax_id':
             client.post('/v1/customers/%s/tax_ids' % customer_id, w['params'],
-                        key=idempotency_key('tax id', customer_id, w['params']))
+                        key=idempotency_key('tax id', customer_id, w['before'], w['params']))
         elif w['what'] == 'tax_id_delete':
             try:
                 client.delete('/v1/customers/%s/tax_ids/%s' % (customer_id, w['id']))

@@ -109,8 +109,9 @@ def tax_id_writes(p, customer, have):
         return []
     want = [(t['type'], t['value']) for t in p['tax_ids']]
     held = dict(((t['type'], t['value']), t['id']) for t in have)
-    writes = [dict(what='tax_id', label='add tax ID %s %s' % key, params=dict(type=key[0], value=key[1]))
-              for key in want if key not in held]
+    # in the key: what the customer held, so a tax ID removed and added again is created again
+    writes = [dict(what='tax_id', label='add tax ID %s %s' % key, params=dict(type=key[0], value=key[1]),
+                   before=sorted(held.values())) for key in want if key not in held]
     writes.extend(dict(what='tax_id_delete', label='remove tax ID %s %s' % key, id=tid)
                   for key, tid in sorted(held.items()) if key not in want)
     return writes

@@ -91,6 +91,10 @@ def test_tax_ids_are_kept_exactly_as_listed(bill, world, stripe_fake):
     assert bill("tenant_subscription", PRO)["changed"] is False
     res = bill("tenant_subscription", dict(PRO, tax_ids=[]))
     assert res["actions"] == ["remove tax ID eu_vat DE123456789"] and stripe_fake.objects("tax_ids") == []
+    # added again: created again, not an idempotent replay of the first add
+    res = bill("tenant_subscription", dict(PRO, tax_ids=[vat]))
+    assert res["actions"] == ["add tax ID eu_vat DE123456789"]
+    assert [(t["type"], t["value"]) for t in stripe_fake.objects("tax_ids")] == [("eu_vat", "DE123456789")]
 
 
 @pytest.mark.parametrize("args,field", [
