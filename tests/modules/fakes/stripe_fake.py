@@ -1034,6 +1034,8 @@ class FakeStripe(DiscountsMixin, TaxMixin):
         for k, v in p.items():
             if k == "metadata":
                 obj["metadata"] = self._metadata(obj.get("metadata", {}), v)
+            elif k == "address" and v:  # a line sent empty is cleared: Stripe shows null
+                obj[k] = {line: v.get(line) or None for line in ADDRESS}
             elif k not in ("expand", "tax", "tax_id_data"):
                 obj[k] = v if v != "" else None
         return obj
