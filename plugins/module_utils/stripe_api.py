@@ -60,16 +60,22 @@ def idempotency_key(*parts):
     return 'selfbase-' + hashlib.sha256(blob.encode('utf-8')).hexdigest()[:48]
 
 
-def event_types():
-    """The event types a webhook endpoint can subscribe to at the pinned API version, from the typed parameters
-    of the installed ``stripe`` library (``*`` included); None when the library does not carry them."""
+def sdk_values(params, field):
+    """The values the pinned API version knows for ``field`` of the request class ``params`` (a list of, or a
+    string open to, a Literal), from the typed parameters of the installed ``stripe`` library; None when the
+    library does not carry them."""
     try:
-        from stripe.params import WebhookEndpointCreateParams
+        from stripe import params as sdk
         import typing
-        listed = typing.get_args(WebhookEndpointCreateParams.__annotations__['enabled_events'])[0]
+        listed = typing.get_args(getattr(sdk, params).__annotations__[field])[0]
         return frozenset(typing.get_args(listed)) or None
-    except (ImportError, KeyError, IndexError, TypeError):
+    except (ImportError, AttributeError, KeyError, IndexError, TypeError):
         return None
+
+
+def event_types():
+    """The event types a webhook endpoint can subscribe to (``*`` included), or None."""
+    return sdk_values('WebhookEndpointCreateParams', 'enabled_events')
 
 
 class StripeError(ServiceError):

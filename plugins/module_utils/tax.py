@@ -10,6 +10,7 @@ __metaclass__ = type
 import re
 
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import BillingError
+from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import sdk_values
 
 ADDRESS_KEYS = ('line1', 'line2', 'city', 'state', 'postal_code', 'country')
 # Where Stripe Tax needs a postal code to place a customer (a country alone places the others)
@@ -22,13 +23,8 @@ TAX_ID_FORMAT = {'eu_vat': r'(%s)[0-9A-Z+*]{2,13}' % _EU, 'gb_vat': r'GB(\d{9}|\
 
 
 def tax_id_types():
-    """The tax ID types of the pinned API version, from the installed ``stripe`` library; None without them."""
-    try:
-        from stripe.params import CustomerCreateTaxIdParams
-        import typing
-        return frozenset(typing.get_args(typing.get_args(CustomerCreateTaxIdParams.__annotations__['type'])[0]))
-    except (ImportError, KeyError, IndexError, TypeError):
-        return None
+    """The tax ID types of the pinned API version, or None."""
+    return sdk_values('CustomerCreateTaxIdParams', 'type')
 
 
 def located(address):
