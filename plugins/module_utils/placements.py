@@ -292,6 +292,10 @@ def login_sql(module, c, login, password, exists):
     c.execute(sql.SQL('ALTER ROLE {} LOGIN CONNECTION LIMIT {}').format(ident, sql.Literal(p['connection_limit'])))
     for name, value in sorted(p['session_settings'].items()):
         c.execute(sql.SQL('ALTER ROLE {} SET {} = {}').format(ident, sql.Identifier(name), sql.Literal(str(value))))
+    if not c.execute('SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user').fetchone()['rolsuper']:
+        # an administrator with CREATEDB and CREATEROLE, not a superuser, acts as the login it made: to give it its
+        # database, revoke PUBLIC's access and apply the files as the login
+        c.execute(sql.SQL('GRANT {} TO CURRENT_USER').format(ident))
 
 
 def provision(module, c, step, files):

@@ -26,7 +26,8 @@ def _clean(server):
     with server.connect() as c:
         for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%%' OR datname = 'app_tpl'"):
             c.execute(f'DROP DATABASE "{r["datname"]}" WITH (FORCE)')
-        for r in c.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%%' OR rolname = 'squatter'"):
+        for r in c.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%%' OR rolname IN ('squatter', 'placer') "
+                            "ORDER BY rolname = 'placer'"):
             c.execute(f'DROP ROLE "{r["rolname"]}"')
 
 
@@ -285,6 +286,30 @@ def test_retire_keeps_the_database_and_its_slot_and_drop_removes_both(two, schem
     assert registry(schema) == {} and databases(pg_server) == []
     with pg_server.connect() as c:
         assert c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tenant_t00'").fetchone() is None
+
+
+def test_an_administrator_that_is_not_a_superuser_places_retires_and_drops(two, schema, run, second_server, tmp_path):
+    # what the tenant_db hosts of an inventory give the control plane: CREATEDB and CREATEROLE, with a password
+    with second_server.connect() as c:
+        c.execute("CREATE ROLE placer LOGIN CREATEDB CREATEROLE PASSWORD 'placer-pw'")
+    run("tenant_cluster", dict(name="ded", tier="dedicated", host=second_server.host, port=second_server.port,
+                               admin_user="placer"))
+    schema_file = tmp_path / "001.sql"
+    schema_file.write_text("CREATE TABLE items (id int);\n")
+    entry = dict(tenant="t00", tier="dedicated", password=PASSWORD)
+    args = dict(placements=[entry], migrations=[str(schema_file)], cluster_passwords=dict(ded="placer-pw"))
+    res = run("tenant_placement", args)
+    assert res["changed"] and res["placements"][0]["cluster"] == "ded", res
+    assert run("tenant_placement", args)["changed"] is False
+    with second_server.connect("tenant_t00") as c:
+        assert c.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'items'").fetchone()["tableowner"] == \
+            "tenant_t00"
+        assert c.execute("SELECT has_database_privilege('public', 'tenant_t00', 'CONNECT') AS c").fetchone()["c"] is False
+        assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'placer'").fetchone()["rolsuper"] is False
+    run("tenant_placement", dict(args, placements=[dict(entry, state="absent")]))
+    assert registry(schema)["t00"][3] == "retired"
+    res = run("tenant_placement", dict(args, placements=[dict(entry, state="absent", drop_database=True)]))
+    assert res["changes"] == [dict(tenant="t00", action="drop")] and databases(second_server) == []
 
 
 def test_a_cluster_with_databases_cannot_be_removed_nor_its_tenant_purged(two, run):
