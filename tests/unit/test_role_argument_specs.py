@@ -90,5 +90,7 @@ def test_defaults_pass_their_own_argument_spec(role):
     defaults = _load(role / "defaults" / "main.yml")
     options = _options(role)
     literal = {k: v for k, v in defaults.items() if "{{" not in str(v)}
+    # a templated default (an int from a tier's policy) has its value only when Ansible templates it
+    options = {k: {o: v for o, v in spec.items() if not (o == "default" and "{{" in str(v))} for k, spec in options.items()}
     result = ArgumentSpecValidator(options).validate(literal)
     assert result.error_messages == []

@@ -19,7 +19,9 @@ API = {"prod-api1": NET + "21", "prod-api2": NET + "22"}
 EDGE = {"prod-edge1": NET + "31", "prod-edge2": NET + "32"}
 MON, MON_ADDR = "prod-mon1", NET + "41"
 BACKUP = "prod-backup1"
-HOSTS = DB + list(API) + list(EDGE) + [MON, BACKUP]
+# The dedicated tenant cluster (tenant_db), a PostgreSQL server of its own.
+TENANT_DB, TENANT_DB_ADDR = "prod-tdb1", NET + "61"
+HOSTS = DB + list(API) + list(EDGE) + [MON, BACKUP, TENANT_DB]
 # The writer's test login and its own schema, through prod-api1's HAProxy: 5000 the leader's PgBouncer,
 # 5001 a replica, 5002 the leader's PostgreSQL.
 PROBE_PASSWORD = "molecule-prod-probe-5d1f"

@@ -21,7 +21,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
-from production_hosts import API, DB, EDGE, HOSTS, MON, MON_ADDR, STRIPE, VAULT, psql as _psql, secret  # noqa: E402
+from production_hosts import (API, DB, EDGE, HOSTS, MON, MON_ADDR, STRIPE, TENANT_DB, TENANT_DB_ADDR, VAULT,  # noqa: E402
+                              psql as _psql, secret)
 
 testinfra_hosts = []
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -158,6 +159,48 @@ def test_tenant_isolation_holds_after_the_full_converge():
     assert cmd.stdout.strip().splitlines()[-1] == "globex"
     cmd = _psql("BEGIN; SET LOCAL ROLE selfbase_app; SELECT count(*) FROM platform.tenants; ROLLBACK;")
     assert cmd.stdout.strip().splitlines()[-1] == "0"
+
+
+def _through_router(api, tenant, login=None):
+    """Connect through api's tenant router to TENANT's database as LOGIN's tenant login (the billing service's
+    Python has psycopg); the completed command, whose output is the database and the server's address."""
+    login = login or tenant
+    code = ("import psycopg, sys; c = psycopg.connect(host='127.0.0.1', port=6433, dbname=sys.argv[1], "
+            "user='tenant_' + sys.argv[2], password=sys.argv[3], connect_timeout=10); "
+            "print(*c.execute('SELECT current_database(), host(inet_server_addr())').fetchone())")
+    return _host(api).run("/opt/selfbase-billing/venv/bin/python -c %s %s %s %s", code, tenant, login,
+                          secret("tenant-db-" + login))
+
+
+@pytest.mark.parametrize("api", sorted(API))
+def test_each_api_host_reaches_tenants_on_two_clusters_by_name(api):
+    """acme has a database on the shared tier (the Patroni cluster, through the host's HAProxy to the leader),
+    globex on the dedicated cluster: both reached by name through the api host's tenant router, each only by
+    its own login."""
+    acme = _through_router(api, "acme")
+    assert acme.rc == 0, acme.stderr
+    database, server = acme.stdout.split()
+    assert database == "tenant_acme" and server in ("172.30.89.11", "172.30.89.12", "172.30.89.13"), acme.stdout
+    globex = _through_router(api, "globex")
+    assert globex.rc == 0 and globex.stdout.split() == ["tenant_globex", TENANT_DB_ADDR], globex.stdout + globex.stderr
+    for tenant, login in (("globex", "acme"), ("acme", "globex")):
+        crossed = _through_router(api, tenant, login)
+        assert crossed.rc != 0 and crossed.stdout == "", crossed.stdout
+
+
+def test_tenant_databases_are_where_the_registry_says_and_nowhere_else():
+    rows = _psql("SELECT string_agg(t.slug || ':' || p.tier || ':' || p.cluster || ':' || p.state, ',' ORDER BY t.slug) "
+                 "FROM platform.tenant_placements p JOIN platform.tenants t ON t.id = p.tenant_id").stdout.strip()
+    assert rows == "acme:database:shared-1:active,globex:dedicated:dedicated-1:active"
+    on_dedicated = _host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
+                                        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'tenant%'")
+    assert on_dedicated.stdout.strip() == "tenant_globex"
+    placer = _host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
+                                  "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'selfbase_placer'")
+    assert placer.stdout.strip() == "f|t|t"
+    # the platform's own database and logins are not on the tenant cluster
+    assert "selfbase" not in _host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
+                                                   "SELECT string_agg(datname, ',') FROM pg_database").stdout
 
 
 def test_billing_reached_stripe_and_the_database():

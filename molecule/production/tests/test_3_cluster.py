@@ -26,8 +26,9 @@ def _psql(dsn, sql, check=True):
     return CLUSTER.psql(sql, dsn=dsn, check=check)
 
 
-def _pgbackrest(*args):
-    return docker("exec", BACKUP, "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=selfbase", *args, check=False)
+def _pgbackrest(*args, stanza="selfbase"):
+    return docker("exec", BACKUP, "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=" + stanza, *args,
+                  check=False)
 
 
 def _archive_lag(member):
@@ -158,14 +159,22 @@ def test_the_patroni_stanza_is_kept_and_scheduled_by_its_policy():
     and before backup-standby, and runs one timer per scheduled job of the stanza. Its configuration validator
     parses every stanza's section: a value run into the next line there is refused, where parsing the global
     section alone accepted it."""
-    def current(option):
-        out = _pgbackrest("help", "backup", option).stdout
+    def current(option, stanza="selfbase"):
+        out = _pgbackrest("help", "backup", option, stanza=stanza).stdout
         return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("current: "))
     assert (current("repo1-retention-full"), current("repo1-retention-full-type")) == ("2", "count")
+    # the dedicated tenant cluster's stanza, beside it, by its tier's policy: fulls every 6 hours kept 30 days
+    assert (current("repo1-retention-full", "dedicated-1"), current("repo1-retention-full-type", "dedicated-1")) == \
+        ("30", "time")
     timers = docker("exec", BACKUP, "systemctl", "list-timers", "--all", "--no-legend", "selfbase-backup-*").stdout
     assert sorted(line.split()[-2] for line in timers.splitlines()) == [
-        "selfbase-backup-diff@selfbase.timer", "selfbase-backup-full@selfbase.timer",
+        "selfbase-backup-diff@selfbase.timer", "selfbase-backup-full@dedicated-1.timer",
+        "selfbase-backup-full@selfbase.timer", "selfbase-backup-verify@dedicated-1.timer",
         "selfbase-backup-verify@selfbase.timer"], timers
+    calendar = docker("exec", BACKUP, "systemctl", "cat", "selfbase-backup-full@dedicated-1.timer").stdout
+    assert "OnCalendar=*-*-* 00/6:00:00" in calendar, calendar
+    info = json.loads(_pgbackrest("info", "--output=json", stanza="dedicated-1").stdout)
+    assert info[0]["status"]["code"] == 0 and [b["type"] for b in info[0]["backup"]][:1] == ["full"], info
     conf = "/etc/pgbackrest/pgbackrest.conf"
     broken = "/root/pgbackrest-broken.conf"
     docker("exec", BACKUP, "sh", "-c",
