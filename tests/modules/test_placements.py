@@ -27,7 +27,7 @@ def _clean(server):
         for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%%' OR datname = 'app_tpl'"):
             c.execute(f'DROP DATABASE "{r["datname"]}" WITH (FORCE)')
         for r in c.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%%' OR rolname IN ('squatter', 'placer') "
-                            "ORDER BY rolname = 'placer'"):
+                           "ORDER BY rolname = 'placer'"):
             c.execute(f'DROP ROLE "{r["rolname"]}"')
 
 

@@ -199,8 +199,10 @@ def test_tenant_databases_are_where_the_registry_says_and_nowhere_else():
                                   "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'selfbase_placer'")
     assert placer.stdout.strip() == "f|t|t"
     # the platform's own database and logins are not on the tenant cluster
-    assert "selfbase" not in _host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
-                                                   "SELECT string_agg(datname, ',') FROM pg_database").stdout
+    platform = _host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
+                                    "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'selfbase') + "
+                                    "(SELECT count(*) FROM pg_roles WHERE rolname IN ('selfbase', 'selfbase_control'))")
+    assert platform.stdout.strip() == "0", platform.stdout + platform.stderr
 
 
 def test_billing_reached_stripe_and_the_database():
