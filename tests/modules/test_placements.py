@@ -293,7 +293,7 @@ def test_an_administrator_that_is_not_a_superuser_places_retires_and_drops(two, 
     with second_server.connect() as c:
         c.execute("CREATE ROLE placer LOGIN CREATEDB CREATEROLE PASSWORD 'placer-pw'")
     run("tenant_cluster", dict(name="ded", tier="dedicated", host=second_server.host, port=second_server.port,
-                               admin_user="placer"))
+                               admin_user="placer", max_databases=2))
     schema_file = tmp_path / "001.sql"
     schema_file.write_text("CREATE TABLE items (id int);\n")
     entry = dict(tenant="t00", tier="dedicated", password=PASSWORD)
@@ -306,6 +306,16 @@ def test_an_administrator_that_is_not_a_superuser_places_retires_and_drops(two, 
             "tenant_t00"
         assert c.execute("SELECT has_database_privilege('public', 'tenant_t00', 'CONNECT') AS c").fetchone()["c"] is False
         assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'placer'").fetchone()["rolsuper"] is False
+    # the administrator is a member of each tenant login it made, never the other way round: a tenant's login
+    # gets nothing of the administrator's, nor of another tenant's
+    run("tenant_placement", dict(args, placements=[entry, dict(entry, tenant="t01")]))
+    with second_server.connect("tenant_t00", user="tenant_t00") as c:
+        for attack in ("SET ROLE placer", "SET ROLE tenant_t01", "CREATE DATABASE stolen"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(attack)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        second_server.connect("tenant_t01", user="tenant_t00").close()
+    run("tenant_placement", dict(args, placements=[dict(entry, tenant="t01", state="absent", drop_database=True)]))
     run("tenant_placement", dict(args, placements=[dict(entry, state="absent")]))
     assert registry(schema)["t00"][3] == "retired"
     res = run("tenant_placement", dict(args, placements=[dict(entry, state="absent", drop_database=True)]))
