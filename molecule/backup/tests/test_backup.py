@@ -111,9 +111,11 @@ def unit_state(host, unit):
 
 
 def policy(db):
-    """The backup policy of db's stanza: the role's defaults and db's own host vars (not its repository host's)."""
+    """The backup policy of db's stanza: the role's defaults (the platform tier's entry of backup_tier_policies,
+    these hosts holding no tenant cluster) and db's own host vars (not its repository host's)."""
     defaults = yaml.safe_load((PROJECT / "roles" / "backup" / "defaults" / "main.yml").read_text())
-    return {**defaults, **HOST_VARS[db]}
+    tier = {"backup_" + k: v for k, v in defaults["backup_tier_policies"]["platform"].items()}
+    return {**defaults, **tier, **HOST_VARS[db]}
 
 
 @pytest.mark.parametrize("name", DBS)
