@@ -84,13 +84,6 @@ options:
     description: The prefix of the default database names.
     type: str
     default: tenant_
-  cluster_passwords:
-    description:
-      - The password of each cluster's O(selfbase.platform.tenant_cluster#module:admin_user), by cluster name.
-        A cluster not listed uses libpq's own (a C(.pgpass) file, or peer or certificate authentication). Never
-        logged.
-    type: dict
-    default: {}
   connection_limit:
     description: How many sessions a tenant's login may hold.
     type: int
@@ -105,6 +98,7 @@ options:
       idle_in_transaction_session_timeout: 60s
 extends_documentation_fragment:
   - selfbase.platform.postgres
+  - selfbase.platform.tenant_clusters
 attributes:
   check_mode:
     support: full

@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
 from production_hosts import (API, DB, EDGE, HOSTS, MON, MON_ADDR, STRIPE, TENANT_DB, TENANT_DB_ADDR, VAULT,  # noqa: E402
-                              psql as _psql, secret)
+                              playbook, psql as _psql, secret)
 
 testinfra_hosts = []
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -203,6 +203,40 @@ def test_tenant_databases_are_where_the_registry_says_and_nowhere_else():
                                     "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'selfbase') + "
                                     "(SELECT count(*) FROM pg_roles WHERE rolname IN ('selfbase', 'selfbase_control'))")
     assert platform.stdout.strip() == "0", platform.stdout + platform.stderr
+
+
+def _storage():
+    """{tenant: (cluster, recorded bytes, sum of its storage_bytes usage events)}."""
+    out = _psql("SELECT t.slug, s.cluster, s.bytes, (SELECT sum(quantity) FROM platform.usage_events e "
+                "WHERE e.tenant_id = t.id AND e.metric = 'storage_bytes') FROM platform.tenant_database_sizes s "
+                "JOIN platform.tenants t ON t.id = s.tenant_id ORDER BY 1").stdout.split()
+    return {row[0]: (row[1], int(row[2]), int(row[3])) for row in (line.split("|") for line in out)}
+
+
+def test_tenant_storage_is_sampled_on_both_clusters_into_each_tenants_usage_once():
+    """playbooks/tenant_storage.yml, as AWX runs it hourly: acme's database on the Patroni cluster and globex's on
+    the dedicated one are measured, and each tenant's storage_bytes usage is the size last recorded, however
+    many runs there were."""
+    for _round in range(2):
+        run = playbook("tenant_storage.yml", timeout=600)
+        assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        storage = _storage()
+        assert sorted(storage) == ["acme", "globex"], storage
+        for slug, (_cluster, recorded, used) in storage.items():
+            assert recorded == used > 0, (slug, storage)
+    live = {"acme": int(_psql("SELECT pg_database_size('tenant_acme')").stdout),
+            "globex": int(_host(TENANT_DB).run("runuser -u postgres -- psql -qXAtc %s",
+                                               "SELECT pg_database_size('tenant_globex')").stdout)}
+    assert {slug: row[0] for slug, row in storage.items()} == {"acme": "shared-1", "globex": "dedicated-1"}
+    for slug, size in live.items():  # idle databases; a little slack for a vacuum between the run and the read
+        assert abs(storage[slug][1] - size) < 1 << 20, (slug, storage[slug], size)
+
+    # and each db host's postgres_exporter gives Prometheus the sizes recorded
+    def exported():
+        found = _prometheus("/api/v1/query?query=selfbase_tenant_database_bytes")["result"]
+        return {(r["metric"]["tenant"], r["metric"]["cluster"], float(r["value"][1])) for r in found}
+    expected = {(slug, row[0], float(row[1])) for slug, row in storage.items()}
+    assert until(lambda: exported() == expected, 120), (exported(), expected)
 
 
 def test_billing_reached_stripe_and_the_database():
