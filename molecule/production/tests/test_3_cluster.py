@@ -188,6 +188,18 @@ def test_the_patroni_stanza_is_kept_and_scheduled_by_its_policy():
     assert global_only.returncode == 0 and "ERROR" not in global_only.stdout + global_only.stderr
 
 
+def test_the_dedicated_clusters_backup_is_drilled_in_every_database_it_holds():
+    """restore_drill.yml on the repository host restores dedicated-1's latest backup into a scratch instance and
+    checks it where a tenant cluster's data is: every database it holds (tenant_globex), not the platform's tables,
+    which it does not have."""
+    out = playbook("restore_drill.yml", "-e", '{"backup_drill_stanzas": ["dedicated-1"]}', timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "tenant_globex" in out.stdout and "row_counts" not in out.stdout, out.stdout[-3000:]
+    state = json.loads(docker("exec", BACKUP, "cat", "/var/lib/selfbase/backup/dedicated-1.json").stdout)
+    assert state["drill"]["ok"] is True and state["drill"]["rto_seconds"] > 0, state
+    assert docker("exec", BACKUP, "test", "-e", "/var/lib/postgresql/selfbase-drill/dedicated-1", check=False).returncode
+
+
 def test_a_restarted_leader_archives_within_archive_timeout():
     """Patroni restarts the leader in place (no promotion wakes its checkpointer): a quiet leader still
     ships its last commit within archive_timeout, read from the repository, with no manual check

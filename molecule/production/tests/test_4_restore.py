@@ -2,7 +2,7 @@
 cluster). Requests it cannot honour are refused before anything stops; a target recovery never reaches fails
 at once with the server's reason; then rows committed before the target come back on every member, rows
 committed after it on none, the restored member leads a new timeline with both others streaming from it, and
-the tiers use it again."""
+the tiers use it again. Then the dedicated tenant cluster, restored only when named."""
 
 import pathlib
 import sys
@@ -13,7 +13,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import docker_host as _host  # noqa: E402
 from patroni_cluster import docker  # noqa: E402
-from production_hosts import BACKUP, CLUSTER, DB, EDGE, MON, RO, RW, leader, playbook, prepare_writer, psql  # noqa: E402
+from production_hosts import (BACKUP, CLUSTER, DB, EDGE, MON, RO, RW, TENANT_DB, leader, playbook,  # noqa: E402
+                              prepare_writer, psql)
 
 testinfra_hosts = []
 ROWS = 50
@@ -94,3 +95,23 @@ def test_point_in_time_restore_of_the_cluster():
         code = _host(MON).run("curl -sk -o /dev/null -w '%%{http_code}' --max-time 10 "
                               "--resolve initech.example.com:443:%s https://initech.example.com/restored", address)
         assert code.stdout == "200", (address, code.stdout, code.stderr)
+
+
+def test_a_tenant_cluster_is_restored_only_when_named():
+    """restore.yml leaves the dedicated cluster alone unless --limit names it (the cluster restore above ran
+    without a limit); named, it restores prod-tdb1 from its own stanza to the latest archived WAL and proves
+    it by the tenant databases it holds, with archiving working again."""
+    tdb = _host(TENANT_DB)
+
+    def globex(sql):
+        return tdb.run("runuser -u postgres -- psql -d tenant_globex -v ON_ERROR_STOP=1 -qXAtc %s", sql)
+    assert tdb.run("ls -d /var/lib/postgresql/15/main.pre-restore-*").rc != 0  # untouched so far
+    assert globex("CREATE TABLE restore_probe (n int); INSERT INTO restore_probe VALUES (1), (2), (3)").rc == 0
+    # pgBackRest's check switches WAL and waits until the segment with the rows is in the repository
+    check = tdb.run("runuser -u postgres -- pgbackrest --stanza=dedicated-1 check")
+    assert check.rc == 0, check.stderr
+    out = playbook("restore.yml", "--limit", TENANT_DB, "-e", "backup_restore_confirm=true", timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "tenant databases: tenant_globex" in out.stdout, out.stdout[-3000:]
+    assert tdb.run("ls -d /var/lib/postgresql/15/main.pre-restore-*").rc == 0
+    assert globex("SELECT sum(n) FROM restore_probe").stdout.strip() == "6"
