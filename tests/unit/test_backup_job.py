@@ -129,3 +129,23 @@ def test_the_stanza_options_are_read_from_its_own_section(tmp_path):
     conf = tmp_path / "pgbackrest.conf"
     conf.write_text("[global]\npg1-port=1\n\n[selfbase]\npg1-path=/d\npg1-port=5433\n\n[other]\npg1-port=9\n")
     assert job.stanza_options(str(conf), "selfbase") == {"pg1-path": "/d", "pg1-port": "5433"}
+
+
+def test_the_drill_configuration_marks_tenant_clusters_as_the_job_reads_them(tmp_path):
+    """drill.conf.j2 marks a tenant cluster's stanza; the job finds the mark in that stanza's section only."""
+    import jinja2  # noqa: PLC0415
+    templates = PATH.parents[3] / "backup" / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), trim_blocks=True)
+    env.filters["comment"] = lambda text: "# " + text
+    env.filters["bool"] = lambda value: str(value).lower() in ("true", "1", "yes")
+    text = env.get_template("drill.conf.j2").render(
+        ansible_managed="managed", backup_process_max=2, backup_drill_dir="/drill", backup_drill_port=5499,
+        backup_repo_type="posix", backup_repo_path="/repo", backup_cipher_type="none",
+        _backup_stanzas=[{"stanza": "selfbase", "tenant_cluster": False},
+                         {"stanza": "dedicated-1", "tenant_cluster": "True"}])
+    conf = tmp_path / "drill.conf"
+    conf.write_text(text)
+    assert job.EVERY_DATABASE in job.stanza_section(str(conf), "dedicated-1")
+    assert job.EVERY_DATABASE not in job.stanza_section(str(conf), "selfbase")
+    assert job.stanza_options(str(conf), "dedicated-1") == {
+        "pg1-path": "/drill/dedicated-1", "pg1-port": "5499", "pg1-socket-path": "/drill"}
