@@ -219,7 +219,7 @@ def test_tenant_storage_is_sampled_on_both_clusters_into_each_tenants_usage_once
     many runs there were."""
     for _round in range(2):
         run = playbook("tenant_storage.yml", timeout=600)
-        assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
         storage = _storage()
         assert sorted(storage) == ["acme", "globex"], storage
         for slug, (_cluster, recorded, used) in storage.items():
