@@ -25,7 +25,7 @@ TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
     "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
-    "tenant_placements", "subscription_versions",
+    "tenant_placements", "subscription_versions", "tenant_database_sizes",
 ])
 # Views with tenant rows: no policies of their own; the definer behind each walls them, and only Hasura's login
 # reads them (test_operators.py attacks each).
@@ -57,6 +57,8 @@ EXPECTED = {
     "tenant_placements": dict(select="denied", update="denied", delete="denied", insert="denied"),
     # written by record_subscription_version() (0013) only; the control plane and the monitor read it
     "subscription_versions": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    # sampled sizes of tenant databases (0015): only the control plane writes them, the monitor reads them
+    "tenant_database_sizes": dict(select="denied", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -114,6 +116,8 @@ def insert_for(table, tenant, event_id=None):
                               "VALUES (%s, 'pooled', 'active')", (t,)),
         "subscription_versions": ("INSERT INTO platform.subscription_versions (tenant_id, valid_from, status) "
                                   "VALUES (%s, now(), 'active')", (t,)),
+        "tenant_database_sizes": ("INSERT INTO platform.tenant_database_sizes (cluster, database, tenant_id, bytes) "
+                                  "VALUES ('c9', 'tenant_new', %s, 1)", (t,)),
     }[table]
 
 
@@ -165,6 +169,8 @@ def seed_tenant(conn, tenant, slug, members):
                  (f"sb_{slug}", tenant, f"cus_{slug}"))
     conn.execute("INSERT INTO platform.tenant_placements (tenant_id, tier, state) VALUES (%s, 'pooled', 'active')",
                  (tenant,))
+    conn.execute("INSERT INTO platform.tenant_database_sizes (cluster, database, tenant_id, bytes) "
+                 "VALUES ('c1', %s, %s, 1000)", (f"tenant_{slug}", tenant))
 
 
 def snapshot(conn, table, tenant):
