@@ -18,7 +18,7 @@ import re
 
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
-    audit, connect, control_lock, json_safe, jsonb, require_schema)
+    audit, connect, control_lock, held_control_lock, json_safe, jsonb, require_schema)
 
 try:
     from psycopg import sql
@@ -383,11 +383,7 @@ def placement_run(module, conn):
     wanted = normalise(p)
     files = read_migrations(p['migrations'])
     require_schema(module, conn, '0010', dict(changed=bool(wanted)))
-    lock = None
-    if not module.check_mode:
-        lock = connect(module)  # holds the control lock until the run ends
-        control_lock(lock.cursor(), 'tenant_placement')
-    try:
+    with held_control_lock(module, 'tenant_placement'):
         steps, clusters, final = plan(module, conn, wanted, files)
         if steps and not module.check_mode:
             write_rows(conn, steps, final=False)
@@ -402,9 +398,6 @@ def placement_run(module, conn):
                     else:
                         provision(module, c, s, files)
             write_rows(conn, steps, final=True)
-    finally:
-        if lock is not None:
-            lock.close()
     result = dict(changed=bool(steps), changes=[
         dict(tenant=s['tenant'], action='create' if s['before'] is None else 'drop' if s['after'] is None else
              'retire' if s['after']['state'] == 'retired' else 'update') for s in steps],

@@ -7,6 +7,7 @@ connection helper, and the audit log writer."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import contextlib
 import json
 import traceback
 
@@ -131,6 +132,21 @@ def control_lock(cur, name, timeout=LOCK_TIMEOUT):
     except psycopg.errors.UndefinedTable:
         raise LockBusy('The platform schema predates migration 0003: run selfbase.platform.platform_schema first.')
     cur.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
+
+
+@contextlib.contextmanager
+def held_control_lock(module, name):
+    """Hold the control lock `name` on a connection of its own while the block runs, so that the run's own
+    transactions can commit; check mode writes nothing and takes no lock."""
+    if module.check_mode:
+        yield
+        return
+    lock = connect(module)
+    try:
+        control_lock(lock.cursor(), name)
+        yield
+    finally:
+        lock.close()
 
 
 def jsonb(value):

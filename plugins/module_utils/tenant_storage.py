@@ -11,7 +11,7 @@ __metaclass__ = type
 
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import ServiceError
 from ansible_collections.selfbase.platform.plugins.module_utils.placements import cluster_connection, read_clusters
-from ansible_collections.selfbase.platform.plugins.module_utils.postgres import connect, control_lock, require_schema
+from ansible_collections.selfbase.platform.plugins.module_utils.postgres import held_control_lock, require_schema
 
 try:
     import psycopg
@@ -109,11 +109,7 @@ def record(conn, rows):
 def storage_run(module, conn):
     """selfbase.platform.tenant_storage: sample every placed tenant database and record what changed."""
     require_schema(module, conn, '0015', dict(changed=False, samples=[], unreachable_clusters=[]))
-    lock = None
-    if not module.check_mode:
-        lock = connect(module)  # holds the control lock until the run ends
-        control_lock(lock.cursor(), 'tenant_storage')
-    try:
+    with held_control_lock(module, 'tenant_storage'):
         clusters = read_clusters(conn)
         placed = [(r['cluster'], r['database']) for r in conn.execute(
             'SELECT cluster, database FROM platform.tenant_placements WHERE cluster IS NOT NULL')]
@@ -123,9 +119,6 @@ def storage_run(module, conn):
             changes = [r for r in rows if r['action'] != 'keep']
             if changes and not module.check_mode:
                 record(conn, changes)
-    finally:
-        if lock is not None:
-            lock.close()
     result = dict(changed=bool(changes), unreachable_clusters=unreachable,
                   samples=[dict((k, r[k]) for k in ('tenant', 'cluster', 'database', 'previous', 'bytes', 'delta',
                                                     'action')) for r in rows])
