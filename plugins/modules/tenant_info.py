@@ -12,8 +12,9 @@ short_description: Read tenants, their domains, and their usage against quota
 version_added: 0.1.0
 description:
   - Returns tenants of the platform database with their plan, domains and, optionally, their usage
-    of every metric that has a quota, as computed by C(platform.quota_status()).
-  - Reads everything in one SQL query, so it stays fast with tens of thousands of tenants.
+    of every metric that has a quota, as C(platform.quota_status()) computes it.
+  - Reads everything in one SQL query, set-based (not one C(platform.quota_status()) call per tenant), so it stays
+    fast with tens of thousands of tenants.
   - Never changes anything.
 options:
   slugs:
@@ -151,42 +152,7 @@ tenants:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     DatabaseError, connect, json_safe, postgres_argument_spec, require_schema)
-
-STATUSES = ['trial', 'active', 'past_due', 'suspended', 'canceled', 'deleted']
-
-COLUMNS = '''
-SELECT t.id, t.slug, t.name, t.status, t.plan_code AS plan, t.billing_cycle, t.trial_ends_at, t.created_at,
-       COALESCE((SELECT json_agg(json_build_object('domain', d.domain, 'primary', d.is_primary,
-                                                   'verified', d.verified)
-                                 ORDER BY d.is_primary DESC, d.domain)
-                   FROM platform.tenant_domains d WHERE d.tenant_id = t.id), '[]'::json) AS domains'''
-
-USAGE_COLUMNS = ''',
-       COALESCE(u.usage, '[]'::json) AS usage, COALESCE(u.worst, 'ok') AS quota_status'''
-
-# quota_status() once per tenant, in the same query.
-USAGE_JOIN = '''
-  LEFT JOIN LATERAL (
-    SELECT json_agg(json_build_object('metric', q.metric, 'used', q.used, 'limit', q.limit_value,
-                                      'percent', q.percent, 'status', q.status, 'mode', q.mode,
-                                      'period', q.period) ORDER BY q.metric) AS usage,
-           CASE WHEN bool_or(q.status = 'exceeded') THEN 'exceeded'
-                WHEN bool_or(q.status = 'warning') THEN 'warning'
-                ELSE 'ok' END AS worst
-      FROM platform.quota_status(t.id) q
-  ) u ON true'''
-
-FILTERS = '''
- WHERE t.status = ANY(%(status)s)
-   AND (%(slugs)s::text[] IS NULL OR t.slug = ANY(%(slugs)s::text[]))
-   AND (%(plans)s::text[] IS NULL OR t.plan_code = ANY(%(plans)s::text[]))
- ORDER BY t.slug'''
-
-
-def build_query(include_usage):
-    if include_usage:
-        return COLUMNS + USAGE_COLUMNS + '\n  FROM platform.tenants t' + USAGE_JOIN + FILTERS
-    return COLUMNS + '\n  FROM platform.tenants t' + FILTERS
+from ansible_collections.selfbase.platform.plugins.module_utils.tenant_info import STATUSES, read_tenants
 
 
 def main():
@@ -202,10 +168,9 @@ def main():
     status = p['status'] if p['status'] is not None else [s for s in STATUSES if s != 'deleted']
 
     conn = connect(module, autocommit=True)
-    require_schema(module, conn, '0001', dict(changed=False, tenants=[], count=0))
+    require_schema(module, conn, '0007', dict(changed=False, tenants=[], count=0))
     try:
-        rows = conn.execute(build_query(p['include_usage']),
-                            dict(status=status, slugs=p['slugs'], plans=p['plan'])).fetchall()
+        rows = read_tenants(conn, status, p['slugs'], p['plan'], p['include_usage'])
     except DatabaseError as e:
         module.fail_json(msg='Could not read the tenants: %s' % str(e).strip())
     finally:

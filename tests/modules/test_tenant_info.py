@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
+import sys
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / ".cache" / "collections"))
+# pylint: disable-next=wrong-import-position
+from ansible_collections.selfbase.platform.plugins.module_utils.tenant_info import read_tenants  # noqa: E402
 
 ALL_STATUSES = ["trial", "active", "past_due", "suspended", "canceled", "deleted"]
 
@@ -194,3 +200,43 @@ def test_bad_status_fails_naming_the_field(run, world):
     res = run("tenant_info", {"status": ["gone"]})
     assert res["failed"] is True
     assert "status" in res["msg"]
+
+
+def test_usage_is_what_quota_status_gives_for_every_tenant(run, world, schema):
+    """The module computes every tenant's usage at once; platform.quota_status(tenant) defines it. Every source and
+    period, usage outside the period, a zero limit, and a session that may act for no tenant but its own."""
+    c = schema
+    c.execute("INSERT INTO platform.projects (tenant_id, name) VALUES (%s, 'one'), (%s, 'two')",
+              (world["delta"], world["delta"]))
+    c.execute("INSERT INTO platform.plan_quotas (plan_code, metric, limit_value, period, mode) VALUES "
+              "('free', 'projects', 0, 'none', 'hard'), ('free', 'bandwidth_bytes', 1000, 'hour', 'soft'), "
+              "('free', 'storage_bytes', NULL, 'none', 'soft')")
+    _record(c, world["delta"], "bandwidth_bytes", 700, "d1")
+    _record(c, world["delta"], "storage_bytes", 300, "d2")
+    # last hour's and last month's usage: outside the hour and month windows, inside period none's
+    for tenant, metric, quantity, age in (("delta", "bandwidth_bytes", 400, "2 hours"),
+                                          ("delta", "storage_bytes", 50, "40 days"),
+                                          ("acme", "api_requests", 999, "40 days")):
+        # the rollup trigger writes under the tenant's row-level security
+        c.execute("SELECT set_config('app.tenant_id', %s, false)", (str(world[tenant]),))
+        c.execute("INSERT INTO platform.usage_events (tenant_id, metric, quantity, idempotency_key, occurred_at) "
+                  "VALUES (%s, %s, %s, %s, now() - %s::interval)", (world[tenant], metric, quantity, age, age))
+    c.execute("RESET app.tenant_id")
+    expected = {}
+    for slug, tenant in world.items():
+        rows = c.execute("SELECT metric, used, limit_value AS limit, percent, status, mode, period "
+                         "FROM platform.quota_status(%s)", (tenant,)).fetchall()
+        expected[slug] = [dict(r, percent=None if r["percent"] is None else float(r["percent"])) for r in rows]
+    assert expected["delta"] and any(r["period"] == "hour" for r in expected["delta"])
+    res = run("tenant_info", {"status": ALL_STATUSES})
+    assert res.get("failed") is not True, res
+    assert {t["slug"]: t["usage"] for t in res["tenants"]} == expected
+    # a tenant's own session: quota_status answers for it alone, and so does the module's query
+    c.execute("SELECT set_config('app.tenant_id', %s, false)", (str(world["delta"]),))
+    c.execute("SET ROLE selfbase_app")
+    try:
+        own = read_tenants(c, ALL_STATUSES, None, None, True)
+    finally:
+        c.execute("RESET ROLE")
+        c.execute("RESET app.tenant_id")
+    assert {t["slug"]: t["usage"] for t in own} == {"delta": expected["delta"]}
