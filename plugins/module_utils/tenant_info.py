@@ -75,12 +75,12 @@ u AS (
            'metric', s.metric, 'used', s.used, 'limit', s.limit_value,
            'percent', CASE WHEN s.limit_value IS NULL THEN NULL WHEN s.limit_value = 0 THEN 100.0
                            ELSE round(s.used * 100.0 / s.limit_value, 2) END,
-           'status', platform.quota_state(s.used, s.limit_value), 'mode', s.mode, 'period', s.period)
+           'status', s.status, 'mode', s.mode, 'period', s.period)
            ORDER BY s.metric) AS usage,
-         CASE WHEN bool_or(platform.quota_state(s.used, s.limit_value) = 'exceeded') THEN 'exceeded'
-              WHEN bool_or(platform.quota_state(s.used, s.limit_value) = 'warning') THEN 'warning'
+         CASE WHEN bool_or(s.status = 'exceeded') THEN 'exceeded'
+              WHEN bool_or(s.status = 'warning') THEN 'warning'
               ELSE 'ok' END AS worst
-    FROM s GROUP BY s.tenant_id
+    FROM (SELECT s.*, platform.quota_state(s.used, s.limit_value) AS status FROM s) s GROUP BY s.tenant_id
 )'''
 
 COLUMNS = '''
