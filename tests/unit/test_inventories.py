@@ -74,7 +74,9 @@ def _run(inventory, tmp_path, extra=None, limit=None):
         cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_GATHER_SUBSET="min", ANSIBLE_FORKS="10", ANSIBLE_NOCOLOR="1",
                ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_GATHERING="smart", ANSIBLE_CACHE_PLUGIN="jsonfile",
-               ANSIBLE_CACHE_PLUGIN_CONNECTION=_facts())
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=_facts(),
+               # the test harness's garbage collector setting (tests/callback_plugins/gc_freeze.py)
+               ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="gc_freeze")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
