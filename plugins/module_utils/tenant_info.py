@@ -69,6 +69,9 @@ s AS (
     LEFT JOIN hourly h ON h.tenant_id = w.tenant_id AND h.metric = w.metric
     LEFT JOIN daily d ON d.tenant_id = w.tenant_id AND d.metric = w.metric
 ),
+rated AS (
+  SELECT s.*, platform.quota_state(s.used, s.limit_value) AS status FROM s
+),
 u AS (
   SELECT s.tenant_id,
          json_agg(json_build_object(
@@ -80,7 +83,7 @@ u AS (
          CASE WHEN bool_or(s.status = 'exceeded') THEN 'exceeded'
               WHEN bool_or(s.status = 'warning') THEN 'warning'
               ELSE 'ok' END AS worst
-    FROM (SELECT s.*, platform.quota_state(s.used, s.limit_value) AS status FROM s) s GROUP BY s.tenant_id
+    FROM rated s GROUP BY s.tenant_id
 )'''
 
 COLUMNS = '''
