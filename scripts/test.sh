@@ -95,7 +95,7 @@ molecule_scenario() {
 # (SELFBASE_MOLECULE_JOBS at a time, longest first), so that one waiting on a
 # service or an alert timer leaves the cores to the others.
 stage_molecule() {
-  local longest=(production backup monitoring metering api common nginx) all=() s
+  local longest=(production backup metering api common nginx) all=() s
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
   export -f molecule_scenario
   export LOGS CRITICAL=${longest[0]}

@@ -1,5 +1,5 @@
-"""A point-in-time restore of the whole Patroni cluster with playbooks/restore.yml (last: it replaces the
-cluster). Requests it cannot honour are refused before anything stops; a target recovery never reaches fails
+"""A point-in-time restore of the whole Patroni cluster with playbooks/restore.yml (after the other cluster tests:
+it replaces the cluster). Requests it cannot honour are refused before anything stops; a target recovery never reaches fails
 at once with the server's reason; then rows committed before the target come back on every member, rows
 committed after it on none, the restored member leads a new timeline with both others streaming from it, and
 the tiers use it again. Then the dedicated tenant cluster, restored only when named."""

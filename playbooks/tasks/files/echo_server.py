@@ -1,13 +1,16 @@
 """Echo upstream: a stand-in for the tenants' application in tests and the demo.
 
 Answers every request with JSON: the service name, method, path and request
-headers. A websocket upgrade request gets a real 101 handshake answer.
+headers, with status 200, or with the code a path /status/<code> asks for (a
+failing application, for the monitoring tests). A websocket upgrade request
+gets a real 101 handshake answer.
 Usage: echo_server.py NAME-PORT (the systemd instance name).
 """
 
 import base64
 import hashlib
 import json
+import re
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -52,7 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             headers[key.lower()] = self.headers.get_all(key)
         body = json.dumps({"service": NAME, "method": self.command, "path": self.path,
                            "headers": headers}).encode()
-        self.send_response(200)
+        status = re.fullmatch(r"/status/([2-5][0-9][0-9])", self.path)
+        self.send_response(int(status.group(1)) if status else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Echo-Service", NAME)
