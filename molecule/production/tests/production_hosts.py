@@ -1,6 +1,7 @@
 """The production scenario's hosts, as its test files share them: names, addresses, the Patroni cluster, SQL as
 postgres on its leader, and a writer's test login."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -53,8 +54,17 @@ def prepare_writer():
     CLUSTER.prepare_probe(PROBE_PASSWORD)
 
 
+def prometheus(path):
+    """The data of Prometheus's HTTP API at PATH, asked from the monitoring host with the test vault's password."""
+    out = docker_host(MON).run("curl -s --fail -u %s http://%s:9090%s",
+                               "admin:" + VAULT["vault_monitoring_prometheus_web_password"], MON_ADDR, path)
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)["data"]
+
+
 def playbook(name, *args, timeout=None):
-    """Run playbooks/NAME against the scenario's inventory, as a user would; the completed process."""
+    """Run playbooks/NAME (or the playbook at the absolute path NAME) against the scenario's inventory, as a user
+    would; the completed process."""
     root = pathlib.Path(__file__).resolve().parents[3]
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(root / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
                ANSIBLE_NOCOLOR="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")

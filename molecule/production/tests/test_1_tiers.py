@@ -21,13 +21,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
-from production_hosts import (API, DB, EDGE, HOSTS, MON, MON_ADDR, STRIPE, TENANT_DB, TENANT_DB_ADDR, VAULT,  # noqa: E402
-                              playbook, psql as _psql, secret)
+from production_hosts import (API, DB, EDGE, HOSTS, MON, STRIPE, TENANT_DB, TENANT_DB_ADDR, VAULT,  # noqa: E402
+                              playbook, prometheus, psql as _psql, secret)
 
 testinfra_hosts = []
 ROOT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SITE = ROOT / "playbooks" / "site.yml"
-PROM_AUTH = "admin:" + VAULT["vault_monitoring_prometheus_web_password"]
 
 
 def _env():
@@ -109,28 +108,22 @@ def test_api_hosts_created_their_objects_through_the_cluster():
             assert res.rc == 0 and res.stdout.strip() == "f", (api, port, res.stderr)
 
 
-def _prometheus(path):
-    cmd = _host(MON).run("curl -s --fail -u %s http://%s:9090%s", PROM_AUTH, MON_ADDR, path)
-    assert cmd.rc == 0, cmd.stderr
-    return json.loads(cmd.stdout)["data"]
-
-
 def test_prometheus_scrapes_every_target_on_every_host():
-    targets = _prometheus("/api/v1/targets")["activeTargets"]
+    targets = prometheus("/api/v1/targets")["activeTargets"]
     node = {t["labels"]["instance"].split(":")[0] for t in targets if t["labels"]["job"] == "node"}
     assert node == set(HOSTS)
 
     def down():
-        found = _prometheus("/api/v1/targets")["activeTargets"]
+        found = prometheus("/api/v1/targets")["activeTargets"]
         return [(t["labels"]["job"], t["labels"]["instance"]) for t in found if t["health"] != "up"]
     until(lambda: not down(), 90)
     assert not down()
-    jobs = {t["labels"]["job"] for t in _prometheus("/api/v1/targets")["activeTargets"]}
+    jobs = {t["labels"]["job"] for t in prometheus("/api/v1/targets")["activeTargets"]}
     assert jobs >= {"node", "postgres", "nginx", "prometheus", "alertmanager", "etcd", "haproxy"}, jobs
 
 
 def test_cluster_backup_metering_and_billing_alerts_are_loaded():
-    rules = {r["name"] for g in _prometheus("/api/v1/rules")["groups"] for r in g["rules"]}
+    rules = {r["name"] for g in prometheus("/api/v1/rules")["groups"] for r in g["rules"]}
     expected = {"PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
                 "BackupMissing", "WalArchivingFailing", "WalArchiveLagging", "MeteringAgentDown", "MeteringLagHigh",
                 "BillingSyncFailing", "MeterPushBacklog", "StripeEventsDelayed", "TenantQuotaExceeded",
@@ -233,7 +226,7 @@ def test_tenant_storage_is_sampled_on_both_clusters_into_each_tenants_usage_once
 
     # and each db host's postgres_exporter gives Prometheus the sizes recorded
     def exported():
-        found = _prometheus("/api/v1/query?query=selfbase_tenant_database_bytes")["result"]
+        found = prometheus("/api/v1/query?query=selfbase_tenant_database_bytes")["result"]
         return {(r["metric"]["tenant"], r["metric"]["cluster"], float(r["value"][1])) for r in found}
     expected = {(slug, row[0], float(row[1])) for slug, row in storage.items()}
     assert until(lambda: exported() == expected, 120), (exported(), expected)

@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -23,9 +22,9 @@ import yaml
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
-from molecule_hosts import INVENTORY, docker_host as _host, until  # noqa: E402
-from production_hosts import (API, BACKUP, DB, EDGE, HOSTS, MON, MON_ADDR, NET, TENANT_DB, VAULT, leader,  # noqa: E402
-                              psql)
+from molecule_hosts import docker_host as _host, until  # noqa: E402
+from production_hosts import (API, BACKUP, DB, EDGE, HOSTS, MON, MON_ADDR, NET, TENANT_DB, TENANT_DB_ADDR, VAULT,  # noqa: E402
+                              leader, playbook, prometheus, psql)
 
 testinfra_hosts = []
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -34,9 +33,8 @@ SETTINGS = {**yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_
             **yaml.safe_load((pathlib.Path(__file__).resolve().parents[1]
                               / "inventory/group_vars/all/zz_molecule_overrides.yml").read_text())}
 PROM = MON_ADDR + ":9090"
-PROM_AUTH = "admin:" + VAULT["vault_monitoring_prometheus_web_password"]
 ADDRESS = dict({m: NET + str(11 + i) for i, m in enumerate(DB)}, **API, **EDGE,
-               **{MON: MON_ADDR, BACKUP: NET + "51", TENANT_DB: NET + "61"})
+               **{MON: MON_ADDR, BACKUP: NET + "51", TENANT_DB: TENANT_DB_ADDR})
 # The exporters' and servers' ports, and where each listens.
 PORTS = {9100, 9187, 9113, 3903, 9090, 9093, 9094, 9115}
 LISTENERS = {name: {ADDRESS[name] + ":9100"} for name in HOSTS}
@@ -59,18 +57,12 @@ WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
 DASHBOARDS = ROOT / "roles/monitoring/files/dashboards"
 
 
-def _api(path):
-    out = _host(MON).run("curl -s --fail -u %s http://%s%s", PROM_AUTH, PROM, path)
-    assert out.rc == 0, out.stderr
-    return json.loads(out.stdout)["data"]
-
-
 def _query(expr):
-    return _api("/api/v1/query?query=" + quote(expr))["result"]
+    return prometheus("/api/v1/query?query=" + quote(expr))["result"]
 
 
 def _alerts(alertname, state=None):
-    return [a for a in _api("/api/v1/alerts")["alerts"]
+    return [a for a in prometheus("/api/v1/alerts")["alerts"]
             if a["labels"]["alertname"] == alertname and state in (None, a["state"])]
 
 
@@ -121,7 +113,7 @@ def test_blackbox_reads_the_certificate_expiry():
 
 
 def test_every_rule_is_loaded_and_healthy():
-    groups = _api("/api/v1/rules")["groups"]
+    groups = prometheus("/api/v1/rules")["groups"]
     assert {r["name"] for g in groups for r in g["rules"]} == ALERTS
     assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
 
@@ -205,7 +197,7 @@ def _quota_alerts(lead):
             _ratios()
 
         def quota_alerts():
-            return {(a["labels"]["alertname"], a["labels"]["tenant"]) for a in _api("/api/v1/alerts")["alerts"]
+            return {(a["labels"]["alertname"], a["labels"]["tenant"]) for a in prometheus("/api/v1/alerts")["alerts"]
                     if "tenant" in a["labels"]}
         want = {("TenantQuotaWarning", "acme"), ("TenantQuotaExceeded", "acme")}
         assert until(lambda: quota_alerts() == want, 30), quota_alerts()
@@ -376,11 +368,7 @@ def test_incidents_at_once_raise_their_alerts_and_reach_the_webhook():
 def test_role_handlers_reload_validate_and_leave_node_exporter_alone():
     """monitoring_handlers.yml (this directory): a changed threshold reaches Prometheus by a reload, a rule
     promtool refuses is never written, and node_exporter from the entry point is left alone by the whole role."""
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"), ANSIBLE_FORCE_COLOR="false",
-               ANSIBLE_NOCOLOR="1")
-    run = subprocess.run(["ansible-playbook", "-i", os.path.dirname(INVENTORY),
-                          str(pathlib.Path(__file__).with_name("monitoring_handlers.yml"))],
-                         env=env, capture_output=True, text=True, check=False, timeout=900)
+    run = playbook(str(pathlib.Path(__file__).with_name("monitoring_handlers.yml")), timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert re.search(r"^prod-mon1\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=0\s+skipped=\d+\s+rescued=1",
                      run.stdout, re.M), run.stdout[-2000:]
