@@ -10,6 +10,9 @@ LOGS=$ROOT/build/logs
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(lint sanity build unit modules molecule)
 
+# the machine's CPU time (user, nice, system, irq, softirq), in seconds
+machine_cpu() { awk '/^cpu /{printf "%d", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
+suite_start=$(date +%s) suite_cpu=$(machine_cpu)
 bash scripts/testbed.sh || { echo "testbed: failed"; echo "summary: 0 passed, 1 failed"; exit 1; }
 . .venv/bin/activate
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=false
@@ -69,12 +72,52 @@ stage_unit() { each_core python -m pytest -v tests/unit; }
 # time in ansible-playbook processes, one per module call.
 stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
 
+# CPU accounting and weights, through cgroup v1 where this machine lets us write
+# it (otherwise only niceness applies, and no CPU figures are printed).
+# cg_enter NAME [background]: this shell and what it starts are counted under
+# NAME (cpuacct); with background, they also share one cpu cgroup of weight
+# 256 for all background work against the 1,024 of the critical scenario's
+# controller and the 1,024 of all test hosts together (Docker's cgroup), where
+# each niced process weighs 110 on its own: the more of them ran, the less
+# the critical path got.
+CG=/sys/fs/cgroup
+cg_enter() {
+  local acct=$CG/cpuacct/selfbase-ci/$1 cpu=$CG/cpu/selfbase-ci-background
+  # (a cgroup left by an earlier run starts again from zero)
+  { mkdir -p "$acct" && echo 0 >"$acct/cpuacct.usage" && echo "$BASHPID" >"$acct/cgroup.procs"; } 2>/dev/null || return 0
+  [ "${2:-}" = background ] || return 0
+  { mkdir -p "$cpu" && echo 256 >"$cpu/cpu.shares" && echo "$BASHPID" >"$cpu/cgroup.procs"; } 2>/dev/null || true
+}
+# cg_seconds NAME: CPU seconds counted under NAME so far (empty without cgroups)
+cg_seconds() { awk '{printf "%d", $1 / 1e9}' "$CG/cpuacct/selfbase-ci/$1/cpuacct.usage" 2>/dev/null; }
+# Test hosts run under dockerd, not under the scenario: every 10 s, each
+# container's CPU so far goes to $LOGS/hosts-cpu/<name> (read at its end, so
+# the last seconds before a destroy are not counted).
+hosts_cpu_sampler() {
+  local dir id name
+  mkdir -p "$LOGS/hosts-cpu"
+  while sleep 10; do
+    for dir in "$CG"/cpuacct/docker/*/; do
+      id=$(basename "$dir")
+      name=$(grep -o '"Name":"/[^"]*"' "/var/lib/docker/containers/$id/config.v2.json" 2>/dev/null) || continue
+      name=${name#\"Name\":\"/} name=${name%\"}
+      cat "$dir/cpuacct.usage" >"$LOGS/hosts-cpu/$name" 2>/dev/null
+    done
+  done
+}
+# hosts_seconds NAME...: the CPU seconds of those test hosts
+hosts_seconds() {
+  (cd "$LOGS/hosts-cpu" 2>/dev/null && if [ $# -gt 0 ]; then cat "$@"; else cat -- *; fi 2>/dev/null) \
+    | awk '{s += $1} END {printf "%d", s / 1e9}'
+}
+
 # One scenario with its own log; the line it prints goes to the stage log.
 molecule_scenario() {
-  local scenario=$1 start rc=0
+  local scenario=$1 start rc=0 cpu
   # the first (longest) scenario is the suite's critical path: the others, their
   # controller and their hosts (molecule/resources/create.yml), yield the cores to it
-  [ "$scenario" = "$CRITICAL" ] || { renice -n 10 -p $$ >/dev/null; export SELFBASE_CPU_SHARES=256; }
+  if [ "$scenario" = "$CRITICAL" ]; then cg_enter "molecule/$scenario"
+  else renice -n 10 -p $$ >/dev/null; export SELFBASE_CPU_SHARES=256; cg_enter "molecule/$scenario" background; fi
   start=$(date +%s)
   # The test sequences begin with create, not destroy (minutes on a busy machine):
   # only hosts or state that a stopped run left behind are destroyed first.
@@ -84,8 +127,12 @@ molecule_scenario() {
     molecule destroy -s "$scenario"
   fi >"$LOGS/molecule-$scenario.log" 2>&1
   molecule test -s "$scenario" >>"$LOGS/molecule-$scenario.log" 2>&1 || rc=1
-  printf 'molecule %-10s %-6s %5ss  (log: build/logs/molecule-%s.log)\n' "$scenario" \
-    "$([ $rc -eq 0 ] && echo passed || echo failed)" "$(( $(date +%s) - start ))" "$scenario"
+  cpu=$(cg_seconds "molecule/$scenario")
+  local names
+  mapfile -t names < <(cut -d' ' -f1 <<<"$hosts")
+  [ -z "$cpu" ] || cpu="  cpu: controller ${cpu}s, hosts $(hosts_seconds "${names[@]}")s"
+  printf 'molecule %-10s %-6s %5ss  (log: build/logs/molecule-%s.log)%s\n' "$scenario" \
+    "$([ $rc -eq 0 ] && echo passed || echo failed)" "$(( $(date +%s) - start ))" "$scenario" "$cpu"
   # the failed tasks with their task headers, then the end of the log
   [ $rc -eq 0 ] || { grep -B 12 -A 25 -E '^(fatal|failed): |^\S.*FAILED!|^ERROR|^FAILED ' "$LOGS/molecule-$scenario.log" | tail -n 200
                      tail -n 30 "$LOGS/molecule-$scenario.log"; }
@@ -95,13 +142,19 @@ molecule_scenario() {
 # (SELFBASE_MOLECULE_JOBS at a time, longest first), so that one waiting on a
 # service or an alert timer leaves the cores to the others.
 stage_molecule() {
-  local longest=(production backup metering api common nginx) all=() s
+  local longest=(production backup metering api common nginx) all=() s sampler rc=0
   for s in molecule/*/molecule.yml; do all+=("$(basename "$(dirname "$s")")"); done
-  export -f molecule_scenario
-  export LOGS CRITICAL=${longest[0]}
+  rm -rf "$LOGS/hosts-cpu"
+  hosts_cpu_sampler &
+  sampler=$!
+  export -f molecule_scenario cg_enter cg_seconds hosts_seconds
+  export LOGS CG CRITICAL=${longest[0]}
   { for s in "${longest[@]}"; do [[ " ${all[*]} " == *" $s "* ]] && echo "$s"; done
     for s in "${all[@]}"; do [[ " ${longest[*]} " == *" $s "* ]] || echo "$s"; done; } \
-    | xargs -P "${SELFBASE_MOLECULE_JOBS:-3}" -I{} bash -c "molecule_scenario {}"
+    | xargs -P "${SELFBASE_MOLECULE_JOBS:-3}" -I{} bash -c "molecule_scenario {}" || rc=1
+  kill "$sampler"
+  echo "molecule  test hosts: cpu $(hosts_seconds)s"
+  return $rc
 }
 
 # One stage with its own log; its result and time go to $LOGS/<stage>.result.
@@ -109,16 +162,17 @@ run_stage() {
   local start result=passed
   start=$(date +%s)
   "stage_$1" >"$LOGS/$1.log" 2>&1 || result=failed
-  echo "$result $(( $(date +%s) - start ))" >"$LOGS/$1.result"
+  echo "$result $(( $(date +%s) - start )) $(cg_seconds "$1")" >"$LOGS/$1.result"
 }
 passed=0 failed=0 report=() pending=()
 report_stage() {
-  local stage=$1 result secs counts
-  read -r result secs <"$LOGS/$stage.result"
+  local stage=$1 result secs cpu counts
+  read -r result secs cpu <"$LOGS/$stage.result"
   if [ "$result" = passed ]; then passed=$((passed + 1)); else failed=$((failed + 1)); tail -n 60 "$LOGS/$stage.log"; fi
   # pytest's own count where the stage has one
   counts=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/$stage.log" | sed -E 's/^=+ (.*) in [0-9.]+s.*/\1/' | paste -sd';' -)
-  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$secs" "$counts")")
+  [ -z "$cpu" ] || cpu="cpu ${cpu}s${counts:+; }"
+  report+=("$(printf '%-9s %-7s %5ss  %s' "$stage" "$result" "$secs" "$cpu$counts")")
   # and each scenario's or ansible-core's own time
   while IFS= read -r line; do report+=("  $line"); done < <(grep -E '^(molecule|ansible-core) ' "$LOGS/$stage.log")
 }
@@ -129,7 +183,10 @@ report_stage() {
 # the cores while its scenarios wait on services, failovers and timers.
 early=""
 if [ ${#STAGES[@]} -gt 1 ] && [[ " ${STAGES[*]} " == *" molecule "* ]]; then early=molecule; fi
-niced() { if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; "$@"); else "$@"; fi; }
+niced() {
+  if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; cg_enter "$2" background; "$@")
+  else (cg_enter "$2"; "$@"); fi
+}
 pending_pids=()
 finish_pending() {
   local stage
@@ -140,7 +197,7 @@ finish_pending() {
 if [ -n "$early" ]; then
   echo "== molecule (log: build/logs/molecule.log), first, beside the other stages"
   rm -f "$LOGS/molecule.result"
-  run_stage molecule &
+  (cg_enter molecule; run_stage molecule) &
   early_pid=$!
 fi
 for stage in "${STAGES[@]}"; do
@@ -158,5 +215,6 @@ if [ -n "$early" ]; then wait "$early_pid"; report_stage molecule; fi
 echo
 echo "== summary (ansible-core $(for v in "${VENVS[@]}"; do core_of "$v"; done | paste -sd' ' -); lint, modules and molecule on the last)"
 printf '%s\n' "${report[@]}"
+echo "machine: $(( $(date +%s) - suite_start ))s, cpu $(( $(machine_cpu) - suite_cpu ))s on $(nproc) cores"
 echo "summary: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
