@@ -117,7 +117,7 @@ def test_a_fresh_hasura_gets_the_claims_relationships_in_the_roles_order():
     endpoints = defaults["hasura_rest_endpoints"]
     db = auth_db()
     db.update({("platform", t["name"]): None for t in tables})
-    # the operator actions of migration 0009 return SETOF platform.tenants
+    # the operator actions of migrations 0009 and 0016 return SETOF platform.tenants
     returns = {("platform", f["name"]): ("platform", "tenants") for f in functions}
     with FakeHasura(admin_secret=SECRET, db_tables=db, metadata=empty_metadata(), db_functions=returns) as fake:
         apply_auth_metadata(fake.call)
@@ -135,7 +135,7 @@ def test_a_fresh_hasura_gets_the_claims_relationships_in_the_roles_order():
             assert readers == ({"user": {("id" if name == "tenants" else "tenant_id"): {"_eq": "X-Hasura-Tenant-Id"}}}
                                if name in ("tenants", "usage_rollups_daily", "tenant_quota_status") else {}), name
         assert [f["permissions"] for s in fake.export()["sources"] for f in s["functions"]] == [
-            [{"role": "operator"}]] * 3
+            [{"role": "operator"}]] * len(functions)
         # every endpoint's root fields are ones this metadata gives (the fake refuses others as inconsistent)
         assert sorted(e["url"] for e in fake.export()["rest_endpoints"]) == sorted(e["url"] for e in endpoints)
         assert run_step(fake)[CREATE]["changed"] is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import uuid
 
 import pytest
@@ -23,6 +24,9 @@ USER = uuid.UUID("0c0c0c0c-0000-4000-8000-0000000000bb")  # a member of A, not a
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SUSPEND = ("SELECT id, status FROM platform.operator_set_tenant_status(tenant_id => %s, status => 'suspended')", (A,))
+# POST admin/tenants (migration 0016)
+CREATE = ("SELECT id, slug FROM platform.operator_create_tenant(slug => %s, name => %s, plan_code => %s)",
+          ("gamma", "Gamma Ltd", "big"))
 
 
 def session(conn, role=None, user=None, tenant=None):
@@ -112,6 +116,61 @@ def test_bad_arguments_are_refused_naming_the_field_and_nothing_is_written(tenan
     assert audit(tenants) == []
 
 
+def tenant_row(conn, slug):
+    return conn.execute("SELECT name, status, plan_code, billing_cycle, stripe_customer_id FROM platform.tenants "
+                        "WHERE slug = %s", (slug,)).fetchone()
+
+
+def test_an_operator_creates_a_tenant_audited_with_their_id(tenants, ops):  # noqa: F811
+    row = ops.execute(*CREATE).fetchone()
+    assert row["slug"] == "gamma"
+    assert tenant_row(tenants, "gamma") == {"name": "Gamma Ltd", "status": "active", "plan_code": "big",
+                                            "billing_cycle": "month", "stripe_customer_id": None}
+    # pooled: no placement row
+    assert tenants.execute("SELECT count(*) AS n FROM platform.tenant_placements WHERE tenant_id = %s",
+                           (row["id"],)).fetchone()["n"] == 0
+    audited = tenants.execute("SELECT tenant_id, entity, entity_key, action, before, after, operator_id "
+                              "FROM platform.audit_log WHERE entity_key = 'gamma'").fetchall()
+    assert audited == [{"tenant_id": row["id"], "entity": "tenant", "entity_key": "gamma", "action": "create",
+                        "before": None, "after": {"name": "Gamma Ltd", "status": "active", "plan_code": "big",
+                                                  "billing_cycle": "month"}, "operator_id": OP}]
+    yearly = ops.execute("SELECT billing_cycle, plan_code FROM platform.operator_create_tenant('delta', ' Delta ', "
+                         "billing_cycle => 'year')").fetchone()
+    assert yearly == {"billing_cycle": "year", "plan_code": None}
+    assert tenant_row(tenants, "delta")["name"] == "Delta"
+    # a REST call that leaves billing_cycle out passes NULL
+    assert ops.execute("SELECT billing_cycle FROM platform.operator_create_tenant('epsilon', 'E', NULL, NULL)"
+                       ).fetchone() == {"billing_cycle": "month"}
+
+
+@pytest.mark.parametrize("args,field,sqlstate", [
+    (("Gamma", "Gamma", None, "month"), "slug", "22023"),
+    (("-gamma", "Gamma", None, "month"), "slug", "22023"),
+    ((None, "Gamma", None, "month"), "slug", "22023"),
+    (("alpha", "Again", None, "month"), "slug", "23505"),  # taken: a retried request creates nothing twice
+    (("gamma", "  ", None, "month"), "name", "22023"),
+    (("gamma", "x" * 201, None, "month"), "name", "22023"),
+    (("gamma", "Gamma", "gone", "month"), "plan_code", "22023"),  # inactive
+    (("gamma", "Gamma", "nope", "month"), "plan_code", "22023"),
+    (("gamma", "Gamma", None, "week"), "billing_cycle", "22023"),
+])
+def test_a_bad_new_tenant_is_refused_by_field_and_nothing_is_written(tenants, ops, args, field, sqlstate):  # noqa: F811
+    before = tenants.execute("SELECT count(*) AS n FROM platform.tenants").fetchone()["n"]
+    err = error(ops, "SELECT * FROM platform.operator_create_tenant(%s, %s, %s, %s)", args)
+    assert err.sqlstate == sqlstate and str(err).startswith(field + ":"), str(err)
+    assert tenants.execute("SELECT count(*) AS n FROM platform.tenants").fetchone()["n"] == before
+    assert audit(tenants) == [] and tenant_row(tenants, "gamma") is None
+
+
+def test_with_execute_granted_the_app_created_a_tenant_as_an_operator(tenants, ops, logins):  # noqa: F811
+    """The EXECUTE wall: selfbase_app sets hasura.user itself."""
+    tenants.execute("GRANT EXECUTE ON FUNCTION platform.operator_create_tenant(text, text, text, text) TO selfbase_app")
+    app = logins("app")
+    session(app, "operator", OP)
+    app.execute(*CREATE)
+    assert tenant_row(tenants, "gamma")["name"] == "Gamma Ltd"
+
+
 def test_a_deleted_tenant_is_not_resumed_by_an_operator(tenants, ops):  # noqa: F811
     tenants.execute("UPDATE platform.tenants SET status = 'deleted' WHERE id = %s", (A,))
     assert error(ops, "SELECT * FROM platform.operator_set_tenant_status(%s, 'active')", (A,)).sqlstate == "55000"
@@ -129,9 +188,9 @@ def test_a_deleted_tenant_is_not_resumed_by_an_operator(tenants, ops):  # noqa: 
 def test_only_a_listed_operator_in_the_operator_role_may_act(tenants, ops, role, user):  # noqa: F811
     session(ops, role, user, tenant=A)
     for sql, params in (SUSPEND, ("SELECT * FROM platform.operator_change_plan(%s, 'big')", (A,)),
-                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,))):
+                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,)), CREATE):
         assert error(ops, sql, params).sqlstate == "42501", (role, user, sql)
-    assert status(tenants) == "active" and audit(tenants) == []
+    assert status(tenants) == "active" and audit(tenants) == [] and tenant_row(tenants, "gamma") is None
 
 
 def test_without_the_operators_table_any_token_with_the_role_acted(tenants, ops):  # noqa: F811
@@ -142,6 +201,8 @@ def test_without_the_operators_table_any_token_with_the_role_acted(tenants, ops)
     session(ops, "operator", USER)
     ops.execute(*SUSPEND)
     assert status(tenants) == "suspended"
+    ops.execute(*CREATE)
+    assert tenant_row(tenants, "gamma")["name"] == "Gamma Ltd"
 
 
 @pytest.mark.parametrize("who", [w for w in ROLES if w != "hasura"])
@@ -151,10 +212,10 @@ def test_other_logins_cannot_call_the_actions_even_with_an_operators_session(ten
     act_for(c, A)
     session(c, "operator", OP)
     for sql, params in (SUSPEND, ("SELECT * FROM platform.operator_change_plan(%s, 'big')", (A,)),
-                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,)),
+                        ("SELECT * FROM platform.operator_set_quota(%s, 'members', 0)", (A,)), CREATE,
                         ("SELECT platform.current_operator_id()", ())):
         assert error(c, sql, params).sqlstate == "42501", (who, sql)
-    assert status(tenants) == "active"
+    assert status(tenants) == "active" and tenant_row(tenants, "gamma") is None
 
 
 @pytest.mark.parametrize("who", list(ROLES))
@@ -317,3 +378,17 @@ def test_every_column_and_mapping_the_hasura_role_exposes_exists_in_the_schema(t
                 remote = manual["remote_table"]["name"]
                 assert set(manual["column_mapping"]) <= real[name], (name, rel["name"])
                 assert set(manual["column_mapping"].values()) <= real[remote], (name, rel["name"])
+
+
+def test_every_function_argument_the_rest_endpoints_pass_is_one_the_function_takes(tenants):  # noqa: F811
+    """The Hasura fake does not know the functions' arguments: the default endpoints' args against the real ones."""
+    defaults = yaml.safe_load((ROOT / "roles/hasura/defaults/main.yml").read_text())
+    tracked = {f["name"] for f in defaults["hasura_metadata_functions"]}
+    called = set()
+    for endpoint in defaults["hasura_rest_endpoints"]:
+        for name, args in re.findall(r"platform_(\w+)\(args: \{([^}]*)\}", endpoint["query"]):
+            takes = tenants.execute("SELECT proargnames FROM pg_proc WHERE oid = %s::regproc",
+                                    ("platform." + name,)).fetchone()["proargnames"]
+            assert set(re.findall(r"(\w+):", args)) <= set(takes), (endpoint["name"], args, takes)
+            called.add(name)
+    assert called == tracked  # every operator action has its endpoint

@@ -316,15 +316,18 @@ def test_hasura_reads_every_tenant_outside_mutations(hasura_env):
 
 
 def test_only_a_listed_operator_acts_through_hasuras_login(hasura_env):
-    """The operator actions (migration 0009), called as Hasura runs a tracked mutation, over TLS from the api host:
-    a tenant's user is refused, a listed operator suspends a tenant (rolled back)."""
+    """The operator actions (migrations 0009 and 0016), called as Hasura runs a tracked mutation, over TLS from the
+    api host: a tenant's user is refused, a listed operator suspends a tenant and creates one (rolled back)."""
     acme = _sql("SELECT id FROM platform.tenants WHERE slug = 'acme'")
     operator = "0b0b0b0b-0000-4000-8000-0000000000aa"
     session = '{"x-hasura-role":"%s","x-hasura-user-id":"%s"}'
-    call = f"SELECT status FROM platform.operator_set_tenant_status('{acme}', 'suspended')"
+    create = "SELECT slug FROM platform.operator_create_tenant('api-probe', 'Probe')"
+    call = f"SELECT status FROM platform.operator_set_tenant_status('{acme}', 'suspended'); {create}"
     url = hasura_env["HASURA_GRAPHQL_DATABASE_URL"]
-    res = _as(url, f"BEGIN; SELECT set_config('hasura.user', '{session % ('user', operator)}', true) <> ''; {call}; ROLLBACK;")
-    assert res.rc != 0 and "only an operator may do this" in res.stderr, res.stderr
+    for one in (call, create):
+        res = _as(url, f"BEGIN; SELECT set_config('hasura.user', '{session % ('user', operator)}', true) <> ''; "
+                       f"{one}; ROLLBACK;")
+        assert res.rc != 0 and "only an operator may do this" in res.stderr, res.stderr
     _sql(f"INSERT INTO platform.operators (user_id) VALUES ('{operator}')")
     try:
         res = _as(url, f"BEGIN; SELECT set_config('hasura.user', '{session % ('operator', operator)}', true) <> ''; "
@@ -332,8 +335,9 @@ def test_only_a_listed_operator_acts_through_hasuras_login(hasura_env):
     finally:
         _sql(f"DELETE FROM platform.operators WHERE user_id = '{operator}'")
     assert res.rc == 0, res.stderr
-    assert res.stdout.split() == ["t", "suspended"]  # Hasura's login cannot read the audit log
+    assert res.stdout.split() == ["t", "suspended", "api-probe"]  # Hasura's login cannot read the audit log
     assert _sql(f"SELECT status FROM platform.tenants WHERE id = '{acme}'") == "active"
+    assert _sql("SELECT count(*) FROM platform.tenants WHERE slug = 'api-probe'") == "0"
 
 
 def test_hasura_mutations_are_walled_by_rls(hasura_env):
