@@ -72,21 +72,16 @@ stage_unit() { each_core python -m pytest -v tests/unit; }
 # time in ansible-playbook processes, one per module call.
 stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
 
-# CPU accounting and weights, through cgroup v1 where this machine lets us write
-# it (otherwise only niceness applies, and no CPU figures are printed).
-# cg_enter NAME [background]: this shell and what it starts are counted under
-# NAME (cpuacct); with background, they also share one cpu cgroup of weight
-# 256 for all background work against the 1,024 of the critical scenario's
-# controller and the 1,024 of all test hosts together (Docker's cgroup), where
-# each niced process weighs 110 on its own: the more of them ran, the less
-# the critical path got.
+# CPU accounting through cgroup v1 (cpuacct), where this machine lets us write
+# it; otherwise no CPU figures are printed. Accounting only: a cpu cgroup that
+# weighed all background work at 256 against the critical scenario starved the
+# other scenarios, which are long serial chains too, past its end.
+# cg_enter NAME: this shell and what it starts are counted under NAME.
 CG=/sys/fs/cgroup
 cg_enter() {
-  local acct=$CG/cpuacct/selfbase-ci/$1 cpu=$CG/cpu/selfbase-ci-background
+  local acct=$CG/cpuacct/selfbase-ci/$1
   # (a cgroup left by an earlier run starts again from zero)
-  { mkdir -p "$acct" && echo 0 >"$acct/cpuacct.usage" && echo "$BASHPID" >"$acct/cgroup.procs"; } 2>/dev/null || return 0
-  [ "${2:-}" = background ] || return 0
-  { mkdir -p "$cpu" && echo 256 >"$cpu/cpu.shares" && echo "$BASHPID" >"$cpu/cgroup.procs"; } 2>/dev/null || true
+  { mkdir -p "$acct" && echo 0 >"$acct/cpuacct.usage" && echo "$BASHPID" >"$acct/cgroup.procs"; } 2>/dev/null || true
 }
 # cg_seconds NAME: CPU seconds counted under NAME so far (empty without cgroups)
 cg_seconds() { awk '{printf "%d", $1 / 1e9}' "$CG/cpuacct/selfbase-ci/$1/cpuacct.usage" 2>/dev/null; }
@@ -116,8 +111,8 @@ molecule_scenario() {
   local scenario=$1 start rc=0 cpu
   # the first (longest) scenario is the suite's critical path: the others, their
   # controller and their hosts (molecule/resources/create.yml), yield the cores to it
-  if [ "$scenario" = "$CRITICAL" ]; then cg_enter "molecule/$scenario"
-  else renice -n 10 -p $$ >/dev/null; export SELFBASE_CPU_SHARES=256; cg_enter "molecule/$scenario" background; fi
+  [ "$scenario" = "$CRITICAL" ] || { renice -n 10 -p $$ >/dev/null; export SELFBASE_CPU_SHARES=256; }
+  cg_enter "molecule/$scenario"
   start=$(date +%s)
   # The test sequences begin with create, not destroy (minutes on a busy machine):
   # only hosts or state that a stopped run left behind are destroyed first.
@@ -184,7 +179,7 @@ report_stage() {
 early=""
 if [ ${#STAGES[@]} -gt 1 ] && [[ " ${STAGES[*]} " == *" molecule "* ]]; then early=molecule; fi
 niced() {
-  if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; cg_enter "$2" background; "$@")
+  if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; cg_enter "$2"; "$@")
   else (cg_enter "$2"; "$@"); fi
 }
 pending_pids=()
