@@ -178,10 +178,8 @@ report_stage() {
 # the cores while its scenarios wait on services, failovers and timers.
 early=""
 if [ ${#STAGES[@]} -gt 1 ] && [[ " ${STAGES[*]} " == *" molecule "* ]]; then early=molecule; fi
-niced() {
-  if [ -n "$early" ]; then (renice -n 10 -p "$BASHPID" >/dev/null; cg_enter "$2"; "$@")
-  else (cg_enter "$2"; "$@"); fi
-}
+# in_stage STAGE: run_stage in its own cpuacct cgroup, niced when molecule runs beside it
+in_stage() { (if [ -n "$early" ]; then renice -n 10 -p "$BASHPID" >/dev/null; fi; cg_enter "$1"; run_stage "$1"); }
 pending_pids=()
 finish_pending() {
   local stage
@@ -200,8 +198,8 @@ for stage in "${STAGES[@]}"; do
   echo "== $stage (log: build/logs/$stage.log)"
   rm -f "$LOGS/$stage.result"
   case $stage in
-    lint|sanity|build|unit) niced run_stage "$stage" & pending+=("$stage") pending_pids+=($!) ;;
-    *) finish_pending; niced run_stage "$stage"; report_stage "$stage" ;;
+    lint|sanity|build|unit) in_stage "$stage" & pending+=("$stage") pending_pids+=($!) ;;
+    *) finish_pending; in_stage "$stage"; report_stage "$stage" ;;
   esac
 done
 finish_pending
