@@ -41,7 +41,10 @@ def _facts():
         cache = pathlib.Path(tempfile.mkdtemp(prefix="selfbase-facts-"))
         env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache))
         subprocess.run([str(pathlib.Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
-                        "-m", "ansible.builtin.setup", "-a", "gather_subset=min",
+                        # gather_facts, not setup: only its result marks the facts as gathered, so that smart
+                        # gathering takes them from the cache instead of running setup on every host; network for
+                        # the addresses the common role would otherwise gather from each peer
+                        "-m", "ansible.builtin.gather_facts", "-a", "gather_subset=min,network",
                         "-e", "ansible_python_interpreter=" + sys.executable],
                        cwd=ROOT, env=env, capture_output=True, check=True, timeout=120)
         gathered = next(cache.glob("*localhost"))  # the plugin may prefix the host's name
