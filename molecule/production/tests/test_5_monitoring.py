@@ -281,7 +281,7 @@ def _backup_missing():
         assert until(lambda: firing("stale"), 60), _alerts("BackupMissing")
         [alert] = _alerts("BackupMissing", "firing")
         assert alert["labels"]["stanza"] == "selfbase", alert
-        assert alert["annotations"]["summary"].startswith(f"The last successful backup of {instance} is 3d "), alert
+        assert alert["annotations"]["summary"].startswith(f"The last successful backup of stanza selfbase on {instance} is 3d "), alert
     finally:
         repo.check_output("cp -p %s/selfbase_backup_*.prom %s/ && rm -r %s", aside, TEXTDIR, aside)
     assert until(lambda: _alerts("BackupMissing") == [], 60), _alerts("BackupMissing")
