@@ -181,6 +181,26 @@ def test_the_map_blocks_hard_tenants_over_their_limit_only():
     assert apply.valid(text) == []
 
 
+def test_the_remaining_count_moves_in_steps_so_traffic_does_not_reload_nginx_on_every_request():
+    def remaining(used, step_percent, limit=100000):
+        text = meter.render_map([row("soft", used=used, limit=limit, mode="soft")], {}, step_percent)
+        return text.split(";")[2]
+
+    # exact without a step; with 1% of 100,000, the count moves by 1,000 and never overstates what is left
+    assert remaining(1501, 0) == "98499"
+    assert remaining(1001, 1) == remaining(1999, 1) == "98000" and remaining(2001, 1) == "97000"
+    assert remaining(99999, 1) == "0" and remaining(100500, 1) == "0"
+    # a small limit keeps a step of one request
+    assert remaining(15, 1, limit=100) == "85"
+    # whether a hard quota blocks does not depend on the step
+    over = meter.render_map([row("hard", used=100000, limit=100000, mode="hard")], {}, 10)
+    under = meter.render_map([row("hard", used=99999, limit=100000, mode="hard")], {}, 10)
+    assert over.startswith('\\hard "1;') and under.startswith('\\hard ";100000;0;')
+    base = ["--map-file=m", "--metrics-file=x"]
+    assert meter.parse_args(base + ["--remaining-step-percent=1"]).remaining_step_percent == 1
+    assert meter.parse_args(base).remaining_step_percent == 0
+
+
 @pytest.mark.parametrize("evil", [
     '\\acme "1"; } server { listen 81; } map $x $y { a "b";',
     '\\acme "$request_uri";',
