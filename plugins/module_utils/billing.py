@@ -296,3 +296,23 @@ def check_unique_codes(specs):
         if first is not spec:
             raise BillingError('%scode: plan %s is listed twice (also %scode)'
                                % (spec['prefix'], spec['code'], first['prefix']))
+
+
+def plan_products(client):
+    """plan code -> product id (the active product when there are several), from the products' metadata.plan_code
+    that billing_plan sets."""
+    product_of = {}
+    for product in client.list('/v1/products'):
+        code = (product.get('metadata') or {}).get('plan_code')
+        if code and (code not in product_of or product.get('active')):
+            product_of[code] = product['id']
+    return product_of
+
+
+def find_by_key(module, client, path, meta_key, key, what):
+    """The newest object of a list endpoint whose metadata[meta_key] is key (a warning names the others), or None."""
+    mine = [o for o in client.list(path) if (o.get('metadata') or {}).get(meta_key) == key]
+    if len(mine) > 1:
+        module.warn('Stripe has %d %s with metadata.%s=%s; managing the newest, %s'
+                    % (len(mine), what, meta_key, key, max(mine, key=lambda o: o['created'])['id']))
+    return max(mine, key=lambda o: o['created']) if mine else None

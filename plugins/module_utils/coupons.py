@@ -15,7 +15,7 @@ import datetime
 import re
 
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import (
-    BillingError, check_currency, to_minor_units)
+    BillingError, check_currency, find_by_key, plan_products, to_minor_units)
 
 KEY_META = 'selfbase_coupon'
 KEY_RE = re.compile(r'^[a-z0-9][a-z0-9_-]{0,62}$')
@@ -282,20 +282,11 @@ class CouponRun(object):
 
     def products(self):
         """plan code -> product id, and back, from the products' metadata.plan_code."""
-        product_of = {}
-        for product in self.client.list('/v1/products'):
-            code = (product.get('metadata') or {}).get('plan_code')
-            if code and (code not in product_of or product.get('active')):
-                product_of[code] = product['id']
+        product_of = plan_products(self.client)
         return product_of, dict((v, k) for k, v in product_of.items())
 
     def find(self):
-        mine = [c for c in self.client.list('/v1/coupons')
-                if (c.get('metadata') or {}).get(KEY_META) == self.p['key']]
-        if len(mine) > 1:
-            self.module.warn('Stripe has %d coupons with metadata.%s=%s; managing the newest, %s'
-                             % (len(mine), KEY_META, self.p['key'], max(mine, key=lambda c: c['created'])['id']))
-        return max(mine, key=lambda c: c['created']) if mine else None
+        return find_by_key(self.module, self.client, '/v1/coupons', KEY_META, self.p['key'], 'coupons')
 
     def run(self):
         p, client = self.p, self.client

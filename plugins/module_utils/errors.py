@@ -31,3 +31,13 @@ def fail(module, error, conn=None, subject=None, **result):
             conn.rollback()
         msg = 'The database refused the change, nothing was written there: %s' % str(error).strip()
     module.fail_json(msg='%s: %s' % (subject, msg) if subject else msg, **result)
+
+
+def exit_run(module, run, subject):
+    """Exit with the result of run.run() (a Stripe module's run); an input or service error fails with ``subject``,
+    the writes the run planned (run.actions) and its Stripe calls so far."""
+    try:
+        result = run.run()
+    except (InputError, ServiceError) as e:
+        fail(module, e, subject=subject, actions=run.actions, api_calls=run.client.counts())
+    module.exit_json(**result)

@@ -206,7 +206,7 @@ api_calls:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfbase.platform.plugins.module_utils.coupons import CouponRun
-from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError, ServiceError, fail
+from ansible_collections.selfbase.platform.plugins.module_utils.errors import exit_run
 from ansible_collections.selfbase.platform.plugins.module_utils.stripe_api import StripeClient, stripe_argument_spec
 
 
@@ -240,12 +240,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[('percent_off', 'amount_off')])
     run = CouponRun(module, StripeClient(module))
-    try:
-        result = run.run()
-    except (InputError, ServiceError) as e:
-        fail(module, e, subject='Stripe coupon %s' % module.params['key'], actions=run.actions,
-             api_calls=run.client.counts())
-    module.exit_json(**result)
+    exit_run(module, run, 'Stripe coupon %s' % module.params['key'])
 
 
 if __name__ == '__main__':

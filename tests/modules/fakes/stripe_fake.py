@@ -64,10 +64,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 try:
     from fakes import stripe_sdk_params
     from fakes.stripe_fake_discounts import DiscountsMixin
+    from fakes.stripe_fake_portal import PortalMixin
     from fakes.stripe_fake_tax import TaxMixin
 except ImportError:  # standalone (the demo): this file's directory is on sys.path
     import stripe_sdk_params
     from stripe_fake_discounts import DiscountsMixin
+    from stripe_fake_portal import PortalMixin
     from stripe_fake_tax import TaxMixin
 
 API_VERSION = "2026-10-28.endive"
@@ -160,14 +162,15 @@ INVOICE_LIST = dict(LIST, customer="str", subscription="str",
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
           "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
           "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di",
-          "tax_ids": "txi", "tax_registrations": "taxreg"}
+          "tax_ids": "txi", "tax_registrations": "taxreg", "billing_portal/configurations": "bpc"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
           "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
           "payment_methods": "payment_method", "coupons": "coupon", "promotion_codes": "promotion_code",
-          "discounts": "discount", "tax_ids": "tax_id", "tax_registrations": "tax.registration"}
+          "discounts": "discount", "tax_ids": "tax_id", "tax_registrations": "tax.registration",
+          "billing_portal/configurations": "billing_portal.configuration"}
 NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint",
-         "promotion_codes": "promotion code"}
+         "promotion_codes": "promotion code", "billing_portal/configurations": "billing portal configuration"}
 
 
 class ApiError(Exception):
@@ -321,7 +324,7 @@ class Fault:
     should_retry: str | None = None
 
 
-class FakeStripe(DiscountsMixin, TaxMixin):
+class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin):
     """The fake server. Thread-safe: each request is handled under one lock (except injected delays)."""
 
     bad = staticmethod(bad)
@@ -686,7 +689,7 @@ class FakeStripe(DiscountsMixin, TaxMixin):
             ("GET", r"/v1/events/([^/]+)", self.event_get),
             ("GET", r"/v1/invoices", self.invoice_list),
             ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
-        ] + self.discount_routes() + self.tax_routes()
+        ] + self.discount_routes() + self.tax_routes() + self.portal_routes()
         for m, pattern, fn in routes:
             match = re.fullmatch(pattern, path)
             if m == method and match:

@@ -19,6 +19,7 @@ import typing_extensions
 from stripe import params as P
 from stripe._request_options import RequestOptions
 from stripe.params import billing as PB
+from stripe.params import billing_portal as PBP
 from stripe.params import tax as PT
 
 _OPTIONS = set(RequestOptions.__annotations__)  # api_key, idempotency_key, ...: headers, not parameters
@@ -53,6 +54,10 @@ ROUTES = [
     ("POST", r"/v1/tax/settings", PT.SettingsUpdateParams),
     ("POST", r"/v1/tax/registrations", PT.RegistrationCreateParams),
     ("GET", r"/v1/tax/registrations", PT.RegistrationListParams),
+    ("POST", r"/v1/billing_portal/configurations", PBP.ConfigurationCreateParams),
+    ("GET", r"/v1/billing_portal/configurations", PBP.ConfigurationListParams),
+    ("GET", r"/v1/billing_portal/configurations/[^/]+", PBP.ConfigurationRetrieveParams),
+    ("POST", r"/v1/billing_portal/configurations/[^/]+", PBP.ConfigurationUpdateParams),
     ("DELETE", r"/v1/customers/[^/]+", P.CustomerDeleteParams),
     ("POST", r"/v1/subscriptions", P.SubscriptionCreateParams),
     ("GET", r"/v1/subscriptions", P.SubscriptionListParams),
