@@ -192,13 +192,11 @@ class PortalRun(object):
             '%s portal configuration %s' % (write[0], have['id'] if have else key)]
         after = have
         if write and not self.module.check_mode:
-            if write[0] == 'create':
-                after = view(self.client.post('/v1/billing_portal/configurations', write[1]), plan_of)
-            else:
-                after = view(self.client.post('/v1/billing_portal/configurations/%s' % have['id'], write[1]), plan_of)
+            path = '/v1/billing_portal/configurations' + ('/' + have['id'] if have else '')
+            after = view(self.client.post(path, write[1]), plan_of)
         elif write:
-            after = None if want is None and have is None else dict(
-                comparable(want) if want else dict(have, active=False), id=have['id'] if have else None)
+            # a write needs a wanted configuration, or one to deactivate
+            after = dict(comparable(want), id=have['id'] if have else None) if want else dict(have, active=False)
         result = dict(changed=write is not None, configuration=self.public(after), actions=self.actions,
                       api_calls=self.client.counts())
         if self.module._diff:

@@ -156,7 +156,7 @@ class PortalMixin:
         return self.out(self._find("billing_portal/configurations", oid))
 
     def portal_list(self, p):
-        p = dict(p, **({"limit": int(p["limit"])} if "limit" in p else {}))
+        p = self._paging(p)
 
         def pred(o):
             return (("active" not in p or o["active"] == _bool(p["active"]))
