@@ -68,8 +68,8 @@ doc_type() {
   fi
 }
 stage_unit() { each_core python -m pytest -v tests/unit; }
-# Two pytest workers, each with its own PostgreSQL server: the tests spend their
-# time in ansible-playbook processes, one per module call.
+# Two pytest workers, each with its own PostgreSQL server (modules run in the
+# test process, some tests through ansible-playbook: tests/modules/in_process.py).
 stage_modules() { python -m pytest -v --durations=15 -n "${SELFBASE_TEST_JOBS:-2}" --dist loadfile tests/modules; }
 
 # CPU accounting through cgroup v1 (cpuacct), where this machine lets us write

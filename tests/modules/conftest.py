@@ -1,5 +1,6 @@
 """Fixtures for module tests: a real, throwaway PostgreSQL server, and a way
-to run the collection's modules through ansible-playbook against it."""
+to run the collection's modules against it: in the test process (in_process.py),
+or through ansible-playbook with SELFBASE_MODULE_TESTS=playbook."""
 
 from __future__ import annotations
 
@@ -17,7 +18,29 @@ from playbook_fork import PlaybookServer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COLLECTIONS = ROOT / ".cache" / "collections"
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(COLLECTIONS))
 from pgserver import PostgresServer  # noqa: E402  pylint: disable=wrong-import-position
+from in_process import WITH_ACTION_PLUGIN, run_module  # noqa: E402  pylint: disable=wrong-import-position
+
+THROUGH_PLAYBOOK = os.environ.get("SELFBASE_MODULE_TESTS") == "playbook"
+# the modules the running test calls through ansible-playbook (its through_playbook marker), and those it called
+_VIA_PLAYBOOK = {"named": frozenset(), "called": set()}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "through_playbook(module, ...): this test calls those modules through "
+                                       "ansible-playbook, as users do (every module has such a test)")
+
+
+@pytest.fixture(autouse=True)
+def _through_playbook(request):
+    marker = request.node.get_closest_marker("through_playbook")
+    _VIA_PLAYBOOK["named"] = frozenset(marker.args if marker else ())
+    _VIA_PLAYBOOK["called"] = set()
+    yield
+    # a marker that names a module the test never calls would leave that module's playbook path untested
+    missing = _VIA_PLAYBOOK["named"] - _VIA_PLAYBOOK["called"]
+    assert not missing, f"through_playbook names modules the test did not call: {sorted(missing)}"
 
 
 @pytest.fixture(scope="session")
@@ -64,15 +87,20 @@ def db(pg_server, request):
 
 
 class Runner:
-    """Runs one module task through ansible-playbook and returns its result."""
+    """Runs one module and returns its result, as a registered task holds it."""
 
-    def __init__(self, server, dbname):
+    def __init__(self, server, dbname, playbook=None):
         self.server = server
         self.dbname = dbname
+        self.playbook = THROUGH_PLAYBOOK if playbook is None else playbook
 
     def __call__(self, module, args, check=False, diff=False, login=True):
         task_args = dict(self.server.login(self.dbname)) if login else {}
         task_args.update(args)
+        if module in _VIA_PLAYBOOK["named"]:
+            _VIA_PLAYBOOK["called"].add(module)
+        elif not self.playbook and module not in WITH_ACTION_PLUGIN:
+            return run_module(module, task_args, check=check, diff=diff)
         play = {"hosts": "localhost", "gather_facts": False,
                 "tasks": [{"name": "under test", f"selfbase.platform.{module}": task_args,
                            "register": "r", "ignore_errors": True}]}

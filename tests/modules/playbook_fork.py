@@ -1,6 +1,7 @@
 """ansible-playbook without its start-up: a process per pytest worker that imports ansible once, then forks a child
 for each run, which runs ansible-playbook's own entry point with the arguments given. Importing ansible costs about
-half of a one-task playbook's CPU time; the module tests run about a thousand of them.
+half of a one-task playbook's CPU time. The module tests run their through_playbook tests, and every call with
+SELFBASE_MODULE_TESTS=playbook, this way (the others in the test process: in_process.py).
 
 The server is single-threaded, so forking is safe. Ansible reads its configuration (ANSIBLE_*) on import: a run
 whose ANSIBLE_* settings differ from the server's starts ansible-playbook itself; other variables (a module's

@@ -37,6 +37,7 @@ def mirrors(tenants, run):  # noqa: F811
     return run
 
 
+@pytest.mark.through_playbook("billing_info")
 def test_each_tenant_with_its_subscription_dunning_payment_method_usage_and_invoices(mirrors):
     res = mirrors("billing_info", {"slugs": ["alpha"], "invoices": 2, "month": "2026-10"})
     assert res["changed"] is False and res["month"] == "2026-10", res

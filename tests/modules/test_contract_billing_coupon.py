@@ -17,6 +17,7 @@ def _live(stripe_fake, kind):
     return [o for o in stripe_fake.objects(kind) if not o.get("_deleted")]
 
 
+@pytest.mark.through_playbook("billing_coupon")
 def test_check_create_noop(stripe_fake, run):
     res = run(LAUNCH, check=True, diff=True)
     assert res["changed"] is True and stripe_fake.writes() == [], res

@@ -17,6 +17,7 @@ run = stripe_runner("billing_meter")
 API = {"event_name": "api_requests", "display_name": "API requests", "aggregation": "sum"}
 
 
+@pytest.mark.through_playbook("billing_meter")
 def test_check_then_create_then_noop(stripe_fake, run):
     res = run(API, check=True, diff=True)
     assert res["changed"] is True, res

@@ -52,6 +52,7 @@ def _active_prices(stripe_fake):
     return {p["lookup_key"]: p for p in stripe_fake.objects("prices") if p["active"]}
 
 
+@pytest.mark.through_playbook("billing_plan")
 def test_check_create_rerun(bill, schema, stripe_fake, meter):
     res = bill("billing_plan", PRO, check=True, diff=True)
     assert res["changed"] is True, res

@@ -40,6 +40,7 @@ def plans(stripe_fake):
     return out
 
 
+@pytest.mark.through_playbook("billing_portal")
 def test_check_create_noop(stripe_fake, run, plans):
     res = run(PORTAL, check=True, diff=True)
     assert res["changed"] is True and stripe_fake.writes() == [], res

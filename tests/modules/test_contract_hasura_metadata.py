@@ -1,6 +1,6 @@
 """hasura_metadata against a stateful fake of Hasura's metadata API (tests/modules/fakes/hasura_fake.py).
 
-Contract tests: the hasura/graphql-engine image cannot be pulled here, so the module runs through ansible-playbook
+Contract tests: the hasura/graphql-engine image cannot be pulled here, so the module runs
 against the fake, and every assertion reads the fake's stored metadata or its request log."""
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def ok(res):
     return res
 
 
+@pytest.mark.through_playbook("hasura_metadata")
 def test_check_then_apply_then_noop(fake, run):
     untouched = others(fake)
     version = fake.resource_version

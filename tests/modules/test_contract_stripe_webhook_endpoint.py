@@ -21,6 +21,7 @@ HOOK = {"url": URL, "enabled_events": ["invoice.paid", "customer.subscription.up
 run = stripe_runner("stripe_webhook_endpoint")
 
 
+@pytest.mark.through_playbook("stripe_webhook_endpoint")
 def test_check_then_create_then_noop(stripe_fake, run):
     res = run(HOOK, check=True, diff=True)
     assert res["changed"] is True and res["created"] is True and "secret" not in res, res

@@ -65,6 +65,7 @@ def _items(stripe_fake, sub_id):
     return [(i["id"], i["price"]["id"]) for i in stripe_fake.get("subscriptions", sub_id)["items"]["data"]]
 
 
+@pytest.mark.through_playbook("tenant_subscription")
 def test_subscribe_check_real_rerun(bill, world, stripe_fake):
     conn = world
     res = bill("tenant_subscription", {"tenant": "acme"}, check=True, diff=True)

@@ -71,6 +71,7 @@ def version(conn):
 
 # tenant_cluster ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.through_playbook("tenant_cluster")
 def test_a_cluster_is_registered_once_and_changes_are_honest(schema, run, pg_server):
     args = dict(name="c1", tier="dedicated", host=pg_server.host, port=pg_server.port)
     predicted = run("tenant_cluster", args, check=True)
@@ -217,6 +218,7 @@ def test_a_tenant_login_reaches_only_its_own_database_with_session_limits(two, r
     pg_server.connect(other["database"], user=mine["login"]).close()
 
 
+@pytest.mark.through_playbook("tenant_placement")
 def test_migration_files_are_applied_once_in_order_and_a_changed_one_is_refused(two, run, pg_server, tmp_path):
     first, second = tmp_path / "001_schema.sql", tmp_path / "002_orders.sql"
     first.write_text("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);\n"
@@ -383,6 +385,7 @@ def test_without_the_defence_an_app_login_pointed_a_tenant_at_another_cluster(in
 
 # routes: a real PgBouncer in front of both clusters ----------------------------------------------------------------
 
+@pytest.mark.through_playbook("tenant_routes")
 def test_applications_reach_each_tenant_by_name_through_pgbouncer_and_a_reload_keeps_connections(
         two, run, second_server):
     res = run("tenant_placement", dict(placements=[dict(tenant="t00", cluster="one", password=PASSWORD),

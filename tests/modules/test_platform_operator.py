@@ -52,6 +52,7 @@ def state(conn):
     return (listed["note"] if listed else None, role is not None)
 
 
+@pytest.mark.through_playbook("platform_operator")
 def test_an_operator_is_listed_and_given_the_role_once_with_check_mode_and_diff(schema, auth, run):
     res = run("platform_operator", {"user": "oncall@example.com", "note": "on call"}, check=True, diff=True)
     assert res["changed"] is True and state(schema) == (None, False)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 
+import pytest
+from conftest import Runner
+
 MIGRATION_VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014", "0015", "0016"]
 
 
@@ -14,6 +17,7 @@ def _applied(conn):
     return [r["version"] for r in conn.execute("SELECT version FROM selfbase_meta.schema_migrations ORDER BY 1")]
 
 
+@pytest.mark.through_playbook("platform_schema")
 def test_check_then_apply_then_noop(run, conn):
     res = run("platform_schema", {}, check=True, diff=True)
     assert res["changed"] is True
@@ -60,7 +64,10 @@ def test_unknown_target_version(run, conn):
     assert _applied(conn) == []
 
 
-def test_concurrent_runs_apply_once(run, conn):
+def test_concurrent_runs_apply_once(pg_server, db, conn):
+    # three ansible-playbook processes, as three controllers would run them (a module in the test process is not
+    # made to share its interpreter with another)
+    run = Runner(pg_server, db, playbook=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: run("platform_schema", {}), range(3)))
     assert [r.get("failed", False) for r in results] == [False] * 3

@@ -35,6 +35,7 @@ def _snapshot(conn):
             for table in ("tenants", "tenant_domains", "audit_log")]
 
 
+@pytest.mark.through_playbook("tenant")
 def test_create_check_then_apply_then_noop(plans, run):
     conn = plans
     args = {"slug": "acme", "name": "ACME Corp", "plan": "pro", "billing_cycle": "year", "status": "trial",

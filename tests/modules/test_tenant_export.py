@@ -69,6 +69,7 @@ def target(pg_server, schema_template, db):
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.through_playbook("tenant_export")
 def test_export_then_import_moves_exactly_one_tenant(source, run, target, tmp_path):
     path = str(tmp_path / "acme.json")
     args = {"tenant": "acme", "path": path}

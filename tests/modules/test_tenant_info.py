@@ -90,6 +90,7 @@ def _usage(tenant):
     return {u["metric"]: u for u in tenant["usage"]}
 
 
+@pytest.mark.through_playbook("tenant_info")
 def test_usage_against_quotas(run, world):
     res = run("tenant_info", {})
     assert res.get("failed") is not True, res

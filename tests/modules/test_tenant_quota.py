@@ -41,6 +41,7 @@ def _tenant_id(conn, slug="acme"):
     return conn.execute("SELECT id FROM platform.tenants WHERE slug = %s", (slug,)).fetchone()["id"]
 
 
+@pytest.mark.through_playbook("tenant_quota")
 def test_check_then_create_then_noop(run, world):
     args = {"tenant": "acme", "metric": "storage_bytes", "limit": "10GB"}
 

@@ -41,6 +41,7 @@ def grow(server, database, user):
         c.execute("INSERT INTO filler SELECT repeat(md5(i::text), 64) FROM generate_series(1, 2000) i")
 
 
+@pytest.mark.through_playbook("tenant_storage")
 def test_each_tenant_database_is_sampled_into_its_usage_once_and_check_mode_predicts_it(two, schema, run):
     place(run, "t00", cluster="one")
     place(run, "t01", cluster="two")

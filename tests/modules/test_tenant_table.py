@@ -86,6 +86,7 @@ def seed(conn, table, tenant, n):
 
 # Check mode, real run, re-run ------------------------------------------------------------------------------
 
+@pytest.mark.through_playbook("tenant_table")
 def test_new_empty_table(run, app):
     res = run("tenant_table", {"tables": [{"name": "orders"}]}, check=True, diff=True)
     assert res["changed"] is True and res["diff"]["after"]["public.orders"]["forced"] is True, res
