@@ -61,8 +61,8 @@ def public(slug, state):
 # Reading ---------------------------------------------------------------------
 
 def read_tenant(cur, slug):
-    return cur.execute('SELECT id, slug, name, status, plan_code, billing_cycle, trial_ends_at, stripe_customer_id '
-                       'FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
+    return cur.execute('SELECT id, slug, name, status, plan_code, plan_source, billing_cycle, trial_ends_at, '
+                       'stripe_customer_id FROM platform.tenants WHERE slug = %s', (slug,)).fetchone()
 
 
 def read_mirror(cur, tenant_id):
@@ -86,13 +86,18 @@ def read_plan_prices(cur, plan, cycle):
 
 def resolve(p, cur, tenant, mirror):
     """The plan, cycle, currency and Stripe prices the subscription should have. Raises BillingError."""
-    plan_code = p['plan'] or tenant['plan_code']
+    plan_code, cycle = p['plan'] or tenant['plan_code'], p['billing_cycle'] or tenant['billing_cycle']
+    kept = None
+    if tenant['plan_source'] == 'customer' and (plan_code, cycle) != (tenant['plan_code'], tenant['billing_cycle']):
+        # the plan the customer chose in Stripe stands (migration 0017); the tenants module hands it back
+        kept = dict(slug=tenant['slug'], wanted=dict(plan=plan_code, billing_cycle=cycle),
+                    current=dict(plan=tenant['plan_code'], billing_cycle=tenant['billing_cycle']))
+        plan_code, cycle = tenant['plan_code'], tenant['billing_cycle']
     if plan_code is None:
         raise BillingError('plan: tenant %s has no plan; give one' % tenant['slug'])
     plan = cur.execute('SELECT code, active, trial_days FROM platform.plans WHERE code = %s', (plan_code,)).fetchone()
     if plan is None:
         raise BillingError('plan: unknown plan %r' % plan_code)
-    cycle = p['billing_cycle'] or tenant['billing_cycle']
     prices, metered = read_plan_prices(cur, plan_code, cycle)
     usable = dict((r['currency'], r['stripe_price_id']) for r in prices if r['active'] and r['stripe_price_id'])
     if not usable:
@@ -111,7 +116,7 @@ def resolve(p, cur, tenant, mirror):
         raise BillingError('currency: plan %s has no active %s price in %s (it has: %s)'
                            % (plan_code, cycle, currency, ', '.join(sorted(usable))))
     amount = dict((r['currency'], r['unit_amount']) for r in prices)[currency]
-    return dict(plan=plan_code, plan_active=plan['active'], trial_days=plan['trial_days'], cycle=cycle,
+    return dict(plan=plan_code, plan_active=plan['active'], trial_days=plan['trial_days'], cycle=cycle, kept=kept,
                 currency=currency, price=usable[currency], amount=amount,
                 metered=dict((r['metric'], r['stripe_price_id']) for r in metered
                              if r['currency'] == currency and r['stripe_price_id']))
@@ -570,7 +575,7 @@ class SubscriptionRun(object):
     def run(self, conn):
         self.conn = conn
         p, module = self.p, self.module
-        require_schema(module, self.conn, '0013', dict(changed=True, subscription={}, actions=[],
+        require_schema(module, self.conn, '0017', dict(changed=True, subscription={}, actions=[],
                                                        api_calls=self.client.counts()))
         check_params(p)
         cancel_now = p['state'] == 'absent' or p['cancel'] == 'immediately'
@@ -620,6 +625,12 @@ class SubscriptionRun(object):
         result = dict(changed=changed, subscription=after_public, actions=self.actions, api_calls=self.client.counts())
         if want is not None:
             result['tax'] = tax_view(p, customer, tax_ids, sub)
+            if want['kept']:
+                result['plan_kept'] = want['kept']
+                module.warn('tenant %s keeps the plan its customer chose in Stripe (%s %s), not %s %s; give '
+                            'plan_source operator to selfbase.platform.tenants to apply it'
+                            % (p['tenant'], want['plan'], want['cycle'], want['kept']['wanted']['plan'],
+                               want['kept']['wanted']['billing_cycle']))
         if module._diff:
             result['diff'] = dict(before=before_public, after=after_public)
             if want is not None and any(p[k] is not None for k in TAX_OPTIONS):

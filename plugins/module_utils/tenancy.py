@@ -33,12 +33,14 @@ SLUG_RE = re.compile(r'[a-z0-9][a-z0-9-]{1,62}')
 DOMAIN_RE = re.compile(r'([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}')
 STATUSES = ('present', 'active', 'trial', 'suspended', 'absent')
 BILLING_CYCLES = ('month', 'year')
+# who chose the tenant's plan last (migration 0017): the operator, or the customer in Stripe
+PLAN_SOURCES = ('operator', 'customer')
 JSON_FIELDS = ('settings', 'branding', 'features')
 # tenant columns compared (and written) besides domains
-ROW_FIELDS = ('name', 'status', 'plan', 'billing_cycle', 'trial_ends_at', 'settings', 'branding', 'features',
-              'deleted_at')
-PUBLIC_FIELDS = ('id', 'slug', 'name', 'status', 'plan', 'billing_cycle', 'trial_ends_at', 'settings', 'branding',
-                 'features', 'domains', 'created_at', 'updated_at', 'deleted_at')
+ROW_FIELDS = ('name', 'status', 'plan', 'plan_source', 'billing_cycle', 'trial_ends_at', 'settings', 'branding',
+              'features', 'deleted_at')
+PUBLIC_FIELDS = ('id', 'slug', 'name', 'status', 'plan', 'plan_source', 'billing_cycle', 'trial_ends_at', 'settings',
+                 'branding', 'features', 'domains', 'created_at', 'updated_at', 'deleted_at')
 COUNT_KINDS = ('created', 'updated', 'suspended', 'deleted', 'purged', 'unchanged')
 LOCK_KEY = 'tenants'
 
@@ -57,6 +59,7 @@ def tenant_options(slug_required=True, with_quotas=False):
         name=dict(type='str'),
         status=dict(type='str', default='present', choices=list(STATUSES)),
         plan=dict(type='str'),
+        plan_source=dict(type='str', choices=list(PLAN_SOURCES)),
         billing_cycle=dict(type='str', choices=list(BILLING_CYCLES)),
         trial_days=dict(type='int'),
         domains=dict(type='list', elements='raw'),
@@ -201,6 +204,10 @@ def normalise(entry, prefix, catalog):
     if plan is not None and plan not in catalog['plans']:
         raise TenancyError('%splan: unknown plan %r; known plans: %s' % (prefix, plan, _known(catalog['plans'])))
     spec['plan'] = plan
+    source = entry.get('plan_source')
+    if source is not None and source not in PLAN_SOURCES:
+        raise TenancyError('%splan_source: must be one of %s; got %r' % (prefix, ', '.join(PLAN_SOURCES), source))
+    spec['plan_source'] = source
     cycle = entry.get('billing_cycle')
     if cycle is not None and cycle not in BILLING_CYCLES:
         raise TenancyError('%sbilling_cycle: must be one of %s; got %r' % (prefix, ', '.join(BILLING_CYCLES), cycle))
@@ -236,8 +243,8 @@ def check_unique(specs):
 
 # Current state ----------------------------------------------------------------
 
-_TENANTS_SQL = ('SELECT id, slug, name, status, plan_code AS plan, billing_cycle, trial_ends_at, settings, branding, '
-                'features, created_at, updated_at, deleted_at FROM platform.tenants')
+_TENANTS_SQL = ('SELECT id, slug, name, status, plan_code AS plan, plan_source, billing_cycle, trial_ends_at, settings, '
+                'branding, features, created_at, updated_at, deleted_at FROM platform.tenants')
 _DOMAINS_SQL = ('SELECT d.id, d.tenant_id, t.slug, d.domain, d.verified, d.is_primary FROM platform.tenant_domains d '
                 'JOIN platform.tenants t ON t.id = d.tenant_id')
 _QUOTAS_SQL = ('SELECT tenant_id, metric, limit_value, period, mode, overage_unit_price FROM platform.tenant_quotas')
@@ -317,19 +324,21 @@ def _quota_key(quotas):
     return dict((m, _quota_tuple(q)) for m, q in quotas.items())
 
 
-def _change(slug, prefix, before, after, kind, row_changed=False, quotas_changed=False, purge=False):
+def _change(slug, prefix, before, after, kind, row_changed=False, quotas_changed=False, purge=False, kept=None):
     return dict(slug=slug, prefix=prefix, before=before, after=after, kind=kind, row_changed=row_changed,
-                quotas_changed=quotas_changed, purge=purge)
+                quotas_changed=quotas_changed, purge=purge, plan_kept=kept)
 
 
 def _new_tenant(slug, now):
-    return dict(id=None, slug=slug, name=slug, status='active', plan=None, billing_cycle='month', trial_ends_at=None,
+    return dict(id=None, slug=slug, name=slug, status='active', plan=None, plan_source='operator',
+                billing_cycle='month', trial_ends_at=None,
                 settings={}, branding={}, features={}, domains={}, quotas={}, created_at=now, updated_at=now,
                 deleted_at=None)
 
 
 def _plan_listed(spec, cur, catalog, now):
     slug, prefix, status = spec['slug'], spec['prefix'], spec['status']
+    kept = None
     if cur is None and status == 'absent':
         return _change(slug, prefix, None, None, 'unchanged')
     base = _new_tenant(slug, now) if cur is None else cur
@@ -349,13 +358,18 @@ def _plan_listed(spec, cur, catalog, now):
             after['status'], after['deleted_at'] = new_status, None
             if new_status == 'trial' and spec['trial_days'] is not None:
                 after['trial_ends_at'] = now + timedelta(days=spec['trial_days'])
-        for key in ('name', 'billing_cycle'):
-            if spec[key] is not None:
-                after[key] = spec[key]
-        if spec['plan'] is not None and spec['plan'] != base['plan']:
-            if not catalog['plans'][spec['plan']]:
-                raise TenancyError('%splan: plan %s is not active, so it cannot be assigned' % (prefix, spec['plan']))
-            after['plan'] = spec['plan']
+        if spec['name'] is not None:
+            after['name'] = spec['name']
+        if spec['plan_source'] is not None:
+            after['plan_source'] = spec['plan_source']
+        # a plan the customer chose in Stripe stays, with its cycle, until the file says plan_source: operator
+        wanted = dict((k, spec[k]) for k in ('plan', 'billing_cycle') if spec[k] is not None and spec[k] != base[k])
+        if cur is not None and after['plan_source'] == 'customer' and wanted:
+            kept = dict(slug=slug, wanted=wanted, current=dict((k, base[k]) for k in wanted))
+        else:
+            if wanted.get('plan') is not None and not catalog['plans'][wanted['plan']]:
+                raise TenancyError('%splan: plan %s is not active, so it cannot be assigned' % (prefix, wanted['plan']))
+            after.update(wanted)
         for key in JSON_FIELDS:
             if spec[key] is not None:
                 merged = {} if spec['purge'] else dict(base[key])
@@ -377,10 +391,10 @@ def _plan_listed(spec, cur, catalog, now):
                    or _domain_key(cur['domains']) != _domain_key(after['domains']))
     quotas_changed = _quota_key(cur['quotas']) != _quota_key(after['quotas'])
     if not (row_changed or quotas_changed):
-        return _change(slug, prefix, cur, cur, 'unchanged')
+        return _change(slug, prefix, cur, cur, 'unchanged', kept=kept)
     if row_changed:
         after['updated_at'] = now
-    return _change(slug, prefix, cur, after, _kind(cur, after), row_changed, quotas_changed)
+    return _change(slug, prefix, cur, after, _kind(cur, after), row_changed, quotas_changed, kept=kept)
 
 
 def _kind(before, after):
@@ -437,6 +451,18 @@ def plan_changes(specs, state, catalog, now, exclusive=False, purge_deleted=Fals
     return changes
 
 
+def plans_kept(module, changes):
+    """The plans and cycles customers chose in Stripe that a run left alone, with a warning naming the first."""
+    kept = [c['plan_kept'] for c in changes if c['plan_kept']]
+    if kept:
+        module.warn('%d tenant(s) keep the plan their customer chose in Stripe (plan_source customer), not the one '
+                    'given: %s; give plan_source operator to apply the given plan'
+                    % (len(kept), ', '.join('%s (%s)' % (k['slug'], ', '.join(
+                        '%s %s, not %s' % (f, k['current'][f], v) for f, v in sorted(k['wanted'].items())))
+                        for k in kept[:5])))
+    return kept
+
+
 def summarise(changes):
     counts = dict((k, 0) for k in COUNT_KINDS)
     for c in changes:
@@ -447,7 +473,8 @@ def summarise(changes):
 # Writing --------------------------------------------------------------------
 
 _TEMP_TABLES = dict(
-    sb_tenants=('id uuid, is_new boolean, slug text, name text, status text, plan_code text, billing_cycle text, '
+    sb_tenants=('id uuid, is_new boolean, slug text, name text, status text, plan_code text, plan_source text, '
+                'billing_cycle text, '
                 'trial_ends_at timestamptz, settings jsonb, branding jsonb, features jsonb, created_at timestamptz, '
                 'updated_at timestamptz, deleted_at timestamptz'),
     sb_domains='id bigint, tenant_id uuid, domain text, verified boolean, is_primary boolean',
@@ -456,11 +483,12 @@ _TEMP_TABLES = dict(
 )
 
 _WRITE_TENANTS = (
-    'INSERT INTO platform.tenants (id, slug, name, status, plan_code, billing_cycle, trial_ends_at, settings, '
-    'branding, features, created_at, updated_at, deleted_at) '
-    'SELECT id, slug, name, status, plan_code, billing_cycle, trial_ends_at, settings, branding, features, '
-    'created_at, updated_at, deleted_at FROM pg_temp.sb_tenants WHERE is_new',
+    'INSERT INTO platform.tenants (id, slug, name, status, plan_code, plan_source, billing_cycle, trial_ends_at, '
+    'settings, branding, features, created_at, updated_at, deleted_at) '
+    'SELECT id, slug, name, status, plan_code, plan_source, billing_cycle, trial_ends_at, settings, branding, '
+    'features, created_at, updated_at, deleted_at FROM pg_temp.sb_tenants WHERE is_new',
     'UPDATE platform.tenants t SET name = s.name, status = s.status, plan_code = s.plan_code, '
+    'plan_source = s.plan_source, '
     'billing_cycle = s.billing_cycle, trial_ends_at = s.trial_ends_at, settings = s.settings, branding = s.branding, '
     'features = s.features, updated_at = s.updated_at, deleted_at = s.deleted_at '
     'FROM pg_temp.sb_tenants s WHERE t.id = s.id AND NOT s.is_new',
@@ -544,7 +572,7 @@ def apply(cur, changes):
         old_domains = before['domains'] if before is not None else {}
         if c['row_changed']:
             tenant_rows.append((tid, before is None, slug, after['name'], after['status'], after['plan'],
-                                after['billing_cycle'], after['trial_ends_at'], _json(after['settings']),
+                                after['plan_source'], after['billing_cycle'], after['trial_ends_at'], _json(after['settings']),
                                 _json(after['branding']), _json(after['features']), after['created_at'],
                                 after['updated_at'], after['deleted_at']))
             domain_deletes.extend(v['id'] for d, v in old_domains.items() if d not in after['domains'])

@@ -44,6 +44,18 @@ options:
       - Code of the plan (C(platform.plans)). It must exist, and it must be active when it is assigned; a tenant
         that stays on a plan that has since been deactivated is accepted.
     type: str
+  plan_source:
+    description:
+      - Who chooses the tenant's plan and billing cycle from now on (C(platform.tenants.plan_source), migration 0017).
+      - V(customer) is what the Stripe webhook receiver sets when the customer changes plan in Stripe (Checkout,
+        the Customer Portal, or the dashboard); a plan or billing cycle given for such a tenant is then not applied,
+        and RV(plans_kept) and a warning name the difference, so that the inventory does not undo the customer's
+        choice on every run.
+      - V(operator) takes the plan back, and applies the given O(plan) and O(billing_cycle).
+      - Omitted, the tenant keeps its plan source; a new tenant starts with the given plan either way, and with
+        V(operator) when this is omitted.
+    type: str
+    choices: [operator, customer]
   billing_cycle:
     description:
       - Billing interval. New tenants get C(month) when this is omitted.
@@ -155,6 +167,24 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+plans_kept:
+  description:
+    - The tenants whose customer chose their plan in Stripe (plan source V(customer)), for which this run was given
+      another plan or billing cycle and left it alone. Give O(plan_source=operator) to apply it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    slug:
+      description: Tenant slug.
+      type: str
+    wanted:
+      description: The plan and billing cycle given, where they differ.
+      type: dict
+    current:
+      description: The plan and billing cycle the tenant keeps.
+      type: dict
+  sample: [{"slug": "acme", "wanted": {"plan": "starter"}, "current": {"plan": "pro"}}]
 tenant:
   description:
     - The tenant after this run (in check mode, as it would be). Empty when it does not exist.
@@ -182,6 +212,10 @@ tenant:
       description: Plan code, or null.
       type: str
       sample: pro
+    plan_source:
+      description: V(operator) or V(customer), who chose the plan last (see O(plan_source)).
+      type: str
+      sample: operator
     billing_cycle:
       description: C(month) or C(year).
       type: str
@@ -227,7 +261,7 @@ from ansible_collections.selfbase.platform.plugins.module_utils.postgres import 
     DatabaseError, connect, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.tenancy import (
     apply, db_now, diff_item, lock, normalise, plan_changes, public_state, read_catalog, read_state,
-    tenant_options)
+    plans_kept, tenant_options)
 
 
 def main():
@@ -237,7 +271,7 @@ def main():
 
     conn = connect(module)
     try:
-        require_schema(module, conn, '0003', dict(changed=module.params['status'] != 'absent'))
+        require_schema(module, conn, '0017', dict(changed=module.params['status'] != 'absent'))
         cur = conn.cursor()
         if not module.check_mode:
             lock(cur)
@@ -259,7 +293,7 @@ def main():
     finally:
         conn.close()
 
-    result = dict(changed=changed, tenant=after)
+    result = dict(changed=changed, tenant=after, plans_kept=plans_kept(module, changes))
     if module._diff:
         result['diff'] = dict(before=before, after=after)
     module.exit_json(**result)

@@ -36,9 +36,12 @@ options:
     description:
       - Plan code. Defaults to the tenant's plan. A plan different from the tenant's swaps the subscription and sets
         the tenant's plan. The plan must be active for a new subscription or a swap.
+      - A tenant whose customer chose its plan in Stripe (C(plan_source) V(customer), migration 0017) keeps that plan
+        and billing cycle; the difference is returned in RV(plan_kept) with a warning. The tenants module's
+        C(plan_source=operator) takes the plan back.
     type: str
   billing_cycle:
-    description: Billing interval. Defaults to the tenant's billing cycle.
+    description: Billing interval. Defaults to the tenant's billing cycle; kept like O(plan) for a customer's plan.
     type: str
     choices: [month, year]
   currency:
@@ -245,6 +248,13 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+plan_kept:
+  description:
+    - The plan and billing cycle given, and those the tenant keeps because its customer chose them in Stripe.
+  returned: when the given O(plan) or O(billing_cycle) differ from a customer's choice
+  type: dict
+  sample: {"slug": "acme", "wanted": {"plan": "starter", "billing_cycle": "month"},
+           "current": {"plan": "pro", "billing_cycle": "month"}}
 subscription:
   description:
     - The row of C(platform.subscriptions) after the run (in check mode, as it would be; ids of objects not created

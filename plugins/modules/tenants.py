@@ -68,6 +68,18 @@ options:
         description:
           - Code of the plan. It must exist, and be active when it is assigned.
         type: str
+      plan_source:
+        description:
+          - Who chooses the tenant's plan and billing cycle from now on (C(platform.tenants.plan_source), migration 0017).
+          - V(customer) is what the Stripe webhook receiver sets when the customer changes plan in Stripe (Checkout,
+            the Customer Portal, or the dashboard); a plan or billing cycle given for such a tenant is then not applied,
+            and RV(plans_kept) and a warning name the difference, so that the inventory does not undo the customer's
+            choice on every run.
+          - V(operator) takes the plan back, and applies the given O(tenants[].plan) and O(tenants[].billing_cycle).
+          - Omitted, the tenant keeps its plan source; a new tenant starts with the given plan either way, and with
+            V(operator) when this is omitted.
+        type: str
+        choices: [operator, customer]
       billing_cycle:
         description:
           - Billing interval. New tenants get C(month) when this is omitted.
@@ -236,6 +248,25 @@ changed_slugs:
   type: list
   elements: str
   sample: ["acme", "globex"]
+plans_kept:
+  description:
+    - The tenants whose customer chose their plan in Stripe (plan source V(customer)), for which this run was given
+      another plan or billing cycle and left it alone. Give O(tenants[].plan_source=operator) to apply it.
+    - At most O(diff_items) of them.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    slug:
+      description: Tenant slug.
+      type: str
+    wanted:
+      description: The plan and billing cycle given, where they differ.
+      type: dict
+    current:
+      description: The plan and billing cycle the tenant keeps.
+      type: dict
+  sample: [{"slug": "acme", "wanted": {"plan": "starter"}, "current": {"plan": "pro"}}]
 '''
 
 import json
@@ -246,7 +277,7 @@ from ansible_collections.selfbase.platform.plugins.module_utils.postgres import 
     DatabaseError, connect, postgres_argument_spec, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.tenancy import (
     ENTRY_OPTIONS, apply, check_unique, coerce, db_now, diff_item, lock, normalise, plan_changes,
-    read_catalog, read_state, summarise)
+    plans_kept, read_catalog, read_state, summarise)
 
 
 def main():
@@ -283,7 +314,7 @@ def main():
     invocation = dict(module_args=dict((k, v) for k, v in p.items() if k not in ('tenants', 'tenants_json')))
     conn = connect(module)
     try:
-        require_schema(module, conn, '0003', dict(changed=any(
+        require_schema(module, conn, '0017', dict(changed=any(
             t.get('status') != 'absent' for t in module.params['tenants'] or [] if isinstance(t, dict))))
         cur = conn.cursor()
         if not module.check_mode:
@@ -307,7 +338,8 @@ def main():
 
     counts = summarise(changes)
     shown = changed[:p['diff_items']]
-    result = dict(changed=bool(changed), counts=counts, changed_slugs=[c['slug'] for c in shown])
+    result = dict(changed=bool(changed), counts=counts, changed_slugs=[c['slug'] for c in shown],
+                  plans_kept=plans_kept(module, changes)[:p['diff_items']])
     if module._diff:
         before, after = {}, {}
         for c in shown:

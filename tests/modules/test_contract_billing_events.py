@@ -24,7 +24,7 @@ import stripe
 
 from fakes.stripe_fake import API_VERSION
 from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
-from test_security import ROLES, error, logins  # noqa: F401  pylint: disable=unused-import
+from test_security import NON_CONTROL, ROLES, act_for, error, logins  # noqa: F401  pylint: disable=unused-import
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PATHS = [str(ROOT / ".cache" / "collections"), str(ROOT / "roles" / "host_services" / "files" / "billing")]
@@ -65,6 +65,10 @@ def world(tenants, stripe_fake, pg_server, db, billing_login):  # noqa: F811
 
     price = post("/v1/prices", currency="usd", unit_amount=2900, recurring={"interval": "month"},
                  product_data={"name": "Pro"})
+    # the price is plan iso's in the platform's own records, as billing_plan leaves them
+    tenants.execute("INSERT INTO platform.plan_prices (plan_code, billing_cycle, currency, unit_amount, "
+                    "stripe_price_id) VALUES ('iso', 'month', 'usd', 2900, %s)", (price["id"],))
+    tenants.execute("UPDATE platform.subscriptions SET stripe_price_id = %s", (price["id"],))
     subs = {}
     for tenant, slug in ((A, "alpha"), (B, "bravo")):
         cus = post("/v1/customers", name=slug, metadata={"tenant_id": str(tenant)})
@@ -232,12 +236,6 @@ def test_a_discount_reaches_the_mirror_and_mrr_through_the_receiver(world):
                            (A,)).fetchone()
     assert row["discount"] == {"coupon": coupon["id"], "promotion_code": None, "percent_off": None,
                                "amount_off": 500, "duration": "forever", "end": None}, row
-    # the world's price is not in the price book: add it, and the next event makes a version that counts
-    price = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
-    world.db.execute("INSERT INTO platform.plan_prices (plan_code, billing_cycle, currency, unit_amount, "
-                     "stripe_price_id) VALUES ('iso', 'month', 'usd', 2900, %s)", (price,))
-    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"], {"metadata": {"note": "x"}})
-    world.deliver(world.new_events())
     mrr = world.db.execute("SELECT mrr FROM platform.mrr_at(now()) WHERE tenant_id = %s", (A,)).fetchone()
     assert mrr is not None and mrr["mrr"] == 2400, mrr
 
@@ -334,6 +332,118 @@ def test_a_receiver_killed_after_commit_applies_nothing_twice(world):
     assert [a[1]["outcome"] for a in world.deliver(events)] == ["applied", "applied", "duplicate", "applied"]
     assert transitions(world.db, A) == [("active", "past_due", "past_due")]
     assert_in_step(world)
+
+
+# ---------------------------------------------------------------- plan changes made in Stripe (migration 0017)
+
+
+def team_plan(world, cycle="month", amount=9900, in_price_book=True):
+    """Plan team, with a larger API quota than iso's, and a Stripe price; recorded as team's unless told not to."""
+    world.db.execute("INSERT INTO platform.plans (code, name) VALUES ('team', 'Team') ON CONFLICT DO NOTHING")
+    world.db.execute("INSERT INTO platform.plan_quotas (plan_code, metric, limit_value, period, mode) "
+                     "VALUES ('team', 'api_requests', 5000000, 'month', 'hard') ON CONFLICT DO NOTHING")
+    price = world.fake.handle("POST", "/v1/prices", {"currency": "usd", "unit_amount": str(amount),
+                                                     "recurring": {"interval": cycle},
+                                                     "product_data": {"name": "Team"}})
+    if in_price_book:
+        world.db.execute("INSERT INTO platform.plan_prices (plan_code, billing_cycle, currency, unit_amount, "
+                         "stripe_price_id) VALUES ('team', %s, 'usd', %s, %s)", (cycle, amount, price["id"]))
+    return price["id"]
+
+
+def switch_price(world, price, metadata=None, slug="alpha"):
+    """What the Customer Portal or the dashboard does: the subscription's item gets another price."""
+    sub = world.fake.get("subscriptions", world.sub[slug])
+    params = {"items": {"0": {"id": sub["items"]["data"][0]["id"], "price": price}}}
+    if metadata:
+        params["metadata"] = metadata
+    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub[slug], params)
+    return world.new_events()
+
+
+def plan_of(conn, tenant):
+    return conn.execute("SELECT t.plan_code, t.billing_cycle, t.plan_source, s.plan_code AS mirrored "
+                        "FROM platform.tenants t JOIN platform.subscriptions s ON s.tenant_id = t.id "
+                        "WHERE t.id = %s", (tenant,)).fetchone()
+
+
+def api_quota(conn, tenant):
+    return conn.execute("SELECT limit_value FROM platform.effective_quotas(%s) WHERE metric = 'api_requests'",
+                        (tenant,)).fetchone()["limit_value"]
+
+
+def plan_audit(conn, tenant):
+    return [(r["before"]["plan"], r["after"]["plan"], r["after"]["plan_source"]) for r in conn.execute(
+        "SELECT before, after FROM platform.audit_log WHERE tenant_id = %s AND entity = 'tenant_plan' ORDER BY id",
+        (tenant,))]
+
+
+def test_a_price_changed_in_stripe_moves_the_tenant_to_the_plan_that_owns_it_once(world):
+    """An upgrade in the portal changes the price and not the metadata: the plan comes from the price book, and
+    the tenant's plan, cycle and quotas follow, once, however often or late the event comes."""
+    assert api_quota(world.db, A) == 1000000
+    events = switch_price(world, team_plan(world, cycle="year", amount=99000), metadata={"plan_code": "iso"})
+    assert events[-1]["type"] == "customer.subscription.updated", [e["type"] for e in events]
+    answers = world.deliver(events + events[::-1])
+    assert [a[0] for a in answers] == [200] * len(answers)
+    assert plan_of(world.db, A) == {"plan_code": "team", "billing_cycle": "year", "plan_source": "customer",
+                                    "mirrored": "team"}
+    assert api_quota(world.db, A) == 5000000
+    assert plan_of(world.db, B)["plan_code"] == "iso" and plan_of(world.db, B)["plan_source"] == "operator"
+    assert plan_audit(world.db, A) == [("iso", "team", "customer")]
+    # a later event about the same subscription (a renewal, a metadata edit) changes the plan no more
+    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"], {"metadata": {"note": "x"}})
+    world.deliver(world.new_events())
+    assert plan_audit(world.db, A) == [("iso", "team", "customer")]
+    assert_in_step(world)
+
+
+def test_back_to_the_first_plan_in_the_portal_follows_too(world):
+    first = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
+    world.deliver(switch_price(world, team_plan(world)))
+    world.deliver(switch_price(world, first))
+    assert plan_of(world.db, A) == {"plan_code": "iso", "billing_cycle": "month", "plan_source": "customer",
+                                    "mirrored": "iso"}
+    assert api_quota(world.db, A) == 1000000
+    assert plan_audit(world.db, A) == [("iso", "team", "customer"), ("team", "iso", "customer")]
+
+
+def test_a_price_no_plan_owns_is_refused_and_the_tenant_keeps_its_plan(world):
+    """A price made in the dashboard and never given to a plan: recorded as unknown_price (an alert reads it),
+    the subscription's state is still mirrored, the tenant's plan and quotas stay."""
+    events = switch_price(world, team_plan(world, in_price_book=False), metadata={"plan_code": "team"})
+    answers = world.deliver(events)
+    assert answers[-1][1]["outcome"] == "unknown_price", answers
+    assert plan_of(world.db, A) == {"plan_code": "iso", "billing_cycle": "month", "plan_source": "operator",
+                                    "mirrored": "iso"}
+    assert api_quota(world.db, A) == 1000000 and plan_audit(world.db, A) == []
+    assert_in_step(world)  # status and items are Stripe's
+    assert ("customer.subscription.updated", "unknown_price") in [(r["type"], r["outcome"]) for r in ledger(world.db)]
+
+
+def test_an_event_waits_for_a_subscription_run_that_holds_the_tenant(world):
+    """tenant_subscription holds the tenant's row from its Stripe writes to its mirror write: an event that
+    arrives meanwhile waits, then finds the mirror in step and takes nothing for the customer's doing."""
+    price = team_plan(world)
+    events = switch_price(world, price)
+    holder = psycopg.connect(world.conn.info.dsn)  # the control plane's connection, as the module's
+    try:
+        holder.execute("SELECT 1 FROM platform.tenants WHERE id = %s FOR UPDATE", (A,))
+        done = []
+        thread = threading.Thread(target=lambda: done.append(world.deliver(events)))
+        thread.start()
+        time.sleep(1.0)
+        assert not done, "the event did not wait for the tenant's row"
+        # the operator's run writes the mirror and the plan as tenant_subscription does, then commits
+        holder.execute("UPDATE platform.subscriptions SET stripe_price_id = %s, plan_code = 'team' "
+                       "WHERE tenant_id = %s", (price, A))
+        holder.execute("UPDATE platform.tenants SET plan_code = 'team' WHERE id = %s", (A,))
+        holder.commit()
+        thread.join(30)
+        assert done and [a[0] for a in done[0]] == [200] * len(events)
+    finally:
+        holder.close()
+    assert plan_of(world.db, A)["plan_source"] == "operator" and plan_audit(world.db, A) == []
 
 
 # ---------------------------------------------------------------- dunning
@@ -590,6 +700,7 @@ def test_the_billing_login_reads_and_writes_no_table_directly(world):
     conn = stripe_events.connect(world.dsn)
     for sql in ("SELECT * FROM platform.stripe_events", "SELECT * FROM platform.invoices",
                 "SELECT * FROM platform.tenants", "UPDATE platform.tenants SET status = 'active'",
+                "UPDATE platform.tenants SET plan_code = 'iso', plan_source = 'customer'",
                 "INSERT INTO platform.stripe_events (id, type, created, livemode, source) "
                 "VALUES ('evt_x', 'a.b', now(), false, 'webhook')", "DELETE FROM platform.tenant_dunning",
                 "SELECT * FROM platform.billing_settle('%s')" % A):
@@ -612,6 +723,27 @@ def test_the_event_ledger_is_append_only_for_every_login(world, logins, who):
     for sql in ("UPDATE platform.stripe_events SET outcome = 'ignored'", "DELETE FROM platform.stripe_events",
                 "DELETE FROM platform.invoices", "UPDATE platform.tenant_dunning SET state = 'past_due'"):
         assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+@pytest.mark.parametrize("who", NON_CONTROL)
+def test_no_other_login_changes_a_tenants_plan_or_who_chose_it(tenants, logins, who):  # noqa: F811
+    c = logins(who)
+    act_for(c, A)
+    for sql in ("UPDATE platform.tenants SET plan_source = 'operator' WHERE id = '%s'" % A,
+                "UPDATE platform.tenants SET plan_code = 'iso' WHERE id = '%s'" % A):
+        assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+
+
+def test_with_the_column_granted_the_app_could_hand_a_customers_plan_back_to_the_file(tenants, logins):  # noqa: F811
+    """The defence is the column privilege: with it granted, a tenant's application could make the tenants file
+    overrule the plan its customer chose (or the other way round)."""
+    tenants.execute("UPDATE platform.tenants SET plan_source = 'customer' WHERE id = %s", (A,))
+    tenants.execute("GRANT UPDATE (plan_source) ON platform.tenants TO selfbase_app")
+    app = logins("app")
+    act_for(app, A)
+    app.execute("UPDATE platform.tenants SET plan_source = 'operator' WHERE id = %s", (str(A),))
+    assert tenants.execute("SELECT plan_source FROM platform.tenants WHERE id = %s", (A,)).fetchone() == {
+        "plan_source": "operator"}
 
 
 def test_with_execute_left_to_public_the_app_could_reactivate_a_suspended_tenant(tenants, logins):  # noqa: F811

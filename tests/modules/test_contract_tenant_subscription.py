@@ -496,3 +496,35 @@ def test_an_incomplete_subscription_takes_no_promotion_code(bill, world, stripe_
     res = bill("tenant_subscription", {"tenant": "acme", "payment_behavior": "allow_incomplete",
                                        "promotion_code": "WELCOME"})
     assert res["failed"] and res["msg"].startswith("promotion_code: subscription %s" % sub_id), res
+
+
+def test_a_plan_the_customer_chose_in_stripe_is_not_switched_back(bill, world, stripe_fake):
+    """Migration 0017: the customer moved to pro in the Customer Portal (the price changed, the metadata did not)
+    and the webhook receiver moved the tenant. A run without a plan keeps pro and brings the metadata in step; a
+    run that names starter leaves the customer's plan, says so, and writes nothing to the subscription's items."""
+    conn = world
+    assert bill("tenant_subscription", {"tenant": "acme"})["changed"] is True
+    [sub] = stripe_fake.objects("subscriptions")
+    pro = _price(conn, "pro", "month")
+    stripe_fake.handle("POST", "/v1/subscriptions/%s" % sub["id"],
+                       {"items": {"0": {"id": sub["items"]["data"][0]["id"], "price": pro}}})
+    # what stripe_event_apply leaves (tests/modules/test_contract_billing_events.py drives it for real)
+    conn.execute("UPDATE platform.tenants SET plan_code = 'pro', plan_source = 'customer' WHERE slug = 'acme'")
+    conn.execute("UPDATE platform.subscriptions SET plan_code = 'pro', stripe_price_id = %s", (pro,))
+    stripe_fake.reset_log()
+    res = bill("tenant_subscription", {"tenant": "acme"})
+    assert res["changed"] is True and "plan_kept" not in res, res
+    # one update: the metadata in step, pro's metered items in place of starter's; the base price stays
+    [write] = stripe_fake.writes()
+    assert write.params["metadata[plan_code]"] == "pro", write.params
+    assert sub["items"]["data"][0]["id"] not in [v for k, v in write.params.items() if k.endswith("[id]")]
+    assert _items(stripe_fake, sub["id"])[0] == (sub["items"]["data"][0]["id"], pro)
+    assert bill("tenant_subscription", {"tenant": "acme"})["changed"] is False
+    stripe_fake.reset_log()
+    for check in (True, False):
+        res = bill("tenant_subscription", {"tenant": "acme", "plan": "starter"}, check=check)
+        assert res["changed"] is False and stripe_fake.writes() == [], res
+        assert res["plan_kept"] == {"slug": "acme", "wanted": {"plan": "starter", "billing_cycle": "month"},
+                                    "current": {"plan": "pro", "billing_cycle": "month"}}
+        assert any("keeps the plan its customer chose" in w for w in res["warnings"]), res
+    assert _items(stripe_fake, sub["id"])[0][1] == pro and _tenant(conn)["plan_code"] == "pro"

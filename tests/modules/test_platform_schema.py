@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from conftest import Runner
 
-MIGRATION_VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014", "0015", "0016"]
+MIGRATION_VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014", "0015", "0016", "0017"]
 
 
 def _applied(conn):
@@ -116,7 +116,7 @@ def test_modules_check_the_schema_version_in_the_ledger(run, conn):
     and the control-plane login (selfbase_admin, not superuser) can read the ledger from 0004 on."""
     run("platform_schema", {"target_version": "0002"})
     res = run("tenant", {"slug": "acme"})
-    assert res["failed"] is True and "is at version 0002, this module needs 0003 or newer" in res["msg"], res
+    assert res["failed"] is True and "is at version 0002, this module needs 0017 or newer" in res["msg"], res
     run("platform_schema", {})
     conn.execute("CREATE ROLE ledger_control LOGIN IN ROLE selfbase_admin")
     conn.execute("CREATE ROLE ledger_nobody LOGIN")

@@ -370,16 +370,22 @@ def plan_of(conn, tenant):
     return conn.execute("SELECT plan_code FROM platform.subscriptions WHERE tenant_id = %s", (tenant,)).fetchone()["plan_code"]
 
 
-@pytest.mark.parametrize("price,named,expected", [
-    ("price_iso", "vip", "iso"),      # an inactive (private) plan is never taken from metadata
-    ("price_vip", "vip", "iso"),      # not even with its own price
-    ("price_iso", "pro", "iso"),      # an active plan whose prices do not include the subscription's
-    ("price_pro", "pro", "pro"),      # metadata and price agree on an active plan
+@pytest.mark.parametrize("price,named,expected,outcome", [
+    ("price_iso", "vip", "iso", "applied"),        # metadata never names the plan (migration 0017)...
+    ("price_iso", "pro", "iso", "applied"),
+    ("price_pro", "iso", "pro", "applied"),        # ...the price does, through the platform's price book
+    # a private deal's price, set in Stripe by someone who may: the customer pays it, inactive plan or not
+    ("price_vip", "pro", "vip", "applied"),
+    ("price_evil", "pro", "iso", "unknown_price"),  # a price no plan owns changes nothing
 ])
-def test_metadata_names_only_an_active_plan_whose_price_is_the_subscriptions(tenants, biller, plans, price, named,
-                                                                              expected):  # noqa: F811
-    assert _apply(biller, _subscription(price, named))["outcome"] == "applied"
+def test_the_plan_is_the_one_that_owns_the_price_whatever_the_metadata_says(tenants, biller, plans, price, named,
+                                                                            expected, outcome):  # noqa: F811
+    tenants.execute("UPDATE platform.subscriptions SET stripe_price_id = 'price_iso', plan_code = 'iso' "
+                    "WHERE tenant_id = %s", (A,))
+    assert _apply(biller, _subscription(price, named))["outcome"] == outcome
     assert plan_of(tenants, A) == expected
+    assert tenants.execute("SELECT plan_code FROM platform.tenants WHERE id = %s", (A,)).fetchone()["plan_code"] == \
+        expected
 
 
 def test_with_the_0006_function_metadata_set_a_private_inactive_plan(tenants, biller, plans):  # noqa: F811

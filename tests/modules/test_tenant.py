@@ -248,3 +248,61 @@ def test_database_error_is_reported_and_rolled_back(plans, run):
     assert "refused by test trigger" in res["msg"] and "nothing was written" in res["msg"]
     assert _tenant(conn, "acme") is None
     assert _audit(conn, "acme") == []
+
+
+# ---------------------------------------------------------------- a plan the customer chose (migration 0017)
+
+
+def test_a_plan_the_customer_chose_in_stripe_is_kept_and_reported(plans, run):
+    """The webhook receiver moved acme to starter, yearly, after its customer changed plan in the portal: the
+    file's pro and month are not applied (no change, in check mode either), and the result says so."""
+    conn = plans
+    assert run("tenant", {"slug": "acme", "plan": "pro"})["tenant"]["plan_source"] == "operator"
+    conn.execute("UPDATE platform.tenants SET plan_code = 'starter', billing_cycle = 'year', "
+                 "plan_source = 'customer' WHERE slug = 'acme'")
+    args = {"slug": "acme", "plan": "pro", "billing_cycle": "month", "name": "ACME"}
+    kept = [{"slug": "acme", "wanted": {"plan": "pro", "billing_cycle": "month"},
+             "current": {"plan": "starter", "billing_cycle": "year"}}]
+    predicted = run("tenant", args, check=True, diff=True)
+    res = run("tenant", args, diff=True)
+    for r in (predicted, res):
+        assert r["changed"] is True and r["plans_kept"] == kept, r  # the name is the file's to change
+        assert (r["tenant"]["plan"], r["tenant"]["billing_cycle"], r["tenant"]["plan_source"]) == (
+            "starter", "year", "customer")
+        assert any("acme (billing_cycle year, not month, plan starter, not pro)" in w for w in r["warnings"]), r
+    row = _tenant(conn, "acme")
+    assert (row["name"], row["plan_code"], row["billing_cycle"], row["plan_source"]) == (
+        "ACME", "starter", "year", "customer")
+    again = run("tenant", args)
+    assert again["changed"] is False and again["plans_kept"] == kept
+
+
+def test_plan_source_operator_takes_the_plan_back_once(plans, run):
+    conn = plans
+    run("tenant", {"slug": "acme", "plan": "starter"})
+    conn.execute("UPDATE platform.tenants SET plan_code = 'pro', plan_source = 'customer' WHERE slug = 'acme'")
+    args = {"slug": "acme", "plan": "starter", "plan_source": "operator"}
+    predicted = run("tenant", args, check=True, diff=True)
+    assert predicted["changed"] is True and predicted["plans_kept"] == []
+    assert (predicted["diff"]["before"]["plan"], predicted["diff"]["before"]["plan_source"]) == ("pro", "customer")
+    assert (predicted["diff"]["after"]["plan"], predicted["diff"]["after"]["plan_source"]) == ("starter", "operator")
+    assert _tenant(conn, "acme")["plan_code"] == "pro"
+    res = run("tenant", args)
+    assert res["changed"] is True and _tenant(conn, "acme")["plan_source"] == "operator"
+    assert res["tenant"]["plan"] == "starter"
+    audit = _audit(conn, "acme")[-1]
+    assert (audit["before"]["plan_source"], audit["after"]["plan_source"]) == ("customer", "operator")
+    assert run("tenant", args)["changed"] is False
+
+
+def test_a_new_tenant_left_to_its_customer_starts_on_the_given_plan(plans, run):
+    res = run("tenant", {"slug": "newco", "plan": "pro", "plan_source": "customer"})
+    assert res["changed"] is True and res["plans_kept"] == []
+    assert (res["tenant"]["plan"], res["tenant"]["plan_source"]) == ("pro", "customer")
+
+
+def test_a_bad_plan_source_names_the_field_and_writes_nothing(plans, run):
+    before = _snapshot(plans)
+    res = run("tenant", {"slug": "acme", "plan": "pro", "plan_source": "stripe"})
+    assert res["failed"] and "plan_source" in res["msg"], res
+    assert _snapshot(plans) == before

@@ -366,3 +366,19 @@ def test_tenants_file_yaml_is_parsed_once_per_content(run, plans, tmp_path, monk
     res = run("tenants", {"tenants_file": str(path)})
     assert res["changed"] is True and res["counts"]["updated"] == 1
     assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_a_list_leaves_the_plans_customers_chose_and_names_them(plans, run):
+    """Migration 0017: a tenant whose customer changed plan in Stripe keeps it; the rest of the list applies."""
+    conn = plans
+    run("tenants", {"tenants": [{"slug": "acme", "plan": "starter"}, {"slug": "globex", "plan": "starter"}]})
+    conn.execute("UPDATE platform.tenants SET plan_code = 'pro', plan_source = 'customer' WHERE slug = 'acme'")
+    wanted = {"tenants": [{"slug": "acme", "plan": "starter"}, {"slug": "globex", "plan": "pro"}]}
+    res = run("tenants", wanted)
+    assert res["changed"] is True and res["changed_slugs"] == ["globex"], res
+    assert res["plans_kept"] == [{"slug": "acme", "wanted": {"plan": "starter"}, "current": {"plan": "pro"}}]
+    assert {s: (t["plan_code"], t["plan_source"]) for s, t in _tenants(conn).items()} == {
+        "acme": ("pro", "customer"), "globex": ("pro", "operator")}
+    assert run("tenants", wanted)["changed"] is False
+    res = run("tenants", {"tenants": [{"slug": "acme", "plan": "starter", "plan_source": "owner"}]})
+    assert res["failed"] and res["msg"].startswith("tenants[0].plan_source: must be one of operator, customer"), res
