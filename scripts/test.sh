@@ -209,5 +209,7 @@ echo
 echo "== summary (ansible-core $(for v in "${VENVS[@]}"; do core_of "$v"; done | paste -sd' ' -); lint, modules and molecule on the last)"
 printf '%s\n' "${report[@]}"
 echo "machine: $(( $(date +%s) - suite_start ))s, cpu $(( $(machine_cpu) - suite_cpu ))s on $(nproc) cores"
+# the failed tests by name, last, where a CI page that shows only the end still has them
+grep -h -E '^(FAILED|ERROR) [^ ]+::' "$LOGS"/*.log 2>/dev/null | sort -u | head -n 30
 echo "summary: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -43,15 +43,9 @@ for _name in DB:  # the platform's cluster; the tenant clusters have no postgres
 for _name in EDGE:
     LISTENERS[_name] |= {ADDRESS[_name] + ":9113", ADDRESS[_name] + ":3903"}
 LISTENERS[MON] |= {PROM, MON_ADDR + ":9093", "127.0.0.1:9115"}
-ALERTS = {
-    "InstanceDown", "DiskAbove85", "MemoryPressure", "PostgresDown", "PostgresTooManyConnections",
-    "PostgresReplicationLag", "BackupMissing", "Nginx5xxRate", "CertificateExpiresSoon",
-    "TenantQuotaWarning", "TenantQuotaExceeded", "TenantClusterNearCapacity", "WalArchivingFailing",
-    "WalArchiveLagging", "MeteringAgentDown", "MeteringLagHigh",
-    "PatroniNoLeader", "PatroniMemberNotRunning", "EtcdUnhealthy", "HAProxyBackendDown",
-    "BillingSyncFailing", "MeterPushBacklog", "MeterPushNearStripeWindow", "StripeEventsDelayed",
-    "MeterPushUnverified", "OverageNotBilled", "MeterEventsRefused", "StripeEventsLost",
-}
+# every alert the role ships (its rules template), which verify finds loaded and healthy
+ALERTS = set(re.findall(r"^ *- alert: (\w+)$", (ROOT / "roles/monitoring/templates/selfbase-alerts.yml.j2").read_text(),
+                        re.MULTILINE))
 TEXTDIR = "/var/lib/prometheus/node-exporter"
 WEBHOOK_LOG = "/var/lib/webhook-receiver/alerts.jsonl"
 DASHBOARDS = ROOT / "roles/monitoring/files/dashboards"
