@@ -32,6 +32,9 @@ THREE_DECIMAL = frozenset('bhd jod kwd omr tnd'.split())
 WHOLE_UNITS_ONLY = frozenset(('isk',))
 INTERVALS = ('month', 'year')
 CODE_RE = re.compile(r'[a-z0-9][a-z0-9_-]{0,62}')
+# a plan feature: a name that is on or off, or a name with a level; together one Stripe lookup key (80 at most)
+FEATURE_RE = re.compile(r'[a-z][a-z0-9_]{0,39}')
+FEATURE_LEVEL_RE = re.compile(r'[a-z0-9][a-z0-9_-]{0,38}')
 MAX_UNIT_AMOUNT = 99999999          # Stripe's eight-digit limit
 MAX_DECIMAL_PLACES = 12             # of unit_amount_decimal, in minor units
 PRORATION_BEHAVIORS = ('create_prorations', 'none', 'always_invoice')
@@ -261,8 +264,8 @@ def normalise_plan(entry, prefix, metrics):
     spec['name'] = name
     spec['description'] = entry.get('description')
     features = entry.get('features')
-    if features is not None and not isinstance(features, dict):
-        raise BillingError('%sfeatures: must be a dict' % prefix)
+    if features is not None:
+        check_features(features, prefix + 'features')
     spec['features'] = features
     # plans[] entries are not converted by AnsibleModule: templated values arrive as strings
     try:
@@ -287,6 +290,26 @@ def normalise_plan(entry, prefix, metrics):
     spec['quotas'] = None if entry.get('quotas') is None else _normalise_quotas(
         entry['quotas'], prefix + 'quotas', metrics, currencies)
     return spec
+
+
+def check_features(features, field):
+    """A plan's features: each a name that is on (true) or off (false), or a name with a level (a string)."""
+    if not isinstance(features, dict):
+        raise BillingError('%s: must be a dict of feature names to true, false or a level' % field)
+    for name, value in features.items():
+        if not isinstance(name, str) or not FEATURE_RE.fullmatch(name):
+            raise BillingError('%s: %r is not a feature name: 1 to 40 lower-case letters, digits and _, starting '
+                               'with a letter' % (field, name))
+        if not isinstance(value, bool) and not (isinstance(value, str) and FEATURE_LEVEL_RE.fullmatch(value)):
+            raise BillingError('%s.%s: must be true, false or a level (1 to 39 lower-case letters, digits, _ and -); '
+                               'got %r (limits are quotas)' % (field, name, value))
+
+
+def feature_lookup_keys(features):
+    """The Stripe Entitlements lookup keys of a plan's features: the name of a feature that is on, and
+    name.level for a level; a feature that is off has none."""
+    return sorted(name if value is True else '%s.%s' % (name, value)
+                  for name, value in features.items() if value is not False)
 
 
 def check_unique_codes(specs):

@@ -8,10 +8,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import uuid
 from decimal import Decimal
 
 from ansible_collections.selfbase.platform.plugins.module_utils.billing import (
-    BillingError, PLAN_KEYS, check_unique_codes, lookup_key, normalise_plan, overage_lookup_key)
+    BillingError, PLAN_KEYS, check_unique_codes, feature_lookup_keys, lookup_key, normalise_plan, overage_lookup_key)
 from ansible_collections.selfbase.platform.plugins.module_utils.postgres import (
     audit, control_lock, json_safe, jsonb, require_schema)
 from ansible_collections.selfbase.platform.plugins.module_utils.quotas import decimal_text
@@ -56,6 +57,7 @@ class StripeState(object):
         self.prices = {}        # lookup_key -> active price
         self.by_id = None       # price id -> active price, when every active price was listed
         self.meters = {}        # event_name -> active meter
+        self.features = {}      # lookup_key -> active Entitlements feature (None: created in this run)
 
     def read_products(self, module):
         for product in self.client.list('/v1/products', {'limit': 100}):
@@ -102,6 +104,15 @@ class StripeState(object):
             return [p for p in self.by_id.values() if p.get('product') == product_id]
         return self.client.list('/v1/prices', {'product': product_id, 'active': 'true', 'limit': 100})
 
+    def read_features(self):
+        for feature in self.client.list('/v1/entitlements/features', {'limit': 100}):
+            self.features[feature['lookup_key']] = feature
+
+    def product_features(self, product_id):
+        """lookup_key -> product feature id, for each feature attached to a product."""
+        return dict((pf['entitlement_feature']['lookup_key'], pf['id'])
+                    for pf in self.client.list('/v1/products/%s/features' % product_id, {'limit': 100}))
+
     def read_meters(self):
         for meter in self.client.list('/v1/billing/meters', {'limit': 100}):
             if meter.get('status') == 'active':
@@ -121,6 +132,7 @@ class Plan(object):
         self.product_id = product['id'] if product else None
         self.writes = []        # dicts: what, label, and what run() needs
         self.after = None
+        self.features = None    # (lookup keys attached before, or None for a new product; those wanted)
 
 
 def _price_matches(price, product_id, interval, currency, amount=None, decimal=None, meter=None):
@@ -182,6 +194,33 @@ def _retire(plan, stripe, key, db_entry):
             plan.writes.append(dict(what='archive_price', label='archive price %s (%s)' % (price_id, key), id=price_id))
 
 
+def _plan_features(plan, stripe, wanted):
+    """Attach the plan's features to its product as Stripe Entitlements features (each created once in the
+    account when missing), and detach the features it no longer has."""
+    attached = stripe.product_features(plan.product_id) if plan.product_id else {}
+    plan.features = (sorted(attached) if plan.product_id else None, wanted)
+    where = plan.product_id or plan.code
+    for key in wanted:
+        if key in attached:
+            continue
+        if key not in stripe.features:
+            stripe.features[key] = None
+            plan.writes.append(dict(what='feature', label='create entitlement feature %s' % key, key=key))
+        plan.writes.append(dict(what='attach_feature', label='attach feature %s to product %s' % (key, where),
+                                key=key))
+    for key, product_feature in sorted(attached.items()):
+        if key not in wanted:
+            plan.writes.append(dict(what='detach_feature', label='detach feature %s from product %s' % (key, where),
+                                    id=product_feature))
+
+
+def _feature_name(key):
+    """custom_domains -> Custom domains; support.priority -> Support: priority (a name for the Dashboard)."""
+    name, _dot, level = key.partition('.')
+    name = name.replace('_', ' ').capitalize()
+    return '%s: %s' % (name, level) if level else name
+
+
 def plan_present(plan, stripe):
     spec, db = plan.spec, plan.db
     name = spec['name'] or (db['name'] if db else plan.code)
@@ -202,6 +241,8 @@ def plan_present(plan, stripe):
             plan.writes.append(dict(what='product_update', label='update product %s (%s)' % (product['id'], ', '.join(
                 sorted(params))), params=params, before=current))
 
+    if spec['features'] is not None:
+        _plan_features(plan, stripe, feature_lookup_keys(spec['features']))
     after = dict(code=plan.code, name=name, description=description, active=spec['active'],
                  features=spec['features'] if spec['features'] is not None else (db['features'] if db else {}),
                  trial_days=spec['trial_days'] if spec['trial_days'] is not None else (db['trial_days'] if db else None),
@@ -306,13 +347,18 @@ def public(state):
             metric=metric, limit=q['limit'], period=q['period'], mode=q['mode'],
             overage_unit_price=decimal_text(q['overage_price']), stripe_meter_id=q['stripe_meter_id'],
             overage_prices=[dict(interval=i, currency=c, **v) for (i, c), v in sorted(q['overage'].items())]))
+    if 'stripe_features' in state:
+        out['stripe_features'] = state['stripe_features']
     return json_safe(out)
 
 
 # Writing ---------------------------------------------------------------------
 
-def run_stripe(client, plan):
-    """Make the plan's Stripe writes; fills in the ids of created objects in plan.after."""
+def run_stripe(client, plan, stripe, nonce):
+    """Make the plan's Stripe writes; fills in the ids of created objects in plan.after. A feature's lookup key
+    is unique among active features and a feature is attached to a product once, so their keys are the run's
+    own (``nonce``): a re-run finds them, where a key of the wanted state would replay an attach from before a
+    detach."""
     for w in plan.writes:
         if w['what'] == 'product':
             product = client.post('/v1/products', w['params'], key=idempotency_key('product', plan.code))
@@ -332,6 +378,15 @@ def run_stripe(client, plan):
                 plan.after['quotas'][metric]['overage'][(interval, currency)]['stripe_price_id'] = price['id']
         elif w['what'] == 'archive_price':
             client.post('/v1/prices/%s' % w['id'], {'active': 'false'}, key=idempotency_key('archive price', w['id']))
+        elif w['what'] == 'feature':
+            stripe.features[w['key']] = client.post('/v1/entitlements/features', {
+                'lookup_key': w['key'], 'name': _feature_name(w['key'])}, key=idempotency_key('feature', w['key'], nonce))
+        elif w['what'] == 'attach_feature':
+            feature = stripe.features[w['key']]['id']
+            client.post('/v1/products/%s/features' % plan.product_id, {'entitlement_feature': feature},
+                        key=idempotency_key('attach feature', plan.product_id, feature, nonce))
+        elif w['what'] == 'detach_feature':
+            client.delete('/v1/products/%s/features/%s' % (plan.product_id, w['id']))
     if plan.after is not None:
         plan.after['stripe_product_id'] = plan.product_id
 
@@ -421,6 +476,8 @@ def read_stripe(module, client, specs, db):
                 raise BillingError('%squotas[%d].metric: no active Stripe billing meter has event_name %s; create '
                                    'it with selfbase.platform.billing_meter first' % (spec['prefix'], index, metric))
     stripe.read_prices(price_keys(specs, db))
+    if any(s['state'] == 'present' and s['features'] is not None for s in specs):
+        stripe.read_features()
     return stripe
 
 
@@ -432,9 +489,19 @@ def plan_all(specs, db, stripe):
         plan.after = plan_present(plan, stripe) if spec['state'] == 'present' else plan_absent(plan, stripe)
         _prices_on_an_active_product(plan)
         plan.before = public(plan.db)
+        _stripe_features(plan)
         plan.changed = bool(plan.writes) or plan.before != public(plan.after)
         plans.append(plan)
     return plans
+
+
+def _stripe_features(plan):
+    """The features attached in Stripe, beside the database's state, where the run declares them."""
+    if plan.features is None:
+        return
+    if plan.before and plan.features[0] is not None:
+        plan.before['stripe_features'] = plan.features[0]
+    plan.after['stripe_features'] = plan.features[1]
 
 
 def run(module, conn, client):
@@ -447,11 +514,13 @@ def run(module, conn, client):
     specs = [normalise_plan(entry, prefix, metrics) for prefix, entry in entries_of(module)]
     check_unique_codes(specs)
     db = read_db(cur, [s['code'] for s in specs])
-    plans = plan_all(specs, db, read_stripe(module, client, specs, db))
+    stripe = read_stripe(module, client, specs, db)
+    plans = plan_all(specs, db, stripe)
     changed = any(plan.changed for plan in plans)
     if changed and not module.check_mode:
+        nonce = uuid.uuid4().hex
         for plan in plans:
-            run_stripe(client, plan)
+            run_stripe(client, plan, stripe, nonce)
         for plan in plans:
             if plan.after is not None and public(plan.after) != plan.before:
                 write_db(cur, plan, plan.before)
@@ -459,6 +528,8 @@ def run(module, conn, client):
         db = read_db(cur, [s['code'] for s in specs])
         for plan in plans:
             plan.after = db.get(plan.code)
+            if plan.after is not None and plan.features is not None:
+                plan.after['stripe_features'] = plan.features[1]
     conn.rollback()
     results = [public(plan.after) for plan in plans]
     result = dict(changed=changed, plans=results, actions=[w['label'] for plan in plans for w in plan.writes],

@@ -46,8 +46,15 @@ options:
     type: str
   features:
     description:
-      - Feature flags of the plan (a JSON object), kept in the database; replaces the stored object. Left alone when
-        omitted.
+      - The plan's features, each a name (1 to 40 lower-case letters, digits and C(_)) that is on (V(true)) or off
+        (V(false)), or a name with a level (a string such as V(priority)). They replace the stored features, and the
+        product's features in Stripe. Left alone when omitted.
+      - In Stripe each feature that is on is an Entitlements feature attached to the plan's product, with the lookup
+        key C(<name>) or, with a level, C(<name>.<level>) (V(support.priority)). A feature with that lookup key is
+        used when the account has one, and created otherwise; features the plan no longer has are detached from
+        its product (never archived: other products may have them). Stripe then keeps each customer's active
+        entitlements from its subscriptions.
+      - Limits are quotas (O(quotas)), not features.
     type: dict
   active:
     description:
@@ -171,6 +178,7 @@ EXAMPLES = r'''
     description: For growing teams
     features:
       custom_domains: true
+      support: priority
     trial_days: 14
     prices:
       - {interval: month, currency: usd, amount_decimal: "29.00"}
@@ -219,9 +227,17 @@ plans:
       type: str
       sample: For growing teams
     features:
-      description: Feature flags.
+      description: Features, each on, off or at a level.
       type: dict
-      sample: {"custom_domains": true}
+      sample: {"custom_domains": true, "sso": false, "support": "priority"}
+    stripe_features:
+      description:
+        - Lookup keys of the Entitlements features attached to the plan's product in Stripe.
+        - Only when the task gives O(features).
+      type: list
+      elements: str
+      returned: when O(features) is given
+      sample: ["custom_domains", "support.priority"]
     active:
       description: Whether the plan can be assigned.
       type: bool

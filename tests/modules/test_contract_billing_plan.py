@@ -57,8 +57,10 @@ def test_check_create_rerun(bill, schema, stripe_fake, meter):
     res = bill("billing_plan", PRO, check=True, diff=True)
     assert res["changed"] is True, res
     assert stripe_fake.writes() == []
-    assert [r.path for r in stripe_fake.reads()] == ["/v1/products", "/v1/billing/meters", "/v1/prices"]
-    assert len(res["actions"]) == 1 + 3 + 3   # product, 3 prices, 3 metered prices (one per price point)
+    assert [r.path for r in stripe_fake.reads()] == ["/v1/products", "/v1/billing/meters", "/v1/prices",
+                                                     "/v1/entitlements/features"]
+    # product, its feature created and attached, 3 prices, 3 metered prices (one per price point)
+    assert len(res["actions"]) == 1 + 2 + 3 + 3
     assert res["diff"]["before"] == {}
     assert res["diff"]["after"]["stripe_product_id"] is None
     assert _db(schema)[0] is None
@@ -67,10 +69,14 @@ def test_check_create_rerun(bill, schema, stripe_fake, meter):
     res = bill("billing_plan", PRO, diff=True)
     assert res["changed"] is True, res
     writes = stripe_fake.writes()
-    assert [w.path for w in writes] == ["/v1/products"] + ["/v1/prices"] * 6
-    assert all(w.idempotency_key for w in writes)
-    assert res["api_calls"]["writes"] == 7
     products = stripe_fake.objects("products")
+    assert [w.path for w in writes] == ["/v1/products", "/v1/entitlements/features",
+                                        "/v1/products/%s/features" % products[0]["id"]] + ["/v1/prices"] * 6
+    assert all(w.idempotency_key for w in writes)
+    assert res["api_calls"]["writes"] == 9
+    assert [(f["lookup_key"], f["name"], f["active"]) for f in stripe_fake.objects("entitlements/features")] == [
+        ("sso", "Sso", True)]
+    assert res["plans"][0]["stripe_features"] == ["sso"]
     assert [(p["name"], p["description"], p["metadata"]["plan_code"], p["active"]) for p in products] == \
         [("Pro", "For teams", "pro", True)]
     prices = _active_prices(stripe_fake)
@@ -108,7 +114,8 @@ def test_check_create_rerun(bill, schema, stripe_fake, meter):
     res = bill("billing_plan", PRO)
     assert res["changed"] is False, res
     assert res["actions"] == [] and stripe_fake.writes() == []
-    assert res["api_calls"] == {"reads": 3, "writes": 0}
+    # the reads of the first run, and the product's features
+    assert res["api_calls"] == {"reads": 5, "writes": 0}
     assert _snapshot(schema) == before
 
 
@@ -238,6 +245,9 @@ def test_removed_price_point_is_archived(bill, schema, stripe_fake, meter):
       "prices": [{"interval": "month", "currency": "usd", "amount": 100}]}, "quotas[0].metric"),
     ({"quotas": [{"metric": "nope", "limit": 10}]}, "quotas[0].metric"),
     ({"trial_days": -1}, "trial_days"),
+    ({"features": {"max_projects": 5}}, "features.max_projects"),
+    ({"features": {"Custom-Domains": True}}, "features"),
+    ({"features": {"support": "Priority level"}}, "features.support"),
 ])
 def test_bad_input_fails_before_any_write(bill, schema, stripe_fake, change, field):
     before = _snapshot(schema)
@@ -290,3 +300,88 @@ def test_overage_on_an_inactive_meter_is_refused_before_any_write(bill, schema, 
                                             "overage_unit_price": "0.01"}]})
     assert res["failed"] is True and "no active Stripe billing meter" in res["msg"], res["msg"]
     assert stripe_fake.writes() == [] and _snapshot(schema) == before
+
+
+def _features(stripe_fake, product_id):
+    """lookup key -> attached, of every active feature in the fake (attached to the product or not)."""
+    attached = {stripe_fake.get("entitlements/features", pf["_feature"])["lookup_key"]
+                for pf in stripe_fake.db["product_features"].values() if pf["_product"] == product_id}
+    return {f["lookup_key"]: f["lookup_key"] in attached for f in stripe_fake.objects("entitlements/features")
+            if f["active"]}
+
+
+TEAM = {"code": "team", "prices": [{"interval": "month", "currency": "usd", "amount": 4900}],
+        "features": {"custom_domains": True, "sso": False, "support": "priority"}}
+
+
+def test_features_are_entitlements_features_on_the_plans_product(bill, schema, stripe_fake):
+    """Features that are on are attached to the product as Entitlements features (created once, an existing one
+    adopted by its lookup key); a changed set detaches the old ones, which stay in the account; check mode and
+    diff predict it; a re-run writes nothing."""
+    import stripe
+    client = stripe.StripeClient(stripe_fake.api_key, base_addresses={"api": stripe_fake.url})
+    made_by_hand = client.raw_request("post", "/v1/entitlements/features", lookup_key="support.priority",
+                                      name="Priority support").data
+    res = bill("billing_plan", TEAM)
+    assert res["changed"] is True, res
+    product = stripe_fake.objects("products")[0]["id"]
+    assert _features(stripe_fake, product) == {"custom_domains": True, "support.priority": True}
+    assert stripe_fake.get("entitlements/features", made_by_hand["id"])["name"] == "Priority support"
+    assert res["plans"][0]["stripe_features"] == ["custom_domains", "support.priority"]
+    assert _db(schema, "team")[0]["features"] == TEAM["features"]
+
+    changed = dict(TEAM, features={"custom_domains": False, "sso": True, "support": "standard"})
+    stripe_fake.reset_log()
+    res = bill("billing_plan", changed, check=True, diff=True)
+    assert res["changed"] is True and stripe_fake.writes() == []
+    assert res["diff"]["before"]["stripe_features"] == ["custom_domains", "support.priority"]
+    assert res["diff"]["after"]["stripe_features"] == ["sso", "support.standard"]
+    assert res["actions"] == [
+        "create entitlement feature sso", "attach feature sso to product %s" % product,
+        "create entitlement feature support.standard", "attach feature support.standard to product %s" % product,
+        "detach feature custom_domains from product %s" % product,
+        "detach feature support.priority from product %s" % product]
+    applied = bill("billing_plan", changed, diff=True)
+    assert applied["actions"] == res["actions"] and applied["diff"] == res["diff"]
+    assert _features(stripe_fake, product) == {"custom_domains": False, "support.priority": False, "sso": True,
+                                               "support.standard": True}
+    audit = schema.execute("SELECT after FROM platform.audit_log WHERE entity = 'plan' ORDER BY id").fetchall()
+    assert audit[-1]["after"]["stripe_features"] == ["sso", "support.standard"]
+
+    stripe_fake.reset_log()
+    res = bill("billing_plan", changed)
+    assert res["changed"] is False and stripe_fake.writes() == [], res
+    # a task without features leaves Stripe's alone, and reads none
+    stripe_fake.reset_log()
+    res = bill("billing_plan", {"code": "team"})
+    assert res["changed"] is False and "stripe_features" not in res["plans"][0], res
+    assert not [r for r in stripe_fake.reads() if "features" in r.path]
+
+
+def test_a_feature_two_plans_share_is_created_once(bill, schema, stripe_fake):
+    plans = [dict(TEAM, code=code) for code in ("team", "business")]
+    res = bill("billing_plan", {"plans": plans})
+    assert res["changed"] is True, res
+    assert sorted(f["lookup_key"] for f in stripe_fake.objects("entitlements/features")) == [
+        "custom_domains", "support.priority"]
+    for product in stripe_fake.objects("products"):
+        assert _features(stripe_fake, product["id"]) == {"custom_domains": True, "support.priority": True}
+    assert bill("billing_plan", {"plans": plans})["changed"] is False
+
+
+def test_a_run_stopped_before_its_attach_is_finished_without_duplicates(bill, schema, stripe_fake):
+    """The feature was created, its attach refused: the next run adopts the feature and attaches it; a lost
+    answer to an attach is retried under the same key and attaches once."""
+    stripe_fake.fail_next(status=400, count=10, method="POST", path_prefix="/v1/products/prod_")
+    res = bill("billing_plan", TEAM)
+    assert res["failed"] is True, res
+    assert [f["lookup_key"] for f in stripe_fake.objects("entitlements/features")] == ["custom_domains"]
+    stripe_fake.faults.clear()
+    stripe_fake.fail_next(drop=True, after_store=True, method="POST", path_prefix="/v1/products/prod_")
+    res = bill("billing_plan", TEAM)
+    assert res["changed"] is True, res["msg"]
+    assert len(stripe_fake.objects("entitlements/features")) == 2
+    product = stripe_fake.objects("products")[0]["id"]
+    assert _features(stripe_fake, product) == {"custom_domains": True, "support.priority": True}
+    assert len(stripe_fake.db["product_features"]) == 2
+    assert bill("billing_plan", TEAM)["changed"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -395,20 +396,13 @@ def test_fake_refuses_what_the_sdk_types_refuse(stripe_fake, path, params, param
 
 def test_every_route_of_the_fake_has_its_sdk_params_class():
     from fakes import stripe_sdk_params
-    probe = FakeStripe()
-    routes = {("POST", "/v1/products"), ("GET", "/v1/products"), ("GET", "/v1/products/x"),
-              ("POST", "/v1/products/x"), ("DELETE", "/v1/products/x"), ("POST", "/v1/prices"),
-              ("GET", "/v1/prices"), ("GET", "/v1/prices/x"), ("POST", "/v1/prices/x"), ("POST", "/v1/billing/meters"),
-              ("GET", "/v1/billing/meters"), ("GET", "/v1/billing/meters/x"), ("POST", "/v1/billing/meters/x"),
-              ("POST", "/v1/billing/meters/x/deactivate"), ("POST", "/v1/billing/meters/x/reactivate"),
-              ("POST", "/v1/customers"), ("GET", "/v1/customers"), ("GET", "/v1/customers/search"),
-              ("GET", "/v1/customers/x"), ("POST", "/v1/customers/x"), ("DELETE", "/v1/customers/x"),
-              ("POST", "/v1/subscriptions"), ("GET", "/v1/subscriptions"), ("GET", "/v1/subscriptions/x"),
-              ("POST", "/v1/subscriptions/x"), ("DELETE", "/v1/subscriptions/x"), ("POST", "/v1/webhook_endpoints"),
-              ("GET", "/v1/webhook_endpoints"), ("GET", "/v1/webhook_endpoints/x"),
-              ("POST", "/v1/webhook_endpoints/x"), ("DELETE", "/v1/webhook_endpoints/x")}
+    # each route of the fake, its groups filled in ("x", or each alternative)
+    routes = set()
+    for method, pattern, _handler in FakeStripe().routes():
+        for alternative in (re.findall(r"\(([a-z|]+)\)", pattern) or ["x"])[0].split("|"):
+            routes.add((method, re.sub(r"\([a-z|]+\)", alternative, pattern.replace("([^/]+)", "x"))))
+    assert len(routes) > 60
     assert {r for r in routes if stripe_sdk_params.params_class(*r) is None} == set()
-    assert probe is not None
     events = stripe_sdk_params.known_values(stripe_sdk_params.P.WebhookEndpointCreateParams, "enabled_events")
     assert "*" in events and "invoice.paid" in events and "customer.subscription.*" not in events
     assert stripe_api.event_types() == frozenset(events)
@@ -448,3 +442,59 @@ def test_fake_lists_expired_incomplete_subscriptions_by_default(stripe_fake):
         c.post("/v1/subscriptions", {"customer": cus["id"], "items": [{"price": price["id"]}], "days_until_due": 3,
                                      "trial_period_days": 3})
     assert err.value.param == "days_until_due"
+
+
+def test_fake_entitlements_follow_subscriptions_and_product_features(stripe_fake):
+    """Features: a lookup key once among active features, an archived one not attachable, attached once; a
+    customer's active entitlements are its live subscriptions' products' features, and each change of that set is
+    one summary event with the whole set."""
+    c = client(stripe_fake)
+    sso = c.post("/v1/entitlements/features", {"lookup_key": "sso", "name": "SSO"})
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/entitlements/features", {"lookup_key": "sso", "name": "Again"})
+    assert err.value.param == "lookup_key"
+    old = c.post("/v1/entitlements/features", {"lookup_key": "legacy", "name": "Legacy"})
+    c.post("/v1/entitlements/features/" + old["id"], {"active": False})
+    assert [f["lookup_key"] for f in c.list("/v1/entitlements/features")] == ["sso"]
+    assert [f["lookup_key"] for f in c.list("/v1/entitlements/features", {"archived": True})] == ["legacy"]
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/entitlements/features", {"lookup_key": "x" * 81, "name": "Long"})
+    assert err.value.param == "lookup_key"
+
+    prod = c.post("/v1/products", {"name": "Team"})
+    price = c.post("/v1/prices", {"product": prod["id"], "currency": "usd", "unit_amount": 4900,
+                                  "recurring": {"interval": "month"}})
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/products/%s/features" % prod["id"], {"entitlement_feature": old["id"]})
+    assert err.value.param == "entitlement_feature"
+    cus = c.post("/v1/customers", {"name": "ACME"})
+    stripe_fake.attach_payment_method(cus["id"])
+    sub = c.post("/v1/subscriptions", {"customer": cus["id"], "items": [{"price": price["id"]}]})
+    assert sub["status"] == "active"
+    assert c.list("/v1/entitlements/active_entitlements", {"customer": cus["id"]}) == []
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.get("/v1/entitlements/active_entitlements")
+    assert err.value.param == "customer"
+
+    attached = c.post("/v1/products/%s/features" % prod["id"], {"entitlement_feature": sso["id"]})
+    assert attached["entitlement_feature"]["lookup_key"] == "sso"
+    # (under another key: the same request replays the first attach)
+    with pytest.raises(stripe_api.StripeError) as err:
+        c.post("/v1/products/%s/features" % prod["id"], {"entitlement_feature": sso["id"]}, key="again")
+    assert err.value.code == "resource_already_exists"
+    active = c.list("/v1/entitlements/active_entitlements", {"customer": cus["id"]})
+    assert [(e["object"], e["feature"], e["lookup_key"]) for e in active] == [
+        ("entitlements.active_entitlement", sso["id"], "sso")]
+
+    def summaries():
+        return [[e["lookup_key"] for e in ev["data"]["object"]["entitlements"]["data"]]
+                for ev in stripe_fake.events("entitlements.active_entitlement_summary.updated")
+                if ev["data"]["object"]["customer"] == cus["id"]]
+    assert summaries() == [["sso"]]
+    c.post("/v1/subscriptions/" + sub["id"], {"metadata": {"note": "no change to the set"}})
+    assert summaries() == [["sso"]]
+    c.delete("/v1/subscriptions/" + sub["id"])
+    assert summaries() == [["sso"], []]
+    assert c.list("/v1/entitlements/active_entitlements", {"customer": cus["id"]}) == []
+    c.delete("/v1/products/%s/features/%s" % (prod["id"], attached["id"]))
+    assert c.list("/v1/products/%s/features" % prod["id"]) == []

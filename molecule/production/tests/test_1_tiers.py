@@ -237,6 +237,10 @@ def test_billing_reached_stripe_and_the_database():
     # the paying tenants' subscriptions are mirrored.
     products = _stripe("/v1/products?limit=100")["data"]
     assert sorted(p["metadata"]["plan_code"] for p in products) == ["pro", "starter"]
+    # each plan's features that are on, as Entitlements features on its product
+    features = {p["metadata"]["plan_code"]: [f["entitlement_feature"]["lookup_key"] for f in _stripe(
+        "/v1/products/%s/features" % p["id"])["data"]] for p in products}
+    assert features == {"pro": ["custom_domains"], "starter": []}, features
     plans = _psql("SELECT string_agg(code || ':' || (stripe_product_id IS NOT NULL)::text, ',' ORDER BY code) "
                   "FROM platform.plans")
     assert plans.stdout.strip() == "pro:true,starter:true"

@@ -64,11 +64,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 try:
     from fakes import stripe_sdk_params
     from fakes.stripe_fake_discounts import DiscountsMixin
+    from fakes.stripe_fake_entitlements import EntitlementsMixin
     from fakes.stripe_fake_portal import PortalMixin
     from fakes.stripe_fake_tax import TaxMixin
 except ImportError:  # standalone (the demo): this file's directory is on sys.path
     import stripe_sdk_params
     from stripe_fake_discounts import DiscountsMixin
+    from stripe_fake_entitlements import EntitlementsMixin
     from stripe_fake_portal import PortalMixin
     from stripe_fake_tax import TaxMixin
 
@@ -162,15 +164,18 @@ INVOICE_LIST = dict(LIST, customer="str", subscription="str",
 PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "customers": "cus", "subscriptions": "sub",
           "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
           "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di",
-          "tax_ids": "txi", "tax_registrations": "taxreg", "billing_portal/configurations": "bpc"}
+          "tax_ids": "txi", "tax_registrations": "taxreg", "billing_portal/configurations": "bpc",
+          "entitlements/features": "feat", "product_features": "prodft"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
           "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
           "payment_methods": "payment_method", "coupons": "coupon", "promotion_codes": "promotion_code",
           "discounts": "discount", "tax_ids": "tax_id", "tax_registrations": "tax.registration",
-          "billing_portal/configurations": "billing_portal.configuration"}
+          "billing_portal/configurations": "billing_portal.configuration",
+          "entitlements/features": "entitlements.feature", "product_features": "product_feature"}
 NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint",
-         "promotion_codes": "promotion code", "billing_portal/configurations": "billing portal configuration"}
+         "promotion_codes": "promotion code", "billing_portal/configurations": "billing portal configuration",
+         "entitlements/features": "feature"}
 
 
 class ApiError(Exception):
@@ -324,7 +329,7 @@ class Fault:
     should_retry: str | None = None
 
 
-class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin):
+class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin):
     """The fake server. Thread-safe: each request is handled under one lock (except injected delays)."""
 
     bad = staticmethod(bad)
@@ -542,6 +547,8 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin):
                 {k: v for k, v in before.items() if snapshot.get(k) != v}))
         self._new("events", {"api_version": API_VERSION, "data": data, "pending_webhooks": 1,
                              "request": {"id": None, "idempotency_key": None}, "type": type_})
+        if type_.startswith("customer.subscription."):
+            self._entitlements_changed()
 
     def events(self, type_prefix=""):
         """Events emitted so far, oldest first."""
@@ -651,8 +658,9 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin):
                         code="resource_missing")
 
     # --- request dispatch (called with the lock held)
-    def handle(self, method, path, params):
-        routes = [
+    def routes(self):
+        """(method, path pattern, handler) of every v1 route."""
+        return [
             ("POST", r"/v1/products", self.product_create),
             ("GET", r"/v1/products", self.product_list),
             ("GET", r"/v1/products/([^/]+)", self.product_get),
@@ -689,8 +697,10 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin):
             ("GET", r"/v1/events/([^/]+)", self.event_get),
             ("GET", r"/v1/invoices", self.invoice_list),
             ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
-        ] + self.discount_routes() + self.tax_routes() + self.portal_routes()
-        for m, pattern, fn in routes:
+        ] + self.discount_routes() + self.tax_routes() + self.portal_routes() + self.entitlement_routes()
+
+    def handle(self, method, path, params):
+        for m, pattern, fn in self.routes():
             match = re.fullmatch(pattern, path)
             if m == method and match:
                 return fn(params, *match.groups())

@@ -20,6 +20,7 @@ from stripe import params as P
 from stripe._request_options import RequestOptions
 from stripe.params import billing as PB
 from stripe.params import billing_portal as PBP
+from stripe.params import entitlements as PE
 from stripe.params import tax as PT
 
 _OPTIONS = set(RequestOptions.__annotations__)  # api_key, idempotency_key, ...: headers, not parameters
@@ -82,6 +83,15 @@ ROUTES = [
     ("GET", r"/v1/promotion_codes", P.PromotionCodeListParams),
     ("GET", r"/v1/promotion_codes/[^/]+", P.PromotionCodeRetrieveParams),
     ("POST", r"/v1/promotion_codes/[^/]+", P.PromotionCodeUpdateParams),
+    ("POST", r"/v1/entitlements/features", PE.FeatureCreateParams),
+    ("GET", r"/v1/entitlements/features", PE.FeatureListParams),
+    ("GET", r"/v1/entitlements/features/[^/]+", PE.FeatureRetrieveParams),
+    ("POST", r"/v1/entitlements/features/[^/]+", PE.FeatureUpdateParams),
+    ("GET", r"/v1/entitlements/active_entitlements", PE.ActiveEntitlementListParams),
+    ("POST", r"/v1/products/[^/]+/features", P.ProductCreateFeatureParams),
+    ("GET", r"/v1/products/[^/]+/features", P.ProductListFeaturesParams),
+    ("GET", r"/v1/products/[^/]+/features/[^/]+", P.ProductRetrieveFeatureParams),
+    ("DELETE", r"/v1/products/[^/]+/features/[^/]+", P.ProductDeleteFeatureParams),
 ]
 
 

@@ -159,3 +159,26 @@ def test_duplicate_codes():
     with pytest.raises(billing.BillingError) as e:
         billing.check_unique_codes(specs)
     assert str(e.value) == "plans[1].code: plan a is listed twice (also plans[0].code)"
+
+
+def test_feature_lookup_keys():
+    features = {"custom_domains": True, "sso": False, "support": "priority", "region": "eu-west_1"}
+    billing.check_features(features, "features")
+    assert billing.feature_lookup_keys(features) == ["custom_domains", "region.eu-west_1", "support.priority"]
+    assert billing.feature_lookup_keys({}) == []
+    # the longest name and level fit Stripe's 80 characters
+    assert len(billing.feature_lookup_keys({"a" * 40: "b" * 39})[0]) == 80
+
+
+@pytest.mark.parametrize("features, message", [
+    ({"seats": 10}, "features.seats: must be true, false or a level"),
+    ({"sso": None}, "features.sso: must be true, false or a level"),
+    ({"support": "Priority"}, "features.support: must be true, false or a level"),
+    ({"support": "b" * 40}, "features.support: must be true, false or a level"),
+    ({"2fa": True}, "features: '2fa' is not a feature name"),
+    ({"a" * 41: True}, "features: 'aaaa"),
+    (["sso"], "features: must be a dict"),
+])
+def test_check_features_refuses(features, message):
+    with pytest.raises(billing.BillingError, match="^" + message.replace("(", r"\(")):
+        billing.check_features(features, "features")
