@@ -52,7 +52,7 @@ options:
       - In Stripe each feature that is on is an Entitlements feature attached to the plan's product, with the lookup
         key C(<name>) or, with a level, C(<name>.<level>) (V(support.priority)). A feature with that lookup key is
         used when the account has one, and created otherwise; features the plan no longer has are detached from
-        its product (never archived: other products may have them). Stripe then keeps each customer's active
+        its product (never archived, since other products may have them). Stripe then keeps each customer's active
         entitlements from its subscriptions.
       - Limits are quotas (O(quotas)), not features.
     type: dict

@@ -129,11 +129,12 @@ def test_a_fresh_hasura_gets_the_claims_relationships_in_the_roles_order():
         # or invoices, and call none of the actions
         stored = fake.tables()
         for name in ("tenants", "tenant_quotas", "usage_rollups_daily", "subscriptions", "invoices",
-                     "tenant_quota_status"):
+                     "tenant_quota_status", "tenant_active_features"):
             readers = {p["role"]: p["permission"]["filter"] for p in stored["platform." + name]["select_permissions"]}
             assert readers.pop("operator") == {}, name
             assert readers == ({"user": {("id" if name == "tenants" else "tenant_id"): {"_eq": "X-Hasura-Tenant-Id"}}}
-                               if name in ("tenants", "usage_rollups_daily", "tenant_quota_status") else {}), name
+                               if name in ("tenants", "usage_rollups_daily", "tenant_quota_status",
+                                           "tenant_active_features") else {}), name
         assert [f["permissions"] for s in fake.export()["sources"] for f in s["functions"]] == [
             [{"role": "operator"}]] * len(functions)
         # every endpoint's root fields are ones this metadata gives (the fake refuses others as inconsistent)

@@ -55,7 +55,7 @@ def billing_login(tenants, db):  # noqa: F811
 def world(tenants, stripe_fake, pg_server, db, billing_login):  # noqa: F811
     """Stripe customers and subscriptions for tenants alpha and bravo (mirrored as tenant_subscription leaves
     them), a webhook endpoint, and the receiver listening on 127.0.0.1."""
-    for table in ("stripe_events", "invoices", "customer_payment_state", "tenant_dunning"):
+    for table in ("stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "tenant_entitlements"):
         tenants.execute(f"DELETE FROM platform.{table}")  # seeded for the isolation tests
     client = stripe.StripeClient(stripe_fake.api_key, stripe_version=API_VERSION,
                                  base_addresses={"api": stripe_fake.url})
@@ -783,3 +783,167 @@ def test_the_definer_functions_pin_their_search_path_and_owner(tenants):  # noqa
     "SELECT address, tax_ids FROM platform.customer_payment_state"])
 def test_the_monitor_login_reads_no_stripe_id_or_invoice_url(tenants, logins, sql):  # noqa: F811
     assert error(logins("monitor"), sql).sqlstate == "42501"
+
+
+# ---------------------------------------------------------------- features as Stripe entitlements (migration 0018)
+
+
+def attach_feature(world, price, key):
+    """What billing_plan does for a plan's feature: the Entitlements feature on the price's product."""
+    product = world.fake.get("prices", price)["product"]
+    found = [f for f in world.fake.objects("entitlements/features") if f["lookup_key"] == key]
+    feature = found[0] if found else world.fake.handle("POST", "/v1/entitlements/features",
+                                                       {"lookup_key": key, "name": key})
+    world.fake.handle("POST", "/v1/products/%s/features" % product, {"entitlement_feature": feature["id"]})
+
+
+def features(world, tenant):
+    """The tenant's features, as the control plane reads them."""
+    return world.db.execute("SELECT platform.features_of(%s) AS f", (tenant,)).fetchone()["f"]
+
+
+def entitlement_audit(conn, tenant):
+    return [r["after"] for r in conn.execute(
+        "SELECT after FROM platform.audit_log WHERE tenant_id = %s AND entity = 'tenant_entitlements' ORDER BY id",
+        (tenant,))]
+
+
+def test_a_tenants_features_follow_its_entitlements_once_whatever_the_delivery(world):
+    """Plan iso declares sso (off) and support (standard): the tenants have those until Stripe lists their
+    entitlements; a feature attached to their product reaches both, a canceled subscription takes it away, and a
+    duplicated, replayed or reordered summary has one effect (the receiver re-fetches the list)."""
+    world.db.execute("UPDATE platform.plans SET features = %s WHERE code = 'iso'",
+                     (json.dumps({"sso": False, "support": "standard"}),))
+    assert features(world, A) == {"sso": False, "support": "standard"}
+    price = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
+    attach_feature(world, price, "sso")
+    attach_feature(world, price, "support.priority")
+    events = world.new_events()
+    summaries = [e for e in events if e["type"] == "entitlements.active_entitlement_summary.updated"]
+    assert len(summaries) == 4  # two customers, two changes each
+    answers = world.deliver(summaries[::-1] + summaries)
+    assert [a[0] for a in answers] == [200] * 8
+    assert [a[1]["outcome"] for a in answers[:4]] == ["applied"] * 4, answers
+    assert {a[1]["outcome"] for a in answers[4:]} == {"duplicate"}
+    for tenant in (A, B):
+        assert features(world, tenant) == {"sso": True, "support": "priority"}
+        # the first summary applied (the newest, delivered first) already saw the whole set: one audit row
+        assert entitlement_audit(world.db, tenant) == [["sso", "support.priority"]]
+
+    world.fake.handle("DELETE", "/v1/subscriptions/%s" % world.sub["bravo"], {})
+    answers = world.deliver(world.new_events())
+    assert all(a[0] == 200 for a in answers)
+    assert features(world, B) == {"sso": False, "support": False}
+    assert features(world, A) == {"sso": True, "support": "priority"}
+    assert entitlement_audit(world.db, B) == [["sso", "support.priority"], []]
+
+
+def test_an_upgrade_in_the_portal_brings_the_new_plans_quota_and_features(world):
+    """The price changes to team's (whose product has sso): the plan and quota follow the subscription event,
+    the feature the summary event, each once."""
+    team = team_plan(world)
+    attach_feature(world, team, "sso")
+    world.new_events()
+    events = switch_price(world, team)
+    assert {e["type"] for e in events} == {
+        "customer.subscription.updated", "entitlements.active_entitlement_summary.updated"}
+    world.deliver(events + events)
+    assert plan_of(world.db, A)["plan_code"] == "team" and api_quota(world.db, A) == 5000000
+    assert features(world, A) == {"sso": True}
+    assert features(world, B) == {}
+    assert entitlement_audit(world.db, A) == [["sso"]] and entitlement_audit(world.db, B) == []
+
+
+def test_the_application_reads_its_own_tenants_features_only(world, logins):
+    world.db.execute("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{sso}'), "
+                     "(%s, '{}')", (A, B))
+    world.db.execute("UPDATE platform.plans SET features = '{\"sso\": false}' WHERE code = 'iso'")
+    for who in ("app", "hasura"):
+        c = logins(who)
+        if who == "app":
+            act_for(c, A)
+        else:
+            c.execute("SELECT set_config('hasura.user', %s, false)", (json.dumps({"x-hasura-tenant-id": str(A)}),))
+        got = c.execute("SELECT platform.my_features() AS f, platform.has_feature('sso') AS on_, "
+                        "platform.has_feature('nope') AS off").fetchone()
+        assert got == {"f": {"sso": True}, "on_": True, "off": False}, who
+        assert [r["tenant_id"] for r in c.execute("SELECT tenant_id FROM platform.tenant_entitlements")] == [A]
+    hasura = logins("hasura")  # a query: Hasura's permissions pick the rows, as for its tables
+    rows = {r["tenant_id"]: r["features"] for r in hasura.execute("SELECT * FROM platform.tenant_active_features")}
+    assert rows[A] == {"sso": True} and rows[B] == {"sso": False}
+
+
+FEATURE_WRITES = [
+    "INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES ('%s', '{sso}')" % B,
+    "UPDATE platform.tenant_entitlements SET lookup_keys = '{sso}'",
+    "DELETE FROM platform.tenant_entitlements",
+    "SELECT platform.features_of('%s')" % B,
+]
+
+
+@pytest.mark.parametrize("who", NON_CONTROL)
+def test_no_login_but_the_billing_definer_writes_entitlements_or_reads_another_tenants(world, logins, who):
+    world.db.execute("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{sso}')", (B,))
+    c = logins(who)
+    act_for(c, A)
+    for sql in FEATURE_WRITES:
+        assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+    if who != "hasura":
+        for sql in ("SELECT * FROM platform.tenant_active_features", "SELECT * FROM platform.graphql_tenant_features()"):
+            assert isinstance(error(c, sql), psycopg.errors.InsufficientPrivilege), (who, sql)
+    if who in ("app", "hasura"):  # another tenant's entitlements are not its rows (Hasura: in a mutation)
+        c.execute("SELECT set_config('hasura.user', %s, false)", (json.dumps({"x-hasura-tenant-id": str(A)}),))
+        assert c.execute("SELECT count(*) AS n FROM platform.tenant_entitlements").fetchone()["n"] == 0
+    # the billing login itself only through stripe_event_apply
+    billing = psycopg.connect(world.dsn, row_factory=psycopg.rows.dict_row, autocommit=True)
+    for sql in FEATURE_WRITES:
+        assert isinstance(error(billing, sql), psycopg.errors.InsufficientPrivilege), ("billing", sql)
+    billing.close()
+    assert world.db.execute("SELECT lookup_keys FROM platform.tenant_entitlements").fetchall() == [
+        {"lookup_keys": ["sso"]}]
+
+
+def test_with_a_write_grant_and_policy_the_app_gave_its_tenant_a_paid_feature(world, logins):
+    """The defence is the missing grant and the select-only policy: with them, a tenant's application entitles
+    itself to a feature its plan does not pay for."""
+    world.db.execute("UPDATE platform.plans SET features = '{\"sso\": false}' WHERE code = 'iso'")
+    world.db.execute("GRANT INSERT ON platform.tenant_entitlements TO selfbase_app")
+    world.db.execute("CREATE POLICY app_write ON platform.tenant_entitlements FOR INSERT TO selfbase_app "
+                     "WITH CHECK (tenant_id = platform.current_tenant_id())")
+    app = logins("app")
+    act_for(app, A)
+    app.execute("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{sso}')", (str(A),))
+    assert app.execute("SELECT platform.has_feature('sso') AS on_").fetchone() == {"on_": True}
+
+
+def test_the_features_reader_owns_only_its_functions_reads_only_and_nobody_logs_in_as_it(tenants):  # noqa: F811
+    role = tenants.execute("SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles "
+                           "WHERE rolname = 'selfbase_features_reader'").fetchone()
+    assert role == {"rolcanlogin": False, "rolbypassrls": False, "rolsuper": False}
+    assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = "
+                           "'selfbase_features_reader'::regrole OR member = 'selfbase_features_reader'::regrole"
+                           ).fetchone()["n"] == 0
+    owned = tenants.execute("SELECT p.oid::regprocedure::text AS fn, p.prosecdef, p.proconfig FROM pg_proc p "
+                            "WHERE p.proowner = 'selfbase_features_reader'::regrole ORDER BY 1").fetchall()
+    assert [r["fn"] for r in owned] == ["platform.features_of(uuid)", "platform.graphql_tenant_features()",
+                                        "platform.has_feature(text)", "platform.my_features()"]
+    assert all(r["prosecdef"] and r["proconfig"] == ["search_path=pg_catalog, platform, pg_temp"] for r in owned)
+    grants = tenants.execute("SELECT DISTINCT table_name, privilege_type FROM information_schema.role_table_grants "
+                             "WHERE grantee = 'selfbase_features_reader' ORDER BY 1").fetchall()
+    assert {(r["table_name"], r["privilege_type"]) for r in grants} == {("tenant_entitlements", "SELECT")}
+    columns = tenants.execute("SELECT table_name, column_name, privilege_type FROM "
+                              "information_schema.column_privileges WHERE grantee = 'selfbase_features_reader' "
+                              "AND table_name <> 'tenant_entitlements' ORDER BY 1, 2").fetchall()
+    assert [(r["table_name"], r["column_name"], r["privilege_type"]) for r in columns] == [
+        ("plans", "code", "SELECT"), ("plans", "features", "SELECT"), ("tenants", "id", "SELECT"),
+        ("tenants", "plan_code", "SELECT")]
+
+
+def test_the_receiver_reads_every_page_of_a_list(world):
+    price = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
+    for key in ("a", "b", "c"):
+        attach_feature(world, price, key)
+    customer = world.fake.get("subscriptions", world.sub["alpha"])["customer"]
+    calls = world.reader.calls
+    listed = world.reader.get("/v1/entitlements/active_entitlements", {"customer": customer, "limit": 2})
+    assert sorted(e["lookup_key"] for e in listed["data"]) == ["a", "b", "c"] and world.reader.calls == calls + 2

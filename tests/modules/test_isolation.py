@@ -25,11 +25,11 @@ TENANT_TABLES = sorted([
     "audit_log", "projects", "quota_locks", "subscriptions", "tenant_domains", "tenant_invitations", "tenant_members",
     "tenant_quotas", "tenants", "usage_events", "usage_overages", "usage_rollups_daily",
     "stripe_events", "invoices", "customer_payment_state", "tenant_dunning", "meter_pushes", "tenant_choices",
-    "tenant_placements", "subscription_versions", "tenant_database_sizes",
+    "tenant_placements", "subscription_versions", "tenant_database_sizes", "tenant_entitlements",
 ])
 # Views with tenant rows: no policies of their own; the definer behind each walls them, and only Hasura's login
 # reads them (test_operators.py attacks each).
-TENANT_VIEWS = ["tenant_quota_status"]
+TENANT_VIEWS = ["tenant_active_features", "tenant_quota_status"]
 
 # What a selfbase_app session gets per table and operation: "rls" = the statement runs and row-level
 # security limits it to the session's tenant; "denied" = selfbase_app has no privilege for it.
@@ -59,6 +59,8 @@ EXPECTED = {
     "subscription_versions": dict(select="denied", update="denied", delete="denied", insert="denied"),
     # sampled sizes of tenant databases (0015): only the control plane writes them, the monitor reads them
     "tenant_database_sizes": dict(select="denied", update="denied", delete="denied", insert="denied"),
+    # active Stripe entitlements (0018): written by stripe_event_apply() only, read by the tenant
+    "tenant_entitlements": dict(select="rls", update="denied", delete="denied", insert="denied"),
 }
 
 RLS_VIOLATION = "new row violates row-level security policy"
@@ -118,6 +120,8 @@ def insert_for(table, tenant, event_id=None):
                                   "VALUES (%s, now(), 'active')", (t,)),
         "tenant_database_sizes": ("INSERT INTO platform.tenant_database_sizes (cluster, database, tenant_id, bytes) "
                                   "VALUES ('c9', 'tenant_new', %s, 1)", (t,)),
+        "tenant_entitlements": ("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{}') "
+                                "ON CONFLICT (tenant_id) DO UPDATE SET lookup_keys = '{}'", (t,)),
     }[table]
 
 
@@ -171,6 +175,7 @@ def seed_tenant(conn, tenant, slug, members):
                  (tenant,))
     conn.execute("INSERT INTO platform.tenant_database_sizes (cluster, database, tenant_id, bytes) "
                  "VALUES ('c1', %s, %s, 1000)", (f"tenant_{slug}", tenant))
+    conn.execute("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{sso}')", (tenant,))
 
 
 def snapshot(conn, table, tenant):

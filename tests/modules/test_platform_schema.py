@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from conftest import Runner
 
-MIGRATION_VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014", "0015", "0016", "0017"]
+MIGRATION_VERSIONS = ["%04d" % n for n in range(1, 19)]
 
 
 def _applied(conn):
@@ -81,7 +81,8 @@ def test_roles_follow_least_privilege(schema):
     assert set(roles) == {"selfbase_owner", "selfbase_app", "selfbase_admin", "selfbase_monitor",
                           "selfbase_graphql", "selfbase_meter", "selfbase_meter_definer", "selfbase_billing",
                           "selfbase_billing_definer", "selfbase_quota_definer", "selfbase_choice_definer",
-                          "selfbase_operator_definer", "selfbase_quota_reader", "selfbase_mrr_definer"}
+                          "selfbase_operator_definer", "selfbase_quota_reader", "selfbase_mrr_definer",
+                          "selfbase_features_reader"}
     assert not any(r["rolcanlogin"] or r["rolbypassrls"] or r["rolsuper"] for r in roles.values())
     owners = {r["owner"] for r in schema.execute(
         "SELECT DISTINCT pg_get_userbyid(relowner) AS owner FROM pg_class "

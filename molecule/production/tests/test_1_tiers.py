@@ -258,7 +258,8 @@ def _stripe(path):
 
 def test_acme_is_taxed_by_stripe_tax_and_its_tax_details_are_mirrored():
     """subscriptions.yml's address and tax ID reached acme's customer and Stripe Tax its subscription; the sync
-    job's reconcile mirrors them (customer.tax_id.created, the customer re-fetched with its tax)."""
+    job's reconcile mirrors them (customer.tax_id.created, the customer re-fetched with its tax), and acme's
+    entitlements (its features)."""
     [customer] = [c for c in _stripe("/v1/customers?limit=100")["data"] if c["metadata"].get("tenant_slug") == "acme"]
     assert (customer["address"]["country"], customer["address"]["postal_code"]) == ("US", "10001")
     assert [(t["type"], t["value"]) for t in _stripe("/v1/customers/%s/tax_ids" % customer["id"])["data"]] == [
@@ -275,6 +276,13 @@ def test_acme_is_taxed_by_stripe_tax_and_its_tax_details_are_mirrored():
     def mirrored():
         return _psql(query).stdout.strip()
     assert until(lambda: mirrored() == want, 60), mirrored()
+    # acme's active entitlements (pro's custom_domains) came back with the same reconcile: its features are
+    # Stripe's; initech's plan has none in Stripe, so Stripe never listed its entitlements and its plan's stand
+    features = ("SELECT string_agg(t.slug || '=' || platform.features_of(t.id)::text || ':'"
+                " || (e.tenant_id IS NOT NULL)::text, ' ' ORDER BY t.slug) FROM platform.tenants t"
+                " LEFT JOIN platform.tenant_entitlements e ON e.tenant_id = t.id WHERE t.slug IN ('acme', 'initech')")
+    want = 'acme={"custom_domains": true}:true initech={"custom_domains": false}:false'
+    assert until(lambda: _psql(features).stdout.strip() == want, 60), _psql(features).stdout
 
 
 def test_billing_service_runs_on_both_api_hosts():

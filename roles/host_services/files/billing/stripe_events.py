@@ -35,6 +35,8 @@ EVENT_RETENTION = 30 * 86400
 METER_WINDOW = 35 * 86400 - 3600  # an hour of margin for the calls themselves
 # Stripe keeps a meter event's identifier, and an idempotency key, for 24 hours: an hour of margin
 DEDUP_WINDOW = 23 * 3600
+SUMMARY = 'entitlements.active_entitlement_summary'
+ACTIVE_ENTITLEMENTS = '/v1/entitlements/active_entitlements'
 
 
 class SignatureError(Exception):
@@ -74,6 +76,8 @@ def object_ref(event):
         return obj['id'], '/v1/subscriptions/%s' % obj['id'], {'expand': ['discounts.source.coupon']}
     if kind == 'invoice' and obj.get('id'):  # invoice.upcoming has no id: nothing to mirror
         return obj['id'], '/v1/invoices/%s' % obj['id'], {}
+    if kind == SUMMARY and obj.get('customer'):  # the customer's active entitlements, every page
+        return obj['customer'], ACTIVE_ENTITLEMENTS, {'customer': obj['customer'], 'limit': 100}
     customer = None
     if kind == 'customer':
         customer = obj.get('id')
@@ -127,14 +131,22 @@ class StripeApi(object):
             raise
 
     def get(self, path, params=None):
-        """The object at ``path``, or None when Stripe no longer has it (404)."""
+        """The object at ``path`` (a list with every page), or None when Stripe no longer has it (404)."""
+        params = dict(params or {})
         self.calls += 1
         try:
-            return self.client.raw_request('get', path, **(params or {})).data
+            data = self.client.raw_request('get', path, **params).data
         except stripe.InvalidRequestError as e:
             if e.http_status == 404:
                 return None
             raise
+        while data.get('object') == 'list' and data.get('has_more') and data.get('data'):
+            self.calls += 1
+            params['starting_after'] = data['data'][-1]['id']
+            page = self.client.raw_request('get', path, **params).data
+            data['data'].extend(page['data'])
+            data['has_more'] = page.get('has_more')
+        return data
 
     def v2_events(self, types, created_gte):
         """Stripe's v2 events of these types created at or after ``created_gte`` (epoch seconds), every page."""
@@ -179,6 +191,9 @@ def apply_event(conn, reader, event, source):
         if not fresh:
             return {'outcome': 'duplicate', 'tenant': None, 'status_before': None, 'status_after': None}
         current = reader.get(ref[1], ref[2]) if ref else None
+        if current is not None and ref[1] == ACTIVE_ENTITLEMENTS:
+            # the customer's entitlements now, in the shape of the event's summary
+            current = {'object': SUMMARY, 'customer': ref[0], 'entitlements': current}
         return conn.execute('SELECT * FROM platform.stripe_event_apply(%s, %s)',
                             (event['id'], Jsonb(current) if current is not None else None)).fetchone()
 
