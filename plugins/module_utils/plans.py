@@ -386,7 +386,11 @@ def run_stripe(client, plan, stripe, nonce):
             client.post('/v1/products/%s/features' % plan.product_id, {'entitlement_feature': feature},
                         key=idempotency_key('attach feature', plan.product_id, feature, nonce))
         elif w['what'] == 'detach_feature':
-            client.delete('/v1/products/%s/features/%s' % (plan.product_id, w['id']))
+            try:
+                client.delete('/v1/products/%s/features/%s' % (plan.product_id, w['id']))
+            except StripeError as e:
+                if e.status != 404:  # gone already (a retry of a delete whose answer was lost): done
+                    raise
     if plan.after is not None:
         plan.after['stripe_product_id'] = plan.product_id
 

@@ -385,3 +385,16 @@ def test_a_run_stopped_before_its_attach_is_finished_without_duplicates(bill, sc
     assert _features(stripe_fake, product) == {"custom_domains": True, "support.priority": True}
     assert len(stripe_fake.db["product_features"]) == 2
     assert bill("billing_plan", TEAM)["changed"] is False
+
+
+def test_a_detach_whose_answer_was_lost_is_done(bill, schema, stripe_fake):
+    """The product feature was deleted and the answer lost: the retried DELETE finds it gone, which is done."""
+    assert bill("billing_plan", TEAM)["changed"] is True
+    fewer = dict(TEAM, features={"custom_domains": True})
+    stripe_fake.fail_next(drop=True, after_store=True, method="DELETE", path_prefix="/v1/products/prod_")
+    res = bill("billing_plan", fewer)
+    assert res["changed"] is True and res.get("failed") is not True, res
+    assert [r.method for r in stripe_fake.requests if r.path.count("/features/")] == ["DELETE", "DELETE"]
+    product = stripe_fake.objects("products")[0]["id"]
+    assert _features(stripe_fake, product) == {"custom_domains": True, "support.priority": False}
+    assert bill("billing_plan", fewer)["changed"] is False

@@ -292,8 +292,8 @@ def test_graphql_read_policies():
                 "WHERE schemaname = 'platform' AND policyname = 'graphql_read' ORDER BY tablename")
     assert rows.splitlines() == [f"{t}|SELECT|selfbase_graphql" for t in
                                  ("invoices", "projects", "subscriptions", "tenant_choices", "tenant_domains",
-                                  "tenant_invitations", "tenant_members", "tenant_quotas", "tenants",
-                                  "usage_rollups_daily")]
+                                  "tenant_entitlements", "tenant_invitations", "tenant_members", "tenant_quotas",
+                                  "tenants", "usage_rollups_daily")]
 
 
 def test_graphql_role_reads_the_tracked_columns_of_an_extra_table(hasura_env):
