@@ -24,7 +24,7 @@ import stripe
 
 from fakes.stripe_fake import API_VERSION
 from test_isolation import A, B, tenants  # noqa: F401  pylint: disable=unused-import
-from test_security import NON_CONTROL, ROLES, act_for, error, logins  # noqa: F401  pylint: disable=unused-import
+from test_security import NON_CONTROL, ROLES, act_for, assert_owner_role, error, logins  # noqa: F401  pylint: disable=unused-import
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PATHS = [str(ROOT / ".cache" / "collections"), str(ROOT / "roles" / "host_services" / "files" / "billing")]
@@ -917,17 +917,9 @@ def test_with_a_write_grant_and_policy_the_app_gave_its_tenant_a_paid_feature(wo
 
 
 def test_the_features_reader_owns_only_its_functions_reads_only_and_nobody_logs_in_as_it(tenants):  # noqa: F811
-    role = tenants.execute("SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles "
-                           "WHERE rolname = 'selfbase_features_reader'").fetchone()
-    assert role == {"rolcanlogin": False, "rolbypassrls": False, "rolsuper": False}
-    assert tenants.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = "
-                           "'selfbase_features_reader'::regrole OR member = 'selfbase_features_reader'::regrole"
-                           ).fetchone()["n"] == 0
-    owned = tenants.execute("SELECT p.oid::regprocedure::text AS fn, p.prosecdef, p.proconfig FROM pg_proc p "
-                            "WHERE p.proowner = 'selfbase_features_reader'::regrole ORDER BY 1").fetchall()
-    assert [r["fn"] for r in owned] == ["platform.features_of(uuid)", "platform.graphql_tenant_features()",
-                                        "platform.has_feature(text)", "platform.my_features()"]
-    assert all(r["prosecdef"] and r["proconfig"] == ["search_path=pg_catalog, platform, pg_temp"] for r in owned)
+    assert_owner_role(tenants, "selfbase_features_reader", [
+        "platform.features_of(uuid)", "platform.graphql_tenant_features()", "platform.has_feature(text)",
+        "platform.my_features()"])
     grants = tenants.execute("SELECT DISTINCT table_name, privilege_type FROM information_schema.role_table_grants "
                              "WHERE grantee = 'selfbase_features_reader' ORDER BY 1").fetchall()
     assert {(r["table_name"], r["privilege_type"]) for r in grants} == {("tenant_entitlements", "SELECT")}

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from conftest import Runner
 
-MIGRATION_VERSIONS = ["%04d" % n for n in range(1, 19)]
+MIGRATION_VERSIONS = ["%04d" % n for n in range(1, 20)]
 
 
 def _applied(conn):
@@ -82,7 +82,7 @@ def test_roles_follow_least_privilege(schema):
                           "selfbase_graphql", "selfbase_meter", "selfbase_meter_definer", "selfbase_billing",
                           "selfbase_billing_definer", "selfbase_quota_definer", "selfbase_choice_definer",
                           "selfbase_operator_definer", "selfbase_quota_reader", "selfbase_mrr_definer",
-                          "selfbase_features_reader"}
+                          "selfbase_features_reader", "selfbase_billing_sessions"}
     assert not any(r["rolcanlogin"] or r["rolbypassrls"] or r["rolsuper"] for r in roles.values())
     owners = {r["owner"] for r in schema.execute(
         "SELECT DISTINCT pg_get_userbyid(relowner) AS owner FROM pg_class "

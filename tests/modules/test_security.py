@@ -71,6 +71,19 @@ def logins(tenants, pg_server, db):  # noqa: F811
         tenants.execute(f'DROP ROLE "{name}"')
 
 
+def assert_owner_role(conn, role, functions):
+    """``role`` has no login, no BYPASSRLS, no superuser, no members and no membership, and owns exactly
+    ``functions``, each a definer with its search_path pinned."""
+    assert conn.execute("SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s",
+                        (role,)).fetchone() == {"rolcanlogin": False, "rolbypassrls": False, "rolsuper": False}
+    assert conn.execute("SELECT count(*) AS n FROM pg_auth_members WHERE roleid = %s::regrole OR member = "
+                        "%s::regrole", (role, role)).fetchone()["n"] == 0
+    owned = conn.execute("SELECT p.oid::regprocedure::text AS fn, p.prosecdef, p.proconfig FROM pg_proc p "
+                         "WHERE p.proowner = %s::regrole ORDER BY 1", (role,)).fetchall()
+    assert [r["fn"] for r in owned] == functions
+    assert all(r["prosecdef"] and r["proconfig"] == ["search_path=pg_catalog, platform, pg_temp"] for r in owned)
+
+
 def error(conn, sql, params=()):
     with pytest.raises(psycopg.Error) as err:
         conn.execute(sql, params)

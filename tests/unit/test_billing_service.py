@@ -22,9 +22,13 @@ GOOD = {"conninfo": "host=db dbname=selfbase user=billing_api1", "api_key": "rk_
                  "lookback": 259200, "workers": 8,
                  "metrics_file": "/var/lib/selfbase-billing/metrics.prom"}}
 
+SESSIONS = {"path": "/billing/", "jwt_keys": ["k" * 64], "return_hosts": ["app.example.com", "*.example.com"],
+            "currency": "usd", "portal_configuration": ""}
+
 
 def test_a_good_configuration_passes():
     assert billing.check(json.loads(json.dumps(GOOD))) == []
+    assert billing.check(dict(GOOD, sessions=dict(SESSIONS, portal_configuration="bpc_123"))) == []
 
 
 @pytest.mark.parametrize("change, field", [
@@ -40,6 +44,17 @@ def test_a_good_configuration_passes():
     ({"sync": dict(GOOD["sync"], meter_api="v3")}, "sync.meter_api"),
     ({"conninfo": None}, "conninfo"),
     ({"extra": 1}, "extra"),
+    ({"sessions": dict(SESSIONS, path="billing")}, "sessions.path"),
+    ({"sessions": dict(SESSIONS, path="/")}, "sessions.path"),
+    ({"sessions": dict(SESSIONS, jwt_keys=["short"])}, "sessions.jwt_keys"),
+    ({"sessions": dict(SESSIONS, jwt_keys=[])}, "sessions.jwt_keys"),
+    ({"sessions": dict(SESSIONS, return_hosts=[])}, "sessions.return_hosts"),
+    ({"sessions": dict(SESSIONS, return_hosts=["https://app.example.com/"])}, "sessions.return_hosts"),
+    ({"sessions": dict(SESSIONS, currency="USD")}, "sessions.currency"),
+    ({"sessions": dict(SESSIONS, portal_configuration="cfg_1")}, "sessions.portal_configuration"),
+    ({"sessions": dict(SESSIONS, tenant="x")}, "sessions.tenant"),
+    ({"sessions": dict(SESSIONS, currency=None)}, "sessions.currency"),
+    ({"sessions": []}, "sessions"),
 ])
 def test_each_error_names_its_field(change, field):
     errors = billing.check(dict(GOOD, **change))

@@ -6,13 +6,18 @@ Prometheus target up and every alert group loaded; billing in step with the Stri
 again the way AWX runs it (the scenario's idempotence check) and in check mode: nothing to change.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
+import uuid
 
 import ansible_runner
 import pytest
@@ -288,6 +293,50 @@ def test_acme_is_taxed_by_stripe_tax_and_its_tax_details_are_mirrored():
 def test_billing_service_runs_on_both_api_hosts():
     for api in API:
         assert _host(api).service("selfbase-billing").is_running, api
+
+
+def _jwt(user, tenant):
+    """A token as auth signs it: HS256 with the platform's key, Hasura's claims with the chosen tenant."""
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    signed = "%s.%s" % (part({"alg": "HS256", "typ": "JWT"}), part({
+        "sub": user, "exp": int(time.time()) + 600, "https://hasura.io/jwt/claims": {
+            "x-hasura-user-id": user, "x-hasura-tenant-id": tenant, "x-hasura-default-role": "user"}}))
+    mac = hmac.new(secret("hasura_jwt_key").encode(), signed.encode(), hashlib.sha256).digest()
+    return signed + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("edge", list(EDGE))
+def test_tenant_admins_open_checkout_sessions_through_each_edge(edge):
+    """POST https://api.<domain>/billing/checkout through nginx to the billing service on the api hosts: the
+    token is checked with the key the hasura role generated, the member's role read through the cluster path
+    (migration 0019), and the session opened at Stripe (the contract fake) for the tenant's customer."""
+    ids = dict(line.split("|") for line in _psql(
+        "SELECT slug || '|' || id FROM platform.tenants WHERE slug IN ('acme', 'globex')").stdout.split())
+    owner, member = str(uuid.uuid5(uuid.NAMESPACE_URL, "owner-" + edge)), str(uuid.uuid5(uuid.NAMESPACE_URL, edge))
+    _psql("INSERT INTO platform.tenant_members (tenant_id, user_id, role) VALUES ('%s', '%s', 'owner'), "
+          "('%s', '%s', 'owner'), ('%s', '%s', 'member') ON CONFLICT DO NOTHING"
+          % (ids["acme"], owner, ids["globex"], owner, ids["globex"], member))
+
+    def post(user, slug, body):
+        cmd = _curl(edge, "api.example.com", "/billing/checkout", "-X", "POST", "-H", "Content-Type: application/json",
+                    "-H", "Authorization: Bearer " + _jwt(user, ids[slug]), "-d", json.dumps(body),
+                    "-w", "\\n%{http_code}")
+        assert cmd.rc == 0, cmd.stderr
+        text, status = cmd.stdout.rsplit("\n", 1)
+        return int(status), json.loads(text)
+    back = {"success_url": "https://app.example.com/billing/done", "cancel_url": "https://globex.example.com/"}
+    status, answer = post(member, "globex", dict(back, plan="pro"))
+    assert status == 403, answer
+    status, answer = post(owner, "acme", dict(back, plan="pro"))  # subscribed: plans change in the portal
+    assert status == 409 and "portal" in answer["error"], answer
+    status, answer = post(owner, "globex", dict(back, plan="pro"))
+    assert status == 200, answer
+    session = _stripe("/v1/checkout/sessions/" + answer["id"])
+    assert (session["client_reference_id"], session["metadata"]["plan_code"], session["url"]) == (
+        ids["globex"], "pro", answer["url"])
+    customer = _psql("SELECT stripe_customer_id FROM platform.tenants WHERE slug = 'globex'").stdout.strip()
+    assert session["customer"] == customer and customer.startswith("cus_")
 
 
 def test_site_through_ansible_runner_changes_nothing():

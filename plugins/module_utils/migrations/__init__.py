@@ -13,12 +13,13 @@ from ansible_collections.selfbase.platform.plugins.module_utils.migrations impor
     v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering,
     v0006_billing_events, v0007_security_round3, v0008_tenant_choice, v0009_operators, v0010_placements,
     v0011_quota_status, v0012_meter_gaps, v0013_mrr_history, v0014_tax,
-    v0015_tenant_storage, v0016_operator_create_tenant, v0017_self_serve_plans, v0018_entitlements)
+    v0015_tenant_storage, v0016_operator_create_tenant, v0017_self_serve_plans, v0018_entitlements,
+    v0019_billing_sessions)
 
 MIGRATIONS = [
     (m.VERSION, m.NAME, m.SQL, hashlib.sha256(m.SQL.encode('utf-8')).hexdigest())
     for m in (v0001_tenancy_core, v0002_billing, v0003_hardening, v0004_ledger_read, v0005_edge_metering,
               v0006_billing_events, v0007_security_round3, v0008_tenant_choice, v0009_operators, v0010_placements,
               v0011_quota_status, v0012_meter_gaps, v0013_mrr_history, v0014_tax, v0015_tenant_storage,
-              v0016_operator_create_tenant, v0017_self_serve_plans, v0018_entitlements)
+              v0016_operator_create_tenant, v0017_self_serve_plans, v0018_entitlements, v0019_billing_sessions)
 ]

@@ -63,12 +63,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:
     from fakes import stripe_sdk_params
+    from fakes.stripe_fake_checkout import CheckoutMixin
     from fakes.stripe_fake_discounts import DiscountsMixin
     from fakes.stripe_fake_entitlements import EntitlementsMixin
     from fakes.stripe_fake_portal import PortalMixin
     from fakes.stripe_fake_tax import TaxMixin
 except ImportError:  # standalone (the demo): this file's directory is on sys.path
     import stripe_sdk_params
+    from stripe_fake_checkout import CheckoutMixin
     from stripe_fake_discounts import DiscountsMixin
     from stripe_fake_entitlements import EntitlementsMixin
     from stripe_fake_portal import PortalMixin
@@ -165,17 +167,19 @@ PREFIX = {"products": "prod", "prices": "price", "billing/meters": "mtr", "custo
           "subscription_items": "si", "webhook_endpoints": "we", "events": "evt", "invoices": "in",
           "payment_methods": "pm", "coupons": "co", "promotion_codes": "promo", "discounts": "di",
           "tax_ids": "txi", "tax_registrations": "taxreg", "billing_portal/configurations": "bpc",
-          "entitlements/features": "feat", "product_features": "prodft"}
+          "entitlements/features": "feat", "product_features": "prodft",
+          "checkout/sessions": "cs_test", "billing_portal/sessions": "bps"}
 OBJECT = {"products": "product", "prices": "price", "billing/meters": "billing.meter", "customers": "customer",
           "subscriptions": "subscription", "subscription_items": "subscription_item",
           "webhook_endpoints": "webhook_endpoint", "events": "event", "invoices": "invoice",
           "payment_methods": "payment_method", "coupons": "coupon", "promotion_codes": "promotion_code",
           "discounts": "discount", "tax_ids": "tax_id", "tax_registrations": "tax.registration",
           "billing_portal/configurations": "billing_portal.configuration",
-          "entitlements/features": "entitlements.feature", "product_features": "product_feature"}
+          "entitlements/features": "entitlements.feature", "product_features": "product_feature",
+          "checkout/sessions": "checkout.session", "billing_portal/sessions": "billing_portal.session"}
 NAMES = {"billing/meters": "billing meter", "webhook_endpoints": "webhook endpoint",
          "promotion_codes": "promotion code", "billing_portal/configurations": "billing portal configuration",
-         "entitlements/features": "feature"}
+         "entitlements/features": "feature", "checkout/sessions": "checkout session"}
 
 
 class ApiError(Exception):
@@ -329,7 +333,7 @@ class Fault:
     should_retry: str | None = None
 
 
-class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin):
+class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin, CheckoutMixin):
     """The fake server. Thread-safe: each request is handled under one lock (except injected delays)."""
 
     bad = staticmethod(bad)
@@ -697,7 +701,7 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin):
             ("GET", r"/v1/events/([^/]+)", self.event_get),
             ("GET", r"/v1/invoices", self.invoice_list),
             ("GET", r"/v1/invoices/([^/]+)", self.invoice_get),
-        ] + self.discount_routes() + self.tax_routes() + self.portal_routes() + self.entitlement_routes()
+        ] + self.discount_routes() + self.tax_routes() + self.portal_routes() + self.entitlement_routes() + self.checkout_routes()
 
     def handle(self, method, path, params):
         for m, pattern, fn in self.routes():

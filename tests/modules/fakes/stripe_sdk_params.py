@@ -20,6 +20,7 @@ from stripe import params as P
 from stripe._request_options import RequestOptions
 from stripe.params import billing as PB
 from stripe.params import billing_portal as PBP
+from stripe.params import checkout as PC
 from stripe.params import entitlements as PE
 from stripe.params import tax as PT
 
@@ -92,6 +93,9 @@ ROUTES = [
     ("GET", r"/v1/products/[^/]+/features", P.ProductListFeaturesParams),
     ("GET", r"/v1/products/[^/]+/features/[^/]+", P.ProductRetrieveFeatureParams),
     ("DELETE", r"/v1/products/[^/]+/features/[^/]+", P.ProductDeleteFeatureParams),
+    ("POST", r"/v1/checkout/sessions", PC.SessionCreateParams),
+    ("GET", r"/v1/checkout/sessions/[^/]+", PC.SessionRetrieveParams),
+    ("POST", r"/v1/billing_portal/sessions", PBP.SessionCreateParams),
 ]
 
 

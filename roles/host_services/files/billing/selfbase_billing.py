@@ -1,5 +1,6 @@
-"""selfbase billing service: the Stripe webhook receiver (a WSGI application, served by gunicorn) and the sync
-job (reconcile from /v1/events, dunning's clock, usage to billing meters), around stripe_events.py.
+"""selfbase billing service: the Stripe webhook receiver and the tenants' Checkout and Customer Portal sessions (a
+WSGI application, served by gunicorn) and the sync job (reconcile from /v1/events, dunning's clock, usage to
+billing meters), around stripe_events.py and sessions.py.
 
     gunicorn selfbase_billing:application      # SELFBASE_BILLING_CONFIG names the JSON configuration
     python3 selfbase_billing.py sync            # the timer's job; prints counts and writes metrics
@@ -12,11 +13,13 @@ import sys
 import tempfile
 import time
 
+import sessions
 import stripe_events
 
 DEFAULT_CONFIG = "/etc/selfbase/billing/config.json"
 REQUIRED = {"conninfo": str, "api_key": str, "api_base": str, "api_version": str, "webhook_secrets": list,
             "tolerance": int, "sync": dict}
+SESSIONS = {"path": str, "jwt_keys": list, "return_hosts": list, "currency": str, "portal_configuration": str}
 SYNC = {"reconcile": bool, "overlap": int, "meter_push": bool, "meter_api": str, "settle": int, "lookback": int,
         "workers": int, "metrics_file": str}
 
@@ -27,7 +30,8 @@ def check(config):
               if not isinstance(config.get(k), t)]
     if errors:
         return errors
-    errors += ["%s: unknown field" % k for k in set(config) - set(REQUIRED)]
+    errors += ["%s: unknown field" % k for k in set(config) - set(REQUIRED) - {"sessions"}]
+    errors += check_sessions(config.get("sessions"))
     errors += ["sync.%s: missing or not a %s" % (k, t.__name__) for k, t in SYNC.items()
                if not isinstance(config["sync"].get(k), t)]
     if not config["webhook_secrets"] or not all(str(s).startswith("whsec_") for s in config["webhook_secrets"]):
@@ -42,6 +46,30 @@ def check(config):
         errors.append("sync.meter_api: v1 (one meter event a call, checked at once) or v2 (the meter event stream)")
     if not 0 < config["sync"].get("lookback", 0) <= 34 * 86400:
         errors.append("sync.lookback: 1 second to 34 days")
+    return errors
+
+
+def check_sessions(conf):
+    """Errors of the optional sessions block (absent: no sessions are served)."""
+    if conf is None:
+        return []
+    if not isinstance(conf, dict):
+        return ["sessions: an object"]
+    errors = ["sessions.%s: missing or not a %s" % (k, t.__name__) for k, t in SESSIONS.items()
+              if not isinstance(conf.get(k), t)]
+    errors += ["sessions.%s: unknown field" % k for k in set(conf) - set(SESSIONS)]
+    if errors:
+        return errors
+    if not (conf["path"].startswith("/") and conf["path"].endswith("/")) or conf["path"] == "/":
+        errors.append("sessions.path: a path prefix that starts and ends with /, not / itself")
+    if not conf["jwt_keys"] or not all(isinstance(k, str) and len(k) >= 32 for k in conf["jwt_keys"]):
+        errors.append("sessions.jwt_keys: one or two HS256 keys of 32 characters or more")
+    if not conf["return_hosts"] or not all(isinstance(h, str) and h and "/" not in h for h in conf["return_hosts"]):
+        errors.append("sessions.return_hosts: the host names (or patterns such as *.example.com) users return to")
+    if len(conf["currency"]) != 3 or not conf["currency"].isalpha() or not conf["currency"].islower():
+        errors.append("sessions.currency: a lower-case ISO 4217 code such as usd")
+    if conf["portal_configuration"] and not conf["portal_configuration"].startswith("bpc_"):
+        errors.append("sessions.portal_configuration: a portal configuration id (bpc_...) or empty for the default")
     return errors
 
 
@@ -125,16 +153,34 @@ def main(argv):
 
 
 def application(environ, start_response):
-    """The receiver, built on the first request of each gunicorn worker."""
-    global RECEIVER  # pylint: disable=global-statement
-    if RECEIVER is None:
-        config = load()
-        RECEIVER = stripe_events.Receiver(config["conninfo"], config["webhook_secrets"], api(config),
-                                          config["tolerance"], log)
-    return RECEIVER(environ, start_response)
+    """The receiver, and the sessions under their path prefix, built on the first request of each gunicorn
+    worker."""
+    global APP  # pylint: disable=global-statement
+    if APP is None:
+        APP = build(load())
+    return APP(environ, start_response)
 
 
-RECEIVER = None
+def build(config):
+    """The WSGI application of a configuration: sessions (when configured) at <path>checkout and <path>portal,
+    the webhook receiver at every other path (nginx sends it only the webhook path)."""
+    client = api(config)
+    receiver = stripe_events.Receiver(config["conninfo"], config["webhook_secrets"], client, config["tolerance"], log)
+    conf = config.get("sessions")
+    if not conf:
+        return receiver
+    served = sessions.Sessions(lambda: stripe_events.connect(config["conninfo"]), client, conf, log)
+    routes = {conf["path"] + "checkout": "checkout", conf["path"] + "portal": "portal"}
+
+    def app(environ, start_response):
+        kind = routes.get(environ.get("PATH_INFO", ""))
+        if kind:
+            return served(environ, start_response, kind)
+        return receiver(environ, start_response)
+    return app
+
+
+APP = None
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
