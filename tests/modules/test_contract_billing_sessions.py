@@ -169,6 +169,37 @@ def test_setup_mode_saves_a_payment_method_for_the_tenants_customer(svc):
     assert svc.fake.objects("subscriptions")[-1]["customer"] != customer["id"]  # no subscription from setup
 
 
+def metered_price(w):
+    """A metered overage price of plan pro (its api_requests meter), in Stripe and in the platform's records."""
+    client = stripe.StripeClient(w.fake.api_key, stripe_version=API_VERSION, base_addresses={"api": w.fake.url})
+    meter = client.raw_request("post", "/v1/billing/meters", display_name="API requests", event_name="api_requests",
+                               default_aggregation={"formula": "sum"}).data
+    price = client.raw_request("post", "/v1/prices", currency="usd", unit_amount_decimal="0.01",
+                               product_data={"name": "Pro overage"}, recurring={
+                                   "interval": "month", "usage_type": "metered", "meter": meter["id"]}).data
+    w.db.execute("UPDATE platform.plan_quotas SET mode = 'overage', overage_unit_price = 0.0001 "
+                 "WHERE plan_code = 'pro' AND metric = 'api_requests'")
+    w.db.execute("INSERT INTO platform.plan_overage_prices (plan_code, metric, billing_cycle, currency, "
+                 "unit_amount_decimal, stripe_price_id) VALUES ('pro', 'api_requests', 'month', 'usd', 0.01, %s)",
+                 (price["id"],))
+    return price["id"]
+
+
+def test_the_plans_overage_price_and_trial_go_on_the_subscription(svc):
+    metered = metered_price(svc)
+    svc.db.execute("UPDATE platform.plans SET trial_days = 7 WHERE code = 'pro'")
+    status, answer = checkout(svc)
+    assert status == 200, answer
+    done = svc.fake.complete_checkout(answer["id"])
+    sub = svc.fake.get("subscriptions", done["subscription"])
+    assert sorted((i["price"]["id"], i.get("quantity")) for i in sub["items"]["data"]) == sorted(
+        [(svc.pro, 1), (metered, None)])
+    assert sub["status"] == "trialing" and sub["trial_end"] - sub["trial_start"] == 7 * 86400
+    come_back(svc)
+    assert svc.db.execute("SELECT status, plan_code FROM platform.subscriptions WHERE tenant_id = %s",
+                          (C,)).fetchone() == {"status": "trialing", "plan_code": "pro"}
+
+
 def test_concurrent_and_retried_requests_create_one_customer(svc):
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(lambda i: checkout(svc), range(4)))
@@ -282,6 +313,10 @@ def test_the_webhook_path_is_still_the_receivers(svc):
     ({"mode": "subscription", "line_items": [{"price": "PRICE"}], "success_url": BACK["success_url"]},
      "line_items[0][quantity]"),
     ({"mode": "subscription", "line_items": [{"price": "PRICE", "quantity": 1}]}, "success_url"),
+    ({"mode": "subscription", "line_items": [{"price": "PRICE", "quantity": 1}, {"price": "METERED", "quantity": 1}],
+      "success_url": BACK["success_url"]}, "line_items[1][quantity]"),
+    ({"mode": "payment", "line_items": [{"price": "PRICE", "quantity": 1}], "success_url": BACK["success_url"]},
+     "line_items"),
     ({"mode": "subscription", "line_items": [{"price": "PRICE", "quantity": 1}], "ui_mode": "embedded_page",
       "success_url": BACK["success_url"]}, "success_url"),
     ({"mode": "setup", "currency": "usd", "success_url": BACK["success_url"],
@@ -298,7 +333,7 @@ def test_the_webhook_path_is_still_the_receivers(svc):
 ])
 def test_the_fakes_checkout_refuses_what_stripe_refuses(svc, params, param):
     client = stripe.StripeClient(svc.fake.api_key, stripe_version=API_VERSION, base_addresses={"api": svc.fake.url})
-    params = json.loads(json.dumps(params).replace("PRICE", svc.pro).replace(
+    params = json.loads(json.dumps(params).replace("PRICE", svc.pro).replace("METERED", metered_price(svc)).replace(
         "CUSTOMER", tenant_row(svc, A)["stripe_customer_id"]).replace('"SOON"', str(svc.fake.now() + 600)))
     with pytest.raises(stripe.InvalidRequestError) as err:
         client.raw_request("post", "/v1/checkout/sessions", **params)
@@ -361,8 +396,9 @@ def test_the_sessions_role_owns_two_functions_no_login_and_only_the_columns_it_n
                               "'selfbase_billing_sessions' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
     assert [(r["table_name"], r["privilege_type"], r["cols"]) for r in columns] == [
         ("audit_log", "INSERT", "action,after,before,entity,entity_key,tenant_id"),
+        ("plan_overage_prices", "SELECT", "active,billing_cycle,currency,metric,plan_code,stripe_price_id"),
         ("plan_prices", "SELECT", "active,billing_cycle,currency,plan_code,stripe_price_id"),
-        ("plans", "SELECT", "active,code"),
+        ("plans", "SELECT", "active,code,trial_days"),
         ("subscriptions", "SELECT", "billing_cycle,plan_code,status,stripe_subscription_id,tenant_id"),
         ("tenant_members", "SELECT", "role,tenant_id,user_id"),
         ("tenants", "SELECT", "deleted_at,id,slug,status,stripe_customer_id"),
@@ -393,3 +429,22 @@ def test_a_browser_on_a_return_host_may_call_and_another_origin_may_not(svc):
                                                          "Authorization": "Bearer " + token(OWNER_C, C)})
     with urllib.request.urlopen(req, timeout=20) as resp:
         assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example.org"
+
+
+def test_the_fakes_control_completes_a_session_over_http_once(svc):
+    """The scenarios reach the fake over HTTP only: its control path does what complete_checkout does."""
+    status, answer = checkout(svc)
+    assert status == 200, answer
+
+    def complete(sid):
+        req = urllib.request.Request(svc.fake.url + "/_fake/checkout/sessions/%s/complete" % sid, data=b"",
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    status, session = complete(answer["id"])
+    assert status == 200 and session["status"] == "complete" and session["subscription"]
+    assert complete(answer["id"])[0] == 409  # a session completes once
+    assert complete("cs_test_missing")[0] == 404

@@ -339,6 +339,39 @@ def test_tenant_admins_open_checkout_sessions_through_each_edge(edge):
     assert session["customer"] == customer and customer.startswith("cus_")
 
 
+def test_a_tenant_at_its_plans_limit_upgrades_itself_and_is_served_again():
+    """globex (starter: 100,000 API requests a month, hard) reaches its limit and gets 429 at the edge; its owner
+    subscribes to pro through Checkout, the customer completes the page (the fake's control), the sync job's
+    reconcile brings the subscription back, and the new plan's quota lifts the 429."""
+    edge = next(iter(EDGE))
+    globex = _psql("SELECT id FROM platform.tenants WHERE slug = 'globex'").stdout.strip()
+    used = int(_psql("SELECT platform.metric_usage('%s', 'api_requests', 'month')" % globex).stdout.strip() or 0)
+    assert _psql("BEGIN; SELECT set_config('app.tenant_id', '%s', true); SELECT platform.record_usage('%s', "
+                 "'api_requests', %d, 'production-upgrade-%s'); COMMIT;" % (globex, globex, max(100000 - used, 1),
+                                                                             uuid.uuid4().hex)).rc == 0
+
+    def served():
+        return _curl(edge, "globex.example.com", "/hello", "-o", "/dev/null", "-w", "%{http_code}").stdout
+    assert until(lambda: served() == "429", 90), served()
+    owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "owner-" + edge))  # the previous test's owner
+    cmd = _curl(edge, "api.example.com", "/billing/checkout", "--fail", "-X", "POST", "-H",
+                "Content-Type: application/json", "-H", "Authorization: Bearer " + _jwt(owner, globex), "-d",
+                json.dumps({"plan": "pro", "success_url": "https://globex.example.com/ok",
+                            "cancel_url": "https://globex.example.com/"}))
+    assert cmd.rc == 0, cmd.stdout + cmd.stderr
+    session = json.loads(cmd.stdout)
+    req = urllib.request.Request(STRIPE + "/_fake/checkout/sessions/%s/complete" % session["id"], data=b"",
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        sub = json.load(resp)["subscription"]
+    [sync] = [api for api in API if _host(api).run("systemctl is-enabled selfbase-billing-sync.timer").rc == 0]
+    assert _host(sync).run("systemctl start selfbase-billing-sync.service").rc == 0
+    plan = ("SELECT t.plan_code || ' ' || t.plan_source || ' ' || s.status || ' ' || s.stripe_subscription_id "
+            "FROM platform.tenants t JOIN platform.subscriptions s ON s.tenant_id = t.id WHERE t.slug = 'globex'")
+    assert until(lambda: _psql(plan).stdout.strip() == "pro customer active " + sub, 60), _psql(plan).stdout
+    assert until(lambda: served() == "200", 90), served()
+
+
 def test_site_through_ansible_runner_changes_nothing():
     """The way AWX runs a job template: ansible-runner, artifacts checked (with Molecule's
     Mitogen strategy: the common and nginx scenarios run Ansible's own)."""

@@ -42,7 +42,8 @@ CREATE POLICY billing_sessions ON platform.audit_log FOR INSERT TO selfbase_bill
 -- What the billing service needs to open a session for p_user in p_tenant: the tenant, its Stripe customer (null
 -- when it has none yet), the caller's membership role, the tenant's subscription, and, when p_plan is given, the
 -- active price of that plan for the cycle and currency. Refused (42501) unless p_user is an owner or admin of the
--- tenant; an unknown or deleted tenant is refused the same way, so that nobody learns which tenants exist.
+-- tenant; an unknown or deleted tenant is refused the same way, so that nobody learns which tenants exist. With the
+-- plan's price come its metered overage prices and its trial.
 CREATE FUNCTION platform.billing_session_context(p_tenant uuid, p_user uuid, p_plan text, p_cycle text,
                                                  p_currency text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, platform, pg_temp AS $$
@@ -51,6 +52,8 @@ DECLARE
   v_role pg_catalog.text;
   v_sub record;
   v_price pg_catalog.text;
+  v_metered pg_catalog.text[];
+  v_trial pg_catalog.int4;
 BEGIN
   SELECT t.id, t.slug, t.status, t.stripe_customer_id INTO v_tenant
     FROM platform.tenants t WHERE t.id = p_tenant AND t.deleted_at IS NULL;
@@ -61,14 +64,20 @@ BEGIN
   SELECT s.stripe_subscription_id, s.status, s.plan_code, s.billing_cycle INTO v_sub
     FROM platform.subscriptions s WHERE s.tenant_id = p_tenant;
   IF p_plan IS NOT NULL THEN
-    SELECT pp.stripe_price_id INTO v_price
+    SELECT pp.stripe_price_id, p.trial_days INTO v_price, v_trial
       FROM platform.plan_prices pp JOIN platform.plans p ON p.code = pp.plan_code
      WHERE pp.plan_code = p_plan AND pp.billing_cycle = p_cycle AND pp.currency = p_currency
        AND pp.active AND p.active AND pp.stripe_price_id IS NOT NULL;
+    -- the plan's metered overage prices go on the subscription too, as tenant_subscription puts them
+    v_metered := ARRAY(SELECT o.stripe_price_id FROM platform.plan_overage_prices o
+                        WHERE v_price IS NOT NULL AND o.plan_code = p_plan AND o.billing_cycle = p_cycle
+                          AND o.currency = p_currency AND o.active AND o.stripe_price_id IS NOT NULL
+                        ORDER BY o.metric);
   END IF;
   RETURN pg_catalog.jsonb_build_object(
     'tenant_id', v_tenant.id, 'slug', v_tenant.slug, 'status', v_tenant.status,
     'customer', v_tenant.stripe_customer_id, 'role', v_role, 'price', v_price,
+    'metered_prices', pg_catalog.to_jsonb(COALESCE(v_metered, '{}')), 'trial_days', v_trial,
     'subscription', CASE WHEN v_sub.stripe_subscription_id IS NOT NULL THEN pg_catalog.jsonb_build_object(
       'id', v_sub.stripe_subscription_id, 'status', v_sub.status, 'plan', v_sub.plan_code,
       'cycle', v_sub.billing_cycle) END);
@@ -110,7 +119,9 @@ GRANT SELECT (tenant_id, stripe_subscription_id, status, plan_code, billing_cycl
   TO selfbase_billing_sessions;
 GRANT SELECT (plan_code, billing_cycle, currency, stripe_price_id, active) ON platform.plan_prices
   TO selfbase_billing_sessions;
-GRANT SELECT (code, active) ON platform.plans TO selfbase_billing_sessions;
+GRANT SELECT (plan_code, metric, billing_cycle, currency, stripe_price_id, active) ON platform.plan_overage_prices
+  TO selfbase_billing_sessions;
+GRANT SELECT (code, active, trial_days) ON platform.plans TO selfbase_billing_sessions;
 -- (the tables' tenant_isolation policies call it for every role)
 GRANT EXECUTE ON FUNCTION platform.current_tenant_id() TO selfbase_billing_sessions;
 GRANT INSERT (tenant_id, entity, entity_key, action, before, after) ON platform.audit_log TO selfbase_billing_sessions;

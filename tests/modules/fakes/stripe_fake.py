@@ -1622,6 +1622,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode() if length else ""
         if path.startswith("/v2/"):  # v2: JSON bodies, its own authentication
             return self._handle_v2(method, path, body, url.query)
+        if path.startswith("/_fake/"):  # the fake's own controls, not Stripe's API
+            return self._handle_control(method, path)
         raw = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
         if method == "POST":
             raw += urllib.parse.parse_qsl(body, keep_blank_values=True)
@@ -1661,6 +1663,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(fault.status, ApiError(fault.status, "Injected fault after store",
                                                       type_="api_error").body())
         return self._reply(status, resp, headers)
+
+    def _handle_control(self, method, path):
+        """What a customer does on Stripe's pages, for tests that reach the fake over HTTP only (the scenarios,
+        the demo): POST /_fake/checkout/sessions/<id>/complete completes a Checkout session."""
+        match = re.fullmatch(r"/_fake/checkout/sessions/([^/]+)/complete", path)
+        if method != "POST" or not match:
+            return self._reply(404, ApiError(404, "No such control: %s %s" % (method, path)).body())
+        try:
+            return self._reply(200, self.fake.complete_checkout(match.group(1)))
+        except ApiError as e:
+            return self._reply(e.status, e.body())
+        except ValueError as e:
+            return self._reply(409, ApiError(409, str(e)).body())
 
     def _handle_v2(self, method, path, body, query=""):
         """The v2 meter event stream: a session (15 minutes) from the secret key, then batches of at most 100 events

@@ -4,7 +4,7 @@ does on those pages (``complete_checkout``).
 State rules, besides the SDK's typed parameters (checked before these run), at the pinned API version (the SDK's
 own descriptions of each parameter):
 - Checkout: ``mode`` is payment, setup or subscription; ``line_items`` are required in payment and subscription
-  mode (each an existing active price with a quantity; subscription mode needs one recurring price or more, at
+  mode (each an existing active price, with a quantity unless it is metered; subscription mode needs one recurring price or more, at
   most 20) and refused in setup mode; setup mode needs ``currency`` unless ``allowed_payment_method_types`` is
   set; ``customer`` is an existing customer, and ``customer_email`` is not given with it; ``customer_creation`` is
   for payment and setup mode only, ``payment_method_collection`` and ``subscription_data`` for subscription mode
@@ -59,14 +59,18 @@ class CheckoutMixin:
             where = "line_items[%d]" % i
             if not item.get("price"):
                 raise self.bad(where + "[price]", "Missing required param: %s[price]." % where, "parameter_missing")
-            if item.get("quantity") in (None, ""):
-                raise self.bad(where + "[quantity]", "Missing required param: %s[quantity]." % where,
-                               "parameter_missing")
             price = self._find("prices", item["price"], where + "[price]")
             if not price["active"]:
                 raise self.bad(where + "[price]", "The price specified is inactive. This field only accepts active "
                                "prices.")
-            out.append({"price": price, "quantity": int(item["quantity"])})
+            metered = bool(price["recurring"]) and price["recurring"]["usage_type"] == "metered"
+            if metered and item.get("quantity") not in (None, ""):
+                raise self.bad(where + "[quantity]", "Quantity should not be specified where usage_type is "
+                               "`metered`. Remove quantity from `%s`." % where)
+            if not metered and item.get("quantity") in (None, ""):
+                raise self.bad(where + "[quantity]", "Missing required param: %s[quantity]." % where,
+                               "parameter_missing")
+            out.append({"price": price, "quantity": None if metered else int(item["quantity"])})
         recurring = [i for i in out if i["price"]["recurring"]]
         if mode == "subscription" and not recurring:
             raise self.bad("line_items", "You must provide at least one recurring price in `subscription` mode when "
@@ -122,9 +126,10 @@ class CheckoutMixin:
             "metadata": self._metadata({}, p.get("metadata")), "success_url": p.get("success_url"),
             "cancel_url": p.get("cancel_url"), "ui_mode": p.get("ui_mode", "hosted_page"), "expires_at": expires,
             "subscription": None, "setup_intent": None, "payment_intent": None, "amount_total":
-            sum((i["price"]["unit_amount"] or 0) * i["quantity"] for i in items),
+            sum((i["price"]["unit_amount"] or 0) * i["quantity"] for i in items if i["quantity"]),
             "_items": [{"price": i["price"]["id"], "quantity": i["quantity"]} for i in items],
-            "_subscription_metadata": self._metadata({}, sub_data.get("metadata"))})
+            "_subscription_metadata": self._metadata({}, sub_data.get("metadata")),
+            "_trial_days": int(sub_data.get("trial_period_days") or 0)})
         obj["url"] = "https://checkout.stripe.com/c/pay/%s" % obj["id"]
         return self.out(obj)
 
@@ -143,10 +148,13 @@ class CheckoutMixin:
             self.attach_payment_method(customer_id, declines=declines)
             session["customer"] = customer_id
             if session["mode"] == "subscription":
-                items = {str(i): {"price": it["price"], "quantity": str(it["quantity"])}
+                items = {str(i): dict({"price": it["price"]}, **({"quantity": str(it["quantity"])}
+                                                                  if it["quantity"] else {}))
                          for i, it in enumerate(session["_items"])}
-                sub = self.sub_create({"customer": customer_id, "items": items,
-                                       "metadata": session["_subscription_metadata"]})
+                params = {"customer": customer_id, "items": items, "metadata": session["_subscription_metadata"]}
+                if session["_trial_days"]:
+                    params["trial_period_days"] = str(session["_trial_days"])
+                sub = self.sub_create(params)
                 session.update(subscription=sub["id"], payment_status="paid")
             else:
                 session["setup_intent"] = "seti_%s" % session["id"][-14:]

@@ -232,9 +232,13 @@ class Sessions(object):
         params = {'mode': req['mode'], 'customer': customer, 'client_reference_id': ctx['tenant_id'],
                   'success_url': req['success_url'], 'cancel_url': req['cancel_url'], 'metadata': meta}
         if req['mode'] == 'subscription':
-            params['line_items'] = [{'price': ctx['price'], 'quantity': 1}]
+            # metered prices take no quantity: Stripe counts their usage
+            params['line_items'] = [{'price': ctx['price'], 'quantity': 1}] + [
+                {'price': p} for p in ctx['metered_prices']]
             params['metadata'] = dict(meta, plan_code=req['plan'], billing_cycle=req['cycle'])
             params['subscription_data'] = {'metadata': {'tenant_id': ctx['tenant_id'], 'tenant_slug': ctx['slug']}}
+            if ctx['trial_days'] and not sub:  # the plan's trial, for a tenant's first subscription
+                params['subscription_data']['trial_period_days'] = ctx['trial_days']
         else:
             params['currency'] = req['currency']
         return self.api.post('/v1/checkout/sessions', params, str(uuid.uuid4()))
