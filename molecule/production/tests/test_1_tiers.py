@@ -346,9 +346,9 @@ def test_a_tenant_at_its_plans_limit_upgrades_itself_and_is_served_again():
     edge = next(iter(EDGE))
     globex = _psql("SELECT id FROM platform.tenants WHERE slug = 'globex'").stdout.strip()
     used = int(_psql("SELECT platform.metric_usage('%s', 'api_requests', 'month')" % globex).stdout.strip() or 0)
-    assert _psql("BEGIN; SELECT set_config('app.tenant_id', '%s', true); SELECT platform.record_usage('%s', "
-                 "'api_requests', %d, 'production-upgrade-%s'); COMMIT;" % (globex, globex, max(100000 - used, 1),
-                                                                             uuid.uuid4().hex)).rc == 0
+    record = ("BEGIN; SELECT set_config('app.tenant_id', '%s', true); SELECT platform.record_usage('%s', "
+              "'api_requests', %d, 'production-upgrade-%s'); COMMIT;")
+    assert _psql(record % (globex, globex, max(100000 - used, 1), uuid.uuid4().hex)).rc == 0
 
     def served():
         return _curl(edge, "globex.example.com", "/hello", "-o", "/dev/null", "-w", "%{http_code}").stdout

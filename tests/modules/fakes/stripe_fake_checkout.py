@@ -148,9 +148,11 @@ class CheckoutMixin:
             self.attach_payment_method(customer_id, declines=declines)
             session["customer"] = customer_id
             if session["mode"] == "subscription":
-                items = {str(i): dict({"price": it["price"]}, **({"quantity": str(it["quantity"])}
-                                                                  if it["quantity"] else {}))
-                         for i, it in enumerate(session["_items"])}
+                items = {}
+                for i, item in enumerate(session["_items"]):
+                    items[str(i)] = {"price": item["price"]}
+                    if item["quantity"]:  # metered prices have none
+                        items[str(i)]["quantity"] = str(item["quantity"])
                 params = {"customer": customer_id, "items": items, "metadata": session["_subscription_metadata"]}
                 if session["_trial_days"]:
                     params["trial_period_days"] = str(session["_trial_days"])
