@@ -854,6 +854,44 @@ def test_an_upgrade_in_the_portal_brings_the_new_plans_quota_and_features(world)
     assert entitlement_audit(world.db, A) == [["sso"]] and entitlement_audit(world.db, B) == []
 
 
+def test_a_downgrade_at_period_end_keeps_the_plan_and_features_until_then(world):
+    """Back from team to iso in the portal, for the end of the period: Stripe schedules the change, and the
+    tenant keeps team's quota and features until the period ends; then iso's, each change applied once."""
+    iso = world.fake.get("subscriptions", world.sub["alpha"])["items"]["data"][0]["price"]["id"]
+    team = team_plan(world)
+    attach_feature(world, team, "sso")
+    world.deliver(switch_price(world, team))
+    world.fake.schedule_price_change(world.sub["alpha"], iso)
+    events = world.new_events()
+    world.deliver(events + events[::-1])
+    assert plan_of(world.db, A)["plan_code"] == "team" and api_quota(world.db, A) == 5000000
+    assert features(world, A) == {"sso": True}
+    world.fake.advance(31 * 86400)
+    events = world.new_events()
+    assert {e["type"] for e in events} == {"customer.subscription.updated",
+                                           "entitlements.active_entitlement_summary.updated"}
+    # the receiver's clock, not the fake's advanced one
+    assert {a[0] for a in world.deliver(events + events, timestamp=int(time.time()))} == {200}
+    assert plan_of(world.db, A)["plan_code"] == "iso" and api_quota(world.db, A) == 1000000
+    assert features(world, A) == {}  # Stripe no longer entitles sso, and iso does not declare it
+    assert plan_audit(world.db, A) == [("iso", "team", "customer"), ("team", "iso", "customer")]
+    assert_in_step(world)
+
+
+def test_a_cancellation_at_period_end_keeps_the_features_until_the_end(world):
+    team = team_plan(world)
+    attach_feature(world, team, "sso")
+    world.deliver(switch_price(world, team))
+    world.fake.handle("POST", "/v1/subscriptions/%s" % world.sub["alpha"], {"cancel_at_period_end": "true"})
+    world.deliver(world.new_events())
+    assert mirror(world.conn, A)["status"] == "active" and features(world, A) == {"sso": True}
+    assert tenant_status(world.conn, A) == "active"
+    world.fake.advance(31 * 86400)
+    assert {a[0] for a in world.deliver(world.new_events(), timestamp=int(time.time()))} == {200}
+    assert mirror(world.conn, A)["status"] == "canceled" and features(world, A) == {}
+    assert_in_step(world)
+
+
 def test_the_application_reads_its_own_tenants_features_only(world, logins):
     world.db.execute("INSERT INTO platform.tenant_entitlements (tenant_id, lookup_keys) VALUES (%s, '{sso}'), "
                      "(%s, '{}')", (A, B))

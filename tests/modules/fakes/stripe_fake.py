@@ -408,11 +408,13 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin, Check
 
     def advance(self, seconds):
         """Let time pass: incomplete subscriptions older than 23 hours expire, as at Stripe: the first invoice is
-        voided, and the subscription ends."""
+        voided, and the subscription ends. At a subscription's period end, a cancellation at period end ends it,
+        and a price change scheduled for then (``schedule_price_change``) takes effect."""
         with self.lock:
             self.clock += seconds
             now = self.now()
             for sub in self.db["subscriptions"].values():
+                self._period_ends(sub, now)
                 if sub["status"] == "incomplete" and now - sub["created"] >= 23 * 3600:
                     inv = self.db["invoices"].get(sub["latest_invoice"])
                     if inv is not None and inv["status"] == "open":
@@ -423,6 +425,40 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin, Check
                     sub.update(status="incomplete_expired", ended_at=now, canceled_at=now)
                     self._emit("customer.subscription.updated", self._sub_view(sub), before)
             self._save()
+
+    def schedule_price_change(self, sub_id, price_id):
+        """A downgrade the customer chose in the Customer Portal for the end of the period: Stripe puts the
+        subscription on a schedule whose next phase has the new price; until then nothing else changes."""
+        with self.lock:
+            sub = self.db["subscriptions"][sub_id]
+            price = self._recurring_price(price_id, "price")
+            before = self._sub_view(sub)
+            sub["schedule"] = "sub_sched_%s" % sub_id[4:]
+            sub["_scheduled_price"] = price["id"]
+            self._emit("subscription_schedule.created", {"id": sub["schedule"], "object": "subscription_schedule",
+                                                         "subscription": sub_id, "customer": sub["customer"],
+                                                         "end_behavior": "release", "status": "active"})
+            self._emit("customer.subscription.updated", self._sub_view(sub), before)
+            self._save()
+
+    def _period_ends(self, sub, now):
+        items = [self.db["subscription_items"][i] for i in sub["_items"]]
+        if sub["status"] not in ("active", "trialing", "past_due") or not items:
+            return
+        end = min(i["current_period_end"] for i in items)
+        if end > now:
+            return
+        before = self._sub_view(sub)
+        if sub["cancel_at_period_end"]:
+            sub.update(status="canceled", canceled_at=sub.get("canceled_at") or end, ended_at=end)
+            self._emit("customer.subscription.deleted", self._sub_view(sub))
+        elif sub.get("_scheduled_price"):
+            price = self.db["prices"][sub.pop("_scheduled_price")]
+            item = items[0]
+            item.update(price=self.out(price), current_period_start=end,
+                        current_period_end=self._period_end(end, price["recurring"]))
+            sub["schedule"] = None  # the schedule released the subscription after its last phase
+            self._emit("customer.subscription.updated", self._sub_view(sub), before)
 
     def attach_payment_method(self, customer_id, brand="visa", last4="4242", declines=False):
         """A card the customer saved in the application (Stripe.js): the customer's default payment method.
@@ -1236,7 +1272,7 @@ class FakeStripe(DiscountsMixin, TaxMixin, PortalMixin, EntitlementsMixin, Check
             "default_payment_method": p.get("default_payment_method"), "description": p.get("description"),
             "ended_at": None, "latest_invoice": None, "metadata": self._metadata({}, p.get("metadata")),
             "discounts": [], "pending_update": None, "start_date": now, "status": status,
-            "trial_end": trial_end, "trial_start": now if trial_end else None, "_items": []})
+            "trial_end": trial_end, "trial_start": now if trial_end else None, "schedule": None, "_items": []})
         for item, price in zip(p["items"], prices):
             end = trial_end or self._period_end(now, price["recurring"])
             sub["_items"].append(self._item(sub["id"], price, item.get("quantity"), item.get("metadata"), now, end)["id"])
