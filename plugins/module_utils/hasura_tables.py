@@ -13,6 +13,8 @@ import re
 
 from ansible_collections.selfbase.platform.plugins.module_utils.errors import InputError
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura import HasuraConflict, HasuraError
+from ansible_collections.selfbase.platform.plugins.module_utils.hasura_actions import (
+    ACTION_KEY, check_types, desired_action, merge_actions, owned_actions)
 from ansible_collections.selfbase.platform.plugins.module_utils.hasura_rest import (
     REST_KEY, desired_endpoint, merge_endpoints, owned_endpoints)
 
@@ -185,8 +187,11 @@ FUNCTION_KEY = 'function '
 
 
 def kind_of(key):
-    """The option a key of the owned objects comes from: tables, functions or rest_endpoints."""
-    return 'functions' if key.startswith(FUNCTION_KEY) else 'rest_endpoints' if key.startswith(REST_KEY) else 'tables'
+    """The option a key of the owned objects comes from: tables, functions, rest_endpoints or actions."""
+    for prefix, kind in ((FUNCTION_KEY, 'functions'), (REST_KEY, 'rest_endpoints'), (ACTION_KEY, 'actions')):
+        if key.startswith(prefix):
+            return kind
+    return 'tables'
 
 
 def desired_function(spec, index):
@@ -312,6 +317,7 @@ def owned_tables(metadata, source_name, keys):
         if key in keys:
             out[key] = normalise_function(entry)
     out.update(owned_endpoints(metadata, keys))
+    out.update(owned_actions(metadata, keys))
     return out
 
 
@@ -337,6 +343,7 @@ def merge(metadata, source_name, wanted, state, settings=None):
         if entries or kind == 'tables' or kind in source:
             source[kind] = entries
     merge_endpoints(metadata, wanted, state)
+    merge_actions(metadata, wanted, state)
     return metadata
 
 
@@ -387,6 +394,12 @@ def wanted_tables(p):
         if REST_KEY + spec['name'] in wanted:
             raise InputError('rest_endpoints[%d] (%s) is listed twice' % (i, spec['name']))
         wanted[REST_KEY + spec['name']] = entry
+    for i, spec in enumerate(p.get('actions') or []):
+        entry = dict(action=dict(name=spec['name'])) if p['state'] == 'absent' else desired_action(spec, i)
+        if ACTION_KEY + spec['name'] in wanted:
+            raise InputError('actions[%d] (%s) is listed twice' % (i, spec['name']))
+        wanted[ACTION_KEY + spec['name']] = entry
+    check_types(wanted)
     return wanted
 
 
@@ -451,7 +464,7 @@ def sync(module, client, wanted):
                          inconsistent_objects=inconsistent, changed=written, retried=result['retried'])
 
     result['resource_version'] = version
-    for kind in ('tables', 'functions', 'rest_endpoints'):
+    for kind in ('tables', 'functions', 'rest_endpoints', 'actions'):
         result[kind] = [after[k] for k in wanted if k in after and kind_of(k) == kind]
     result['source_settings'] = dict(settings_before, **settings)
     if module._diff:

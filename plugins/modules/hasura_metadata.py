@@ -8,14 +8,15 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: hasura_metadata
-short_description: Track tables, functions, relationships and tenant permissions in Hasura
+short_description: Track tables, functions, relationships, tenant permissions and actions in Hasura
 version_added: 0.1.0
 description:
   - Declares which tables and SQL functions of one Hasura source are tracked, with their configuration, relationships
     and per-role permissions, including a tenant-scoped shorthand that isolates tenants from each other.
-  - The module owns only the tables listed in O(tables) and the functions listed in O(functions). Every other object
-    of the metadata (other tables, such as the ones nhost/auth tracks in schema C(auth), other sources, actions,
-    remote schemas, ...) is sent back exactly as Hasura exported it.
+  - The module owns only the tables listed in O(tables), the functions listed in O(functions), the endpoints in
+    O(rest_endpoints) and the actions in O(actions) with their output types. Every other object of the metadata
+    (other tables, such as the ones nhost/auth tracks in schema C(auth), other sources, other actions, remote
+    schemas, ...) is sent back exactly as Hasura exported it.
   - Within a listed table, the module owns only what the task sets. O(tables[].configuration),
     O(tables[].object_relationships) and O(tables[].array_relationships) are replaced when given and left alone when
     omitted; an empty list removes them all. When O(tables[].permissions) or O(tables[].tenant_roles) is given, the
@@ -252,6 +253,83 @@ options:
       comment:
         description: A comment stored with the endpoint.
         type: str
+  actions:
+    description:
+      - Hasura Actions this task owns, each a GraphQL query or mutation that Hasura answers by calling
+        O(actions[].handler) with the caller's session, with the object type it returns kept in the metadata's
+        custom types. The module owns the action (definition, permissions, comment) and that object type; other
+        actions and custom types are kept.
+      - With O(state=absent) the listed actions are removed (only O(actions[].name) is used); their output types
+        are left, since other actions may use them.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the action, its root field in the GraphQL schema.
+        type: str
+        required: true
+      type:
+        description: Whether the action is a query or a (synchronous) mutation.
+        type: str
+        choices: [mutation, query]
+        default: mutation
+      handler:
+        description:
+          - URL Hasura posts the action's request to. Required with O(state=present).
+          - It may start with C({{ENV_VAR}}), which each Hasura instance reads from its own environment (for
+            example the address of a service on its own host).
+        type: str
+      arguments:
+        description:
+          - The action's arguments, each a name and a GraphQL type (a built-in or database scalar such as
+            C(String!) or C(uuid), an enum or an input object).
+        type: list
+        elements: dict
+        suboptions:
+          name:
+            description: Name of the argument.
+            type: str
+            required: true
+          type:
+            description: GraphQL type of the argument.
+            type: str
+            required: true
+      output_type:
+        description: Name of the object type the action returns. Required with O(state=present).
+        type: str
+      output_fields:
+        description:
+          - The fields of O(actions[].output_type), each a name and a scalar or enum type. Actions that return the
+            same type must give the same fields. Required with O(state=present).
+        type: list
+        elements: dict
+        suboptions:
+          name:
+            description: Name of the field.
+            type: str
+            required: true
+          type:
+            description: GraphQL type of the field.
+            type: str
+            required: true
+      roles:
+        description: The roles that may call the action, exactly (action permissions).
+        type: list
+        elements: str
+        default: []
+      forward_client_headers:
+        description:
+          - Whether Hasura forwards the client's headers (its C(Authorization) included) to the handler, so that the
+            handler can check the caller's token itself.
+        type: bool
+        default: false
+      timeout:
+        description: Seconds Hasura waits for the handler.
+        type: int
+        default: 30
+      comment:
+        description: A comment stored with the action.
+        type: str
 extends_documentation_fragment:
   - selfbase.platform.hasura
 attributes:
@@ -426,6 +504,22 @@ diff:
   sample:
     before: {}
     after: {"platform.projects": {"table": {"schema": "platform", "name": "projects"}}}
+actions:
+  description:
+    - The owned actions after the run (in check mode, as they would be), in the order of O(actions), each as
+      C(action) (Hasura's metadata action object, permissions sorted by role) and C(type) (the object type it
+      returns, from the custom types).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - action:
+        name: billingPortal
+        definition: {handler: "http://10.0.0.21:8095/billing/portal", type: mutation, kind: synchronous,
+                     output_type: BillingSession, arguments: [{name: return_url, type: String!}],
+                     forward_client_headers: true, timeout: 30}
+        permissions: [{role: user}]
+      type: {name: BillingSession, fields: [{name: id, type: String!}, {name: url, type: String!}]}
 source_settings:
   description: The owned connection settings of the source after the run (in check mode, as they would be).
   returned: always
@@ -500,9 +594,23 @@ def main():
             query=dict(type='str'),
             comment=dict(type='str'),
         )),
+        actions=dict(type='list', elements='dict', options=dict(
+            name=dict(type='str', required=True),
+            type=dict(type='str', choices=['mutation', 'query'], default='mutation'),
+            handler=dict(type='str'),
+            arguments=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True), type=dict(type='str', required=True))),
+            output_type=dict(type='str'),
+            output_fields=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True), type=dict(type='str', required=True))),
+            roles=dict(type='list', elements='str', default=[]),
+            forward_client_headers=dict(type='bool', default=False),
+            timeout=dict(type='int', default=30),
+            comment=dict(type='str'),
+        )),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_one_of=[('tables', 'functions', 'rest_endpoints')])
+                           required_one_of=[('tables', 'functions', 'rest_endpoints', 'actions')])
     try:
         wanted = wanted_tables(module.params)
     except InputError as e:

@@ -643,3 +643,89 @@ def test_bad_endpoint_input_fails_before_any_request(fake_fn, run, endpoint, mes
     res = run({"rest_endpoints": [endpoint]})
     assert res["failed"] is True and message in res["msg"], res
     assert fake_fn.requests == []
+
+
+# ---------------------------------------------------------------- actions (the billing service's sessions)
+
+SESSION_FIELDS = [{"name": "id", "type": "String!"}, {"name": "url", "type": "String!"}]
+CHECKOUT = {"name": "billingCheckout", "handler": "http://10.0.0.21:8095/billing/checkout",
+            "arguments": [{"name": "plan", "type": "String"}, {"name": "success_url", "type": "String!"},
+                          {"name": "cancel_url", "type": "String!"}],
+            "output_type": "BillingSession", "output_fields": SESSION_FIELDS, "roles": ["user"],
+            "forward_client_headers": True}
+PORTAL = {"name": "billingPortal", "handler": "http://10.0.0.21:8095/billing/portal",
+          "arguments": [{"name": "return_url", "type": "String!"}], "output_type": "BillingSession",
+          "output_fields": SESSION_FIELDS, "roles": ["user"], "forward_client_headers": True}
+
+
+def actions(fake):
+    md = fake.export()
+    objects = {o["name"]: o for o in (md.get("custom_types") or {}).get("objects", [])}
+    return {a["name"]: (a["definition"]["handler"], [p["role"] for p in a.get("permissions", [])],
+                        objects.get(a["definition"]["output_type"], {}).get("fields"))
+            for a in md.get("actions", [])}
+
+
+def test_actions_and_their_output_type_are_kept_once(fake, run):
+    res = ok(run({"actions": [CHECKOUT, PORTAL]}, check=True, diff=True))
+    assert res["changed"] is True and fake.writes() == [] and actions(fake) == {}
+    assert sorted(res["diff"]["after"]) == ["action billingCheckout", "action billingPortal"]
+    res = ok(run({"actions": [CHECKOUT, PORTAL]}))
+    assert res["actions"][0]["action"]["definition"]["kind"] == "synchronous"
+    assert actions(fake) == {"billingCheckout": (CHECKOUT["handler"], ["user"], SESSION_FIELDS),
+                             "billingPortal": (PORTAL["handler"], ["user"], SESSION_FIELDS)}
+    assert ok(run({"actions": [CHECKOUT, PORTAL]}))["changed"] is False and len(fake.writes()) == 1
+    # another action and another type are someone else's; a changed handler is the only change
+    fake.concurrent_write(lambda md: (md.setdefault("actions", []).append({
+        "name": "mine", "definition": {"handler": "http://x/", "output_type": "Mine", "type": "query"}}),
+        md.setdefault("custom_types", {}).setdefault("objects", []).append(
+            {"name": "Mine", "fields": [{"name": "a", "type": "Int"}]})))
+    moved = dict(PORTAL, handler="http://10.0.0.22:8095/billing/portal")
+    assert ok(run({"actions": [moved]}))["changed"] is True
+    assert actions(fake)["billingPortal"][0] == moved["handler"] and "mine" in actions(fake)
+    ok(run({"state": "absent", "actions": [{"name": "billingCheckout"}]}))
+    assert sorted(actions(fake)) == ["billingPortal", "mine"]
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"arguments": [{"name": "plan", "type": "Plan"}]}, 'the type: "Plan" is not defined in custom types'),
+    ({"name": "platform_tenants"}, 'the root field "platform_tenants" already exists'),
+    ({"output_fields": [{"name": "id", "type": "BillingSession"}]}, "ObjectFieldObjectBaseType"),
+    ({"output_fields": [{"name": "id", "type": "Money"}]}, "ObjectFieldTypeDoesNotExist"),
+])
+def test_an_inconsistent_action_is_refused_and_nothing_is_written(fake, run, change, reason):
+    ok(run({"tables": platform_tables()}))
+    writes = len(fake.writes())
+    res = run({"actions": [dict(CHECKOUT, **change)]})
+    assert res["failed"] is True and reason in res["msg"], res
+    assert [w["status"] for w in fake.writes()[writes:]] == [400] and actions(fake) == {}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"handler": None}, "actions[0] (billingCheckout).handler is required with state present"),
+    ({"handler": "ftp://x"}, "handler: an http(s) URL"),
+    ({"name": "billing-checkout"}, "name: a GraphQL name"),
+    ({"arguments": [{"name": "plan", "type": "String"}, {"name": "plan", "type": "String"}]},
+     "arguments[1].name: plan is listed twice"),
+    ({"arguments": [{"name": "plan", "type": "[String"}]}, "arguments[0].type: a GraphQL type"),
+    ({"output_fields": []}, "output_fields is required"),
+])
+def test_bad_action_input_fails_before_any_request(fake, run, change, message):
+    res = run({"actions": [dict(CHECKOUT, **change)]})
+    assert res["failed"] is True and message in res["msg"], res
+    assert fake.requests == []
+
+
+def test_two_actions_that_define_their_output_type_differently_are_refused(fake, run):
+    res = run({"actions": [CHECKOUT, dict(PORTAL, output_fields=SESSION_FIELDS[:1])]})
+    assert res["failed"] is True and "define the output type BillingSession differently" in res["msg"], res
+    assert fake.requests == []
+
+
+def test_a_handler_read_from_hasuras_environment_needs_the_variable(fake, run):
+    templated = dict(PORTAL, handler="{{SELFBASE_BILLING_SESSIONS_URL}}portal")
+    res = run({"actions": [templated]})
+    assert res["failed"] is True and 'Environment variable "SELFBASE_BILLING_SESSIONS_URL" not set' in res["msg"]
+    fake.env["SELFBASE_BILLING_SESSIONS_URL"] = "http://10.0.0.21:8095/billing/"
+    assert ok(run({"actions": [templated]}))["changed"] is True
+    assert actions(fake)["billingPortal"][0] == "{{SELFBASE_BILLING_SESSIONS_URL}}portal"

@@ -21,6 +21,10 @@ What it mimics, from Hasura's documentation and error messages:
   whose URL names a variable its query does not declare, that shares a URL and method with another, or whose
   query uses a root field the tracked tables and functions do not give (default names: schema_table,
   schema_table_by_pk, schema_table_aggregate, schema_function; custom root fields as configured) is inconsistent;
+- actions and custom types (actions, custom_types): custom type names unique, objects of scalar and enum fields,
+  input objects of scalars, enums and input objects, an action's arguments of scalars (built-in or the database's),
+  enums or input objects and its output an object type, its name not a root field already, each role's permission
+  once (server/src-lib/Hasura/RQL/DDL/CustomTypes.hs and Action.hs), are inconsistent otherwise;
 - function objects in replace_metadata parse as FunctionMetadata: function, configuration (custom_name,
   custom_root_fields, exposed_as query or mutation, session_argument), permissions [{role}], comment;
 - pg_track_table (already-tracked, not-exists), pg_set_table_customization, pg_create_object_relationship and
@@ -40,6 +44,19 @@ import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+# GraphQL's own scalars (Hasura adds ID to the four its custom types documentation lists), and the database's
+# scalars an action's argument may use (Hasura looks them up in the source's types; these are PostgreSQL's common
+# ones).
+BUILTIN_SCALARS = ("Int", "Float", "String", "Boolean", "ID")
+PG_SCALARS = {"uuid", "timestamptz", "timestamp", "date", "jsonb", "json", "numeric", "bigint", "smallint",
+              "citext", "text", "bpchar", "bytea"}
+
+
+def _base_type(ref):
+    """The named type inside a GraphQL type reference ([String!]! -> String)."""
+    return re.sub(r"[\[\]!]", "", str(ref or ""))
 
 
 ROOT_FIELDS = ("select", "select_by_pk", "select_aggregate", "select_stream", "insert", "insert_one", "update",
@@ -386,6 +403,7 @@ class FakeHasura:
             _ref(t["table"]): None for s in self.metadata["sources"] for t in s.get("tables", [])}
         # {(schema, name): (schema, table) it returns SETOF}
         self.db_functions = db_functions or {}
+        self.env = {}  # the server's environment, for {{NAME}} templates in handlers
         self.requests = []
         self.before_write = []  # callables(fake), one popped per write (replace_metadata, pg_*): a concurrent writer
         self.after_replace = []  # callables(fake), one popped after a stored replace_metadata
@@ -470,7 +488,81 @@ class FakeHasura:
                                           '"%s" does not exist' % (qualified, perm["role"], missing[0])})
             found.extend(self._function_problems(source))
         found.extend(self._endpoint_problems(metadata))
+        found.extend(self._action_problems(metadata))
         return found
+
+    def _action_problems(self, metadata):
+        """Custom types and actions, by Hasura's rules (server/src-lib/Hasura/RQL/DDL/CustomTypes.hs,
+        validateCustomTypeDefinitions; Action.hs, resolveAction): type names unique; an object's fields of scalars
+        and enums only, each named once; an input object's fields of scalars, enums and input objects; an action's
+        arguments of scalars (built-in or the database's), enums or input objects; its output an object type; its
+        name not a root field already; a role's permission once."""
+        types = metadata.get("custom_types") or {}
+        named = {kind: [t.get("name") for t in types.get(kind) or []]
+                 for kind in ("scalars", "enums", "input_objects", "objects")}
+        every = [n for names in named.values() for n in names]
+        leaves = set(BUILTIN_SCALARS) | set(named["scalars"]) | set(named["enums"])
+        problems = []
+        dupes = sorted({n for n in every if every.count(n) > 1})
+        if dupes:
+            problems.append("validation for the given custom types failed because DuplicateTypeNames %s" % dupes)
+        for obj in types.get("objects") or []:
+            fields = [f.get("name") for f in obj.get("fields") or []]
+            if len(set(fields)) < len(fields):
+                problems.append("validation for the given custom types failed because ObjectDuplicateFields %s"
+                                % obj.get("name"))
+            for field in obj.get("fields") or []:
+                base = _base_type(field.get("type"))
+                if base in named["objects"]:
+                    problems.append("validation for the given custom types failed because ObjectFieldObjectBaseType "
+                                    "%s %s %s" % (obj.get("name"), field.get("name"), base))
+                elif base not in leaves:
+                    problems.append("validation for the given custom types failed because ObjectFieldTypeDoesNotExist "
+                                    "%s %s %s" % (obj.get("name"), field.get("name"), base))
+        for obj in types.get("input_objects") or []:
+            for field in obj.get("fields") or []:
+                base = _base_type(field.get("type"))
+                if base not in leaves | set(named["input_objects"]):
+                    problems.append("validation for the given custom types failed because "
+                                    "InputObjectFieldTypeDoesNotExist %s %s %s" % (obj.get("name"), field.get("name"),
+                                                                                   base))
+        for reason in problems:
+            yield {"type": "custom_types", "name": "custom_types", "definition": types,
+                   "reason": "Inconsistent object: " + reason}
+        inputs = leaves | set(named["input_objects"]) | PG_SCALARS
+        roots = self._root_fields(metadata)
+        for action in metadata.get("actions") or []:
+            definition = action.get("definition") or {}
+            obj = {"type": "action", "name": "action %s" % action.get("name"), "definition": action}
+            for arg in definition.get("arguments") or []:
+                base = _base_type(arg.get("type"))
+                if base not in inputs:
+                    yield dict(obj, reason='Inconsistent object: in action "%s": the type: "%s" is not defined in '
+                                           'custom types or it is not a scalar/enum/input_object'
+                                           % (action.get("name"), base))
+            output = _base_type(definition.get("output_type"))
+            if output not in named["objects"]:
+                yield dict(obj, reason='Inconsistent object: in action "%s": the type: "%s" is not an object type '
+                                       'defined in custom types' % (action.get("name"), output))
+            handler = str(definition.get("handler") or "")
+            template = re.match(r"^\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}", handler)
+            if template and template.group(1) not in self.env:
+                yield dict(obj, reason='Inconsistent object: in action "%s": Environment variable "%s" not set'
+                                       % (action.get("name"), template.group(1)))
+            elif not template and not re.match(r"^https?://", handler):
+                yield dict(obj, reason='Inconsistent object: in action "%s": the handler is not a URL'
+                                       % action.get("name"))
+            if definition.get("type", "mutation") == "mutation" and \
+                    definition.get("kind", "synchronous") not in ("synchronous", "asynchronous"):
+                yield dict(obj, reason='Inconsistent object: in action "%s": kind must be synchronous or '
+                                       'asynchronous' % action.get("name"))
+            if action.get("name") in roots:
+                yield dict(obj, reason='Inconsistent object: in action "%s": the root field "%s" already exists'
+                                       % (action.get("name"), action.get("name")))
+            roles = [perm.get("role") for perm in action.get("permissions") or []]
+            for role in sorted({r for r in roles if roles.count(r) > 1}):
+                yield dict(obj, reason='Inconsistent object: permission for role "%s" is already defined on "%s"'
+                                       % (role, action.get("name")))
 
     @staticmethod
     def _root_fields(metadata):

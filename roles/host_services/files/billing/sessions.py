@@ -8,7 +8,10 @@ claims); the database says whether that user may (an owner or admin of the tenan
     POST <prefix>checkout  {"plan": "pro", "cycle": "month", "success_url": ..., "cancel_url": ...}
     POST <prefix>checkout  {"mode": "setup", "success_url": ..., "cancel_url": ...}    (add a payment method)
     POST <prefix>portal    {"return_url": ...}
-    -> 200 {"id": "cs_...", "url": "https://checkout.stripe.com/..."}
+    -> 200 {"id": "cs_...", "url": "https://checkout.stripe.com/..."}; errors {"error": ..., "message": ...}
+
+The same endpoints are Hasura Actions' handlers (billingCheckout, billingPortal): Hasura posts {"action", "input",
+"session_variables"} with the caller's own headers forwarded, and the arguments in "input" are read as the body.
 
 A host service (see CONTRIBUTING, "Where code goes"): it runs on the billing host, not inside Ansible."""
 
@@ -151,7 +154,10 @@ class Sessions(object):
                 ('Access-Control-Allow-Methods', 'POST'), ('Access-Control-Allow-Headers', 'Authorization, Content-Type'),
                 ('Access-Control-Max-Age', '600'), ('Content-Length', '0')])
             return [b'']
-        answer = functools.partial(self._answer, environ=environ)
+        answer = functools.partial(self._answer, start_response, environ=environ)
+
+        def fail(status, message):  # "message" is what a Hasura Action's caller is shown
+            return answer(status, {'error': message, 'message': message})
         try:
             if environ.get('REQUEST_METHOD') != 'POST':
                 raise Refused(405, 'POST only')
@@ -169,22 +175,24 @@ class Sessions(object):
                 body = json.loads(environ['wsgi.input'].read(length) or b'{}')
             except ValueError:
                 raise Refused(400, 'the body is not JSON')
+            if isinstance(body, dict) and isinstance(body.get('action'), dict) and isinstance(body.get('input'), dict):
+                # a Hasura Action (forward_client_headers: the caller's token above): its arguments, unset ones left out
+                body = dict((k, v) for k, v in body['input'].items() if v is not None)
             req = parse(kind, body, self.hosts, self.currency)
             session = self._session(kind, who, req)
         except Refused as e:
-            return answer(start_response, STATUS[e.status], {'error': str(e)})
+            return fail(STATUS[e.status], str(e))
         except psycopg.Error as e:
             self.log('billing session not opened, the database failed: %s' % str(e).strip())
-            return answer(start_response, '503 Service Unavailable', {'error': 'database unavailable'})
+            return fail('503 Service Unavailable', 'database unavailable')
         except stripe.StripeError as e:
             status = getattr(e, 'http_status', None)
             self.log('billing session not opened, Stripe answered %s: %s' % (status, e))
             if status is None or status >= 500 or status == 429:
-                return answer(start_response, '503 Service Unavailable', {'error': 'stripe unavailable'})
-            why = getattr(e, 'user_message', None) or e
-            return answer(start_response, '502 Bad Gateway', {'error': 'Stripe refused the session: %s' % why})
+                return fail('503 Service Unavailable', 'stripe unavailable')
+            return fail('502 Bad Gateway', 'Stripe refused the session: %s' % (getattr(e, 'user_message', None) or e))
         self.log('billing %s session %s for tenant %s by user %s' % (kind, session['id'], who['tenant'], who['user']))
-        return answer(start_response, '200 OK', {'id': session['id'], 'url': session['url']})
+        return answer('200 OK', {'id': session['id'], 'url': session['url']})
 
     def _context(self, who, req):
         with self.connect() as conn:
