@@ -465,3 +465,52 @@ def test_hasuras_action_call_is_served_with_the_callers_own_token(svc):
     assert status == 403 and answer["message"] == "billing sessions are for an owner or admin of the tenant"
     status, answer = action(OWNER_C, C, "billingPortal", {"return_url": "https://evil.example.net/"})
     assert status == 400 and answer["message"].startswith("return_url:")
+
+
+def checkout_elsewhere(w, tenant):
+    """A Checkout opened with the platform's key outside the service: a new customer, the tenant named only by
+    client_reference_id; the customer completes it."""
+    session = w.fake.handle("POST", "/v1/checkout/sessions", {
+        "mode": "subscription", "line_items": {"0": {"price": w.pro, "quantity": "1"}},
+        "customer_email": "owner@example.com", "client_reference_id": str(tenant),
+        "success_url": BACK["success_url"]})
+    return w.fake.complete_checkout(session["id"])
+
+
+def ledger_outcomes(w):
+    return [(r["type"], r["outcome"]) for r in w.db.execute(
+        "SELECT type, outcome FROM platform.stripe_events ORDER BY received_at, id")]
+
+
+@pytest.mark.parametrize("order", ["as-sent", "completion-first"])
+def test_a_checkout_opened_elsewhere_links_its_new_customer_when_it_completes(svc, order):
+    done = checkout_elsewhere(svc, C)
+    events = svc.new_events()
+    types = [e["type"] for e in events]
+    assert types.index("customer.subscription.created") < types.index("checkout.session.completed")
+    if order == "completion-first":
+        events = sorted(events, key=lambda e: e["type"] != "checkout.session.completed")
+    for _round in range(2):  # every delivery twice: one effect
+        assert {svc.fake.deliver(e, svc.hook)[0] for e in events} == {200}
+    assert tenant_row(svc)["stripe_customer_id"] == done["customer"]
+    sub = svc.db.execute("SELECT stripe_subscription_id, status, plan_code FROM platform.subscriptions "
+                         "WHERE tenant_id = %s", (C,)).fetchone()
+    assert sub == {"stripe_subscription_id": done["subscription"], "status": "active", "plan_code": "pro"}
+    assert tenant_row(svc)["plan_code"] == "pro"
+    assert svc.db.execute("SELECT count(*) AS n FROM platform.audit_log WHERE tenant_id = %s "
+                          "AND entity = 'tenant_billing_customer'", (C,)).fetchone()["n"] == 1
+    assert ("checkout.session.completed", "applied") in ledger_outcomes(svc)
+
+
+def test_a_completed_checkout_never_replaces_a_tenants_customer(svc):
+    before = tenant_row(svc, A)["stripe_customer_id"]
+    done = checkout_elsewhere(svc, A)
+    assert {svc.fake.deliver(e, svc.hook)[0] for e in svc.new_events()} == {200}
+    assert tenant_row(svc, A)["stripe_customer_id"] == before != done["customer"]
+    assert ("checkout.session.completed", "unknown_customer") in ledger_outcomes(svc)
+    assert mirror_of(svc, A) == svc.sub["alpha"]
+
+
+def mirror_of(w, tenant):
+    return w.db.execute("SELECT stripe_subscription_id FROM platform.subscriptions WHERE tenant_id = %s",
+                        (tenant,)).fetchone()["stripe_subscription_id"]

@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import threading
 import time
+import uuid
 
 try:
     import psycopg
@@ -37,6 +38,10 @@ METER_WINDOW = 35 * 86400 - 3600  # an hour of margin for the calls themselves
 DEDUP_WINDOW = 23 * 3600
 SUMMARY = 'entitlements.active_entitlement_summary'
 ACTIVE_ENTITLEMENTS = '/v1/entitlements/active_entitlements'
+# a subscription with its discount's coupon, for the mirror and MRR; a customer with where Stripe Tax places it and
+# its tax IDs, for the mirror (migration 0014)
+SUBSCRIPTION_EXPAND = {'expand': ['discounts.source.coupon']}
+CUSTOMER_EXPAND = {'expand': ['invoice_settings.default_payment_method', 'tax', 'tax_ids']}
 
 
 class SignatureError(Exception):
@@ -73,9 +78,11 @@ def object_ref(event):
     obj = data.get('object') or {}
     kind = obj.get('object')
     if kind == 'subscription':  # with its discount's coupon, for the mirror and MRR
-        return obj['id'], '/v1/subscriptions/%s' % obj['id'], {'expand': ['discounts.source.coupon']}
+        return obj['id'], '/v1/subscriptions/%s' % obj['id'], SUBSCRIPTION_EXPAND
     if kind == 'invoice' and obj.get('id'):  # invoice.upcoming has no id: nothing to mirror
         return obj['id'], '/v1/invoices/%s' % obj['id'], {}
+    if kind == 'checkout.session' and event.get('type') == 'checkout.session.completed' and obj.get('id'):
+        return obj['id'], '/v1/checkout/sessions/%s' % obj['id'], {}
     if kind == SUMMARY and obj.get('customer'):  # the customer's active entitlements, every page
         return obj['customer'], ACTIVE_ENTITLEMENTS, {'customer': obj['customer'], 'limit': 100}
     customer = None
@@ -86,9 +93,7 @@ def object_ref(event):
     elif kind == 'tax_id':  # customer.tax_id.*: the customer's tax IDs changed
         customer = obj.get('customer') or (obj.get('owner') or {}).get('customer')
     if customer:
-        # with where Stripe Tax places it and its tax IDs, for the mirror (migration 0014)
-        return customer, '/v1/customers/%s' % customer, {
-            'expand': ['invoice_settings.default_payment_method', 'tax', 'tax_ids']}
+        return customer, '/v1/customers/%s' % customer, CUSTOMER_EXPAND
     return None
 
 
@@ -191,11 +196,34 @@ def apply_event(conn, reader, event, source):
         if not fresh:
             return {'outcome': 'duplicate', 'tenant': None, 'status_before': None, 'status_after': None}
         current = reader.get(ref[1], ref[2]) if ref else None
+        if current is not None and current.get('object') == 'checkout.session':
+            current = checkout_completed(conn, reader, current)
         if current is not None and ref[1] == ACTIVE_ENTITLEMENTS:
             # the customer's entitlements now, in the shape of the event's summary
             current = {'object': SUMMARY, 'customer': ref[0], 'entitlements': current}
         return conn.execute('SELECT * FROM platform.stripe_event_apply(%s, %s)',
                             (event['id'], Jsonb(current) if current is not None else None)).fetchone()
+
+
+def checkout_completed(conn, reader, session):
+    """A completed Checkout session (as Stripe has it now) names its tenant in client_reference_id: a tenant
+    without a Stripe customer gets the session's (billing_link_customer(), migration 0019, never replacing one),
+    and the event applies the subscription the session made (or, in setup mode, the customer), which events about
+    a customer not yet linked could not."""
+    tenant, customer = session.get('client_reference_id'), session.get('customer')
+    if not (customer and str(customer).startswith('cus_') and _is_uuid(tenant)):
+        return None
+    conn.execute('SELECT platform.billing_link_customer(%s, %s)', (tenant, customer))
+    if session.get('subscription'):
+        return reader.get('/v1/subscriptions/%s' % session['subscription'], SUBSCRIPTION_EXPAND)
+    return reader.get('/v1/customers/%s' % customer, CUSTOMER_EXPAND)
+
+
+def _is_uuid(value):
+    try:
+        return str(uuid.UUID(str(value))) == str(value).lower()
+    except ValueError:
+        return False
 
 
 def dunning_tick(conn):
