@@ -19,13 +19,13 @@ own descriptions of each parameter):
 
 from __future__ import annotations
 
+try:
+    from fakes.stripe_fake_portal import _items
+except ImportError:  # standalone (the demo, the scenarios): this file's directory is on sys.path
+    from stripe_fake_portal import _items
+
 MAX_REFERENCE = 200
 MAX_SUBSCRIPTION_ITEMS = 20
-
-
-def _list(value):
-    """A decoded form list (a dict keyed by index) as a list."""
-    return [] if value in (None, "") else [value[k] for k in sorted(value, key=int)]
 
 
 class CheckoutMixin:
@@ -47,7 +47,7 @@ class CheckoutMixin:
         return customer
 
     def _line_items(self, p, mode):
-        items = _list(p.get("line_items"))
+        items = _items(p.get("line_items"))
         if mode == "setup":
             if items:
                 raise self.bad("line_items", "You can not pass `line_items` in `setup` mode.")

@@ -96,8 +96,9 @@ def parse(kind, body, hosts, currency):
         raise Refused(400, 'the body must be a JSON object')
     urls = ('return_url',) if kind == 'portal' else ('success_url', 'cancel_url')
     known = set(urls) | ({'mode', 'plan', 'cycle', 'currency'} if kind == 'checkout' else set())
-    for k in sorted(set(body) - known):
-        raise Refused(400, '%s: unknown field' % k)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise Refused(400, '%s: unknown field' % unknown[0])
     for k in urls:
         if not allowed_url(body.get(k), hosts):
             raise Refused(400, '%s: an https URL on one of the platform\'s hosts (%s)' % (k, ', '.join(hosts)))
@@ -202,7 +203,7 @@ class Sessions(object):
                                     req.get('currency'))).fetchone()
             except psycopg.errors.InsufficientPrivilege:
                 raise Refused(403, 'billing sessions are for an owner or admin of the tenant')
-        return row['c'] if isinstance(row, dict) else row[0]
+        return row['c']  # (stripe_events.connect: rows as dicts)
 
     def _customer(self, ctx):
         """The tenant's Stripe customer: created and recorded when it has none. The idempotency key is the
@@ -216,7 +217,7 @@ class Sessions(object):
         with self.connect() as conn:
             row = conn.execute('SELECT platform.billing_link_customer(%s, %s) AS c',
                                (ctx['tenant_id'], created['id'])).fetchone()
-        return row['c'] if isinstance(row, dict) else row[0]
+        return row['c']
 
     def _session(self, kind, who, req):
         ctx = self._context(who, req)
